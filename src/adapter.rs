@@ -1,0 +1,287 @@
+/*!
+The contract between the gateway and a platform, and the thread harness that runs it.
+
+A platform adapter is a [`Platform`]: a blocking [`Platform::connect`] that returns an
+[`Outlet`] (how to send to the platform from other threads), then a blocking
+[`Platform::run`] that receives until it is stopped or breaks. Everything a platform
+needs from the gateway comes through its [`Context`]; it never sees the supervisor.
+
+[`spawn`] runs one *generation* of a platform instance on its own named thread
+(`adapter-<name>`): take the host-wide token lock, connect, publish the outlet, report
+[`Event::Connected`], run, and report how it ended. A panic is caught and reported as a
+retryable fatal `adapter_panic`, so one broken adapter never takes the gateway down.
+*/
+
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, select};
+
+use crate::config::PlatformInstance;
+use crate::delivery::Outlets;
+use crate::lock::TokenLock;
+use crate::message::{Inbound, Outbound};
+
+/// Why an adapter ended: a stable machine-readable `code`, a message for people (never
+/// containing a secret), and whether trying again later can help.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fatal {
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl Fatal {
+    /// A failure that may heal by itself (network, DNS, 5xx, timeouts).
+    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Fatal {
+        Fatal { code: code.into(), message: message.into(), retryable: true }
+    }
+
+    /// A failure that retrying cannot fix (bad token, token held by another gateway).
+    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Fatal {
+        Fatal { code: code.into(), message: message.into(), retryable: false }
+    }
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// What an adapter thread tells the supervisor. Each carries the generation it belongs
+/// to, so the supervisor can ignore a thread it has already replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Connected and receiving.
+    Connected { name: String, generation: u64 },
+    /// Ended by an error it could not absorb.
+    Fatal { name: String, generation: u64, fatal: Fatal },
+    /// Ended cleanly: a stop request, or the platform's input ended (console EOF).
+    Stopped { name: String, generation: u64 },
+}
+
+/// A platform adapter, built fresh for every generation by its `PlatformSpec`.
+pub trait Platform: Send {
+    /// Connect with blocking I/O: authenticate, prepare to receive. Returns the handle
+    /// that sends to the platform.
+    fn connect(&mut self, ctx: &Context) -> Result<Arc<dyn Outlet>, Fatal>;
+
+    /// Receive until stopped (`Ok`) or broken (`Err`). Every blocking wait goes through
+    /// the context ([`Context::interruptible`], [`Context::sleep`]) so that a stop
+    /// request is honoured at once.
+    fn run(&mut self, ctx: &Context) -> Result<(), Fatal>;
+}
+
+/// Sends to one platform instance. Shared by the delivery workers; must not block
+/// longer than the platform's own request timeout.
+pub trait Outlet: Send + Sync {
+    /// The longest text one message may hold, and how the platform counts it.
+    fn limit(&self) -> crate::text::Limit;
+
+    /// Send one message that already fits [`Outlet::limit`].
+    fn send(&self, msg: &Outbound) -> Result<(), SendError>;
+}
+
+/// Why a send did not go through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The platform asked us to wait this long before the next request (HTTP 429).
+    RetryAfter(Duration),
+    /// The request did not reach the platform, or it answered 5xx: try again later.
+    Transient(String),
+    /// The platform refused this message for good (unknown chat, bot blocked): drop it.
+    Rejected(String),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::RetryAfter(d) => write!(f, "rate limited, retry after {d:?}"),
+            SendError::Transient(m) => write!(f, "transient send failure: {m}"),
+            SendError::Rejected(m) => write!(f, "rejected: {m}"),
+        }
+    }
+}
+
+/// A stop was requested while waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped;
+
+/// What a running adapter may use of the gateway.
+pub struct Context {
+    /// The instance name (`[platforms.NAME]`).
+    pub name: String,
+    pub generation: u64,
+    /// Where the platform keeps its cursors (`state_dir`).
+    pub state_dir: PathBuf,
+    inbound: Sender<Inbound>,
+    /// Never sent on: the supervisor drops the sender to request a stop, which wakes
+    /// every `select!` that includes this receiver.
+    stop: Receiver<()>,
+}
+
+impl Context {
+    /// A context for driving a platform outside the supervisor (tests, tools). Dropping
+    /// the returned sender requests a stop.
+    pub fn new(name: &str, state_dir: PathBuf, inbound: Sender<Inbound>) -> (Context, Sender<()>) {
+        let (stop_tx, stop) = bounded(0);
+        let ctx = Context { name: name.to_string(), generation: 0, state_dir, inbound, stop };
+        (ctx, stop_tx)
+    }
+
+    /// True once a stop has been requested.
+    pub fn stop_requested(&self) -> bool {
+        matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected))
+    }
+
+    /// Hand a received message to the router. Returns once it is accepted.
+    pub fn deliver(&self, msg: Inbound) -> Result<(), Stopped> {
+        select! {
+            send(self.inbound, msg) -> res => res.map_err(|_| Stopped),
+            recv(self.stop) -> _ => Err(Stopped),
+        }
+    }
+
+    /// Wait `d`, or less if a stop is requested.
+    pub fn sleep(&self, d: Duration) -> Result<(), Stopped> {
+        select! {
+            recv(self.stop) -> _ => Err(Stopped),
+            default(d) => Ok(()),
+        }
+    }
+
+    /// Run a blocking call (a long poll, a read from stdin) on a helper thread and wait
+    /// for it or for a stop request, whichever comes first. A blocking socket read
+    /// cannot be cancelled from outside, so on stop the helper is left to finish on its
+    /// own; its result is dropped unread, which is safe because nothing is acknowledged
+    /// to a platform until its result has been handled.
+    pub fn interruptible<T, F>(&self, f: F) -> Result<T, Stopped>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (tx, rx) = bounded(1);
+        thread::Builder::new()
+            .name(format!("adapter-{}-io", self.name))
+            .spawn(move || {
+                let _ = tx.send(f());
+            })
+            .map_err(|_| Stopped)?;
+        select! {
+            recv(rx) -> res => res.map_err(|_| Stopped),
+            recv(self.stop) -> _ => Err(Stopped),
+        }
+    }
+}
+
+/// What the harness needs to run adapters: where events, inbound messages and outlets go.
+#[derive(Clone)]
+pub struct Wiring {
+    pub events: Sender<Event>,
+    pub inbound: Sender<Inbound>,
+    pub outlets: Outlets,
+    pub state_dir: PathBuf,
+    pub lock_dir: PathBuf,
+}
+
+/// A running generation. Dropping `stop` (or calling [`Running::stop`]) asks it to end.
+pub struct Running {
+    stop: Sender<()>,
+}
+
+impl Running {
+    pub fn stop(self) {
+        drop(self.stop);
+    }
+}
+
+/// Start one generation of `instance` on its own thread.
+pub fn spawn(instance: &PlatformInstance, generation: u64, wiring: &Wiring) -> Running {
+    let (stop_tx, stop) = bounded(0);
+    let ctx = Context {
+        name: instance.name.clone(),
+        generation,
+        state_dir: wiring.state_dir.clone(),
+        inbound: wiring.inbound.clone(),
+        stop,
+    };
+    let events = wiring.events.clone();
+    let (instance, wiring) = (instance.clone(), wiring.clone());
+    let name = instance.name.clone();
+    let spawned = thread::Builder::new().name(format!("adapter-{name}")).spawn(move || {
+        let outcome = catch_unwind(AssertUnwindSafe(|| run_generation(&instance, &ctx, &wiring)));
+        let event = match outcome {
+            Ok(Ok(())) => Event::Stopped { name: ctx.name.clone(), generation },
+            Ok(Err(fatal)) => Event::Fatal { name: ctx.name.clone(), generation, fatal },
+            Err(payload) => {
+                let fatal = Fatal::retryable("adapter_panic", panic_message(&*payload));
+                Event::Fatal { name: ctx.name.clone(), generation, fatal }
+            }
+        };
+        if matches!(event, Event::Fatal { .. }) {
+            wiring.outlets.withdraw(&ctx.name, generation);
+        }
+        let _ = wiring.events.send(event);
+    });
+    if let Err(e) = spawned {
+        // Out of threads or memory: report it like any other retryable failure.
+        let fatal = Fatal::retryable("spawn_failed", format!("cannot start adapter thread: {e}"));
+        let _ = events.send(Event::Fatal { name, generation, fatal });
+    }
+    Running { stop: stop_tx }
+}
+
+/// One generation: lock, connect, publish, run. The lock is held until this returns
+/// (or unwinds), so a crashed or stopped adapter always frees its bot token.
+fn run_generation(instance: &PlatformInstance, ctx: &Context, wiring: &Wiring) -> Result<(), Fatal> {
+    let _lock = match instance.spec.lock_identity() {
+        Some(token) => Some(TokenLock::acquire(&wiring.lock_dir, instance.kind, token.expose())?),
+        None => None,
+    };
+    let mut platform = instance.spec.build();
+    let outlet = platform.connect(ctx)?;
+    if ctx.stop_requested() {
+        return Ok(());
+    }
+    wiring.outlets.publish(&ctx.name, ctx.generation, outlet);
+    let _ = wiring.events.send(Event::Connected { name: ctx.name.clone(), generation: ctx.generation });
+    platform.run(ctx)
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    format!("adapter panicked: {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fatal_stays_small() {
+        // Three words per String plus a bool: it travels through channels by value.
+        assert!(std::mem::size_of::<Fatal>() <= 80);
+    }
+
+    #[test]
+    fn interruptible_returns_at_once_on_stop() {
+        let (inbound, _rx) = crossbeam_channel::unbounded();
+        let (ctx, stop) = Context::new("t", PathBuf::from("."), inbound);
+        let started = std::time::Instant::now();
+        let waiter = thread::spawn(move || ctx.interruptible(|| thread::sleep(Duration::from_secs(5))));
+        thread::sleep(Duration::from_millis(20));
+        drop(stop);
+        assert_eq!(waiter.join().unwrap(), Err(Stopped));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
