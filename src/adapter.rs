@@ -148,6 +148,14 @@ impl Context {
         }
     }
 
+    /// Wait for the next value on `rx`. `Ok(None)` means the channel closed.
+    pub fn recv<T>(&self, rx: &Receiver<T>) -> Result<Option<T>, Stopped> {
+        select! {
+            recv(rx) -> res => Ok(res.ok()),
+            recv(self.stop) -> _ => Err(Stopped),
+        }
+    }
+
     /// Wait `d`, or less if a stop is requested.
     pub fn sleep(&self, d: Duration) -> Result<(), Stopped> {
         select! {

@@ -1,15 +1,25 @@
 /*!
 switchboard: one small binary that connects chat platforms to an agent.
 
-See `README.md` for the user's view and `../shared/DESIGN.md` for the shape: one thread per
-platform adapter, a supervisor thread that reconnects failed platforms with exponential
-backoff, a router that hands messages to the agent, and per-platform delivery workers.
+See `README.md` for the user's view and `DESIGN.md` (in the shared folder) for the shape:
+one thread per platform adapter, a supervisor thread that reconnects failed platforms
+with exponential backoff, a router that hands messages to the agent, and per-platform
+delivery workers.
 */
 
 pub mod adapter;
+pub mod agent;
+pub mod backoff;
 pub mod config;
 pub mod delivery;
+pub mod directory;
+pub mod fsutil;
 pub mod lock;
+pub mod log;
 pub mod message;
+pub mod net;
 pub mod platforms;
+pub mod router;
+pub mod status;
+pub mod supervisor;
 pub mod text;

@@ -1,20 +1,51 @@
 /*!
-The validated configuration (`gateway.toml`).
+The validated configuration (`gateway.toml`) and how it is loaded.
 
-INTERFACE STUB: the types below are the contract the rest of the gateway relies on;
-loading is being written in this module (see `load`, `parse_str`).
+Loading happens once, in `main`, and either yields a complete [`Config`] or every problem
+in the file at once ([`ConfigErrors`], one `file:line:column: key: message` per line).
+Nothing after `main` sees raw TOML or raw strings.
+
+The file is parsed with `toml`'s span-keeping `DeTable`, not deserialized into serde
+structs: each `[platforms.NAME]` table's schema belongs to its platform kind
+(`crate::platforms::KINDS`), which reads it through a [`Section`]. The section records which
+keys were asked for, so unknown keys are reported with the nearest known one, wherever the
+schema lives. The gateway's own sections are read the same way.
+
+Pieces: `section.rs` (typed getters and unknown-key detection), `expand.rs` (`${VAR}`),
+`duration.rs` (`"30s"`), `error.rs` (the error type, line/column, suggestions).
 */
 
+mod duration;
+mod error;
+mod expand;
 mod section;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::adapter::Platform;
+use toml::de::DeTable;
 
+use crate::adapter::Platform;
+use crate::platforms::Kind;
+
+pub use error::{ConfigError, ConfigErrors};
+use section::Doc;
 pub use section::Section;
+
+/// The embedded default configuration: the `gateway.toml` shipped in the repository.
+/// Used when no config file exists at the default path, so a fresh checkout runs.
+pub const DEFAULT_CONFIG: &str = include_str!("../../gateway.toml");
+
+/// Where the config is looked for when none is given.
+pub const DEFAULT_PATH: &str = "./gateway.toml";
+
+/// The file label of the embedded default, in errors and in [`Config::file`].
+pub const EMBEDDED_LABEL: &str = "<embedded default>";
 
 /// The whole validated configuration. Nothing after `main` sees raw TOML.
 #[derive(Clone)]
@@ -47,6 +78,19 @@ pub struct Reconnect {
     pub connect_timeout: Duration,
 }
 
+impl Default for Reconnect {
+    /// 30 s doubling up to 5 min, 20 attempts: a platform outage of about an hour and a
+    /// half is ridden out before giving up.
+    fn default() -> Reconnect {
+        Reconnect {
+            base: Duration::from_secs(30),
+            cap: Duration::from_secs(300),
+            max_attempts: 20,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// `[agent]`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentConfig {
@@ -58,6 +102,17 @@ pub struct AgentConfig {
 pub enum AgentBackend {
     /// Replies `echo: <text>`.
     Echo,
+}
+
+/// `backend = "..."` names. A backend with settings of its own gets its keys read in
+/// [`read_agent`] once its name is known, like a platform kind.
+const BACKENDS: &[(&str, AgentBackend)] = &[("echo", AgentBackend::Echo)];
+
+impl AgentBackend {
+    /// The name used in `backend = "..."`.
+    pub fn name(&self) -> &'static str {
+        BACKENDS.iter().find(|(_, b)| b == self).map_or("unknown", |(name, _)| name)
+    }
 }
 
 /// One `[platforms.NAME]` table.
@@ -77,6 +132,13 @@ pub trait PlatformSpec: Send + Sync {
     /// The bot token that must be used by one gateway at a time on this host.
     fn lock_identity(&self) -> Option<&Secret> {
         None
+    }
+
+    /// Every credential this platform holds, so the logger can blank them out wherever
+    /// they appear. Defaults to the lock identity; a kind with more secrets (a webhook
+    /// signing key, a password) overrides it.
+    fn secrets(&self) -> Vec<&Secret> {
+        self.lock_identity().into_iter().collect()
     }
 
     /// One line for `switchboard check`. Never contains a secret.
@@ -110,22 +172,238 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Every problem found in a config file.
-#[derive(Debug)]
-pub struct ConfigErrors(pub Vec<String>);
+/// Load and validate `path`. When it does not exist and it is [`DEFAULT_PATH`]
+/// (`./gateway.toml` or `gateway.toml`), the embedded default is used instead; any other
+/// missing file is an error. Use [`load_or_default`] to say explicitly which case applies.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let is_default = path == Path::new(DEFAULT_PATH) || path == Path::new("gateway.toml");
+    load_or_default(path, !is_default)
+}
 
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for e in &self.0 {
-            writeln!(f, "{e}")?;
+/// Load and validate `path`, with `${VAR}` taken from the process environment.
+/// `explicit` says the user named the file (`--config`, `$SWITCHBOARD_CONFIG`): then a
+/// missing file is an error. Otherwise a missing file means "use the embedded default",
+/// so a fresh checkout runs with no setup.
+pub fn load_or_default(path: &Path, explicit: bool) -> Result<Config, ConfigErrors> {
+    let env = |name: &str| std::env::var(name).ok();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_str(&text, path, &env),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => {
+            parse_str(DEFAULT_CONFIG, Path::new(EMBEDDED_LABEL), &env)
         }
-        Ok(())
+        Err(e) => {
+            Err(ConfigErrors::whole_file(&path.display().to_string(), format!("cannot read the config file: {e}")))
+        }
     }
 }
 
-impl std::error::Error for ConfigErrors {}
+/// Parse and validate `text`, labelled `file` in errors, with `${VAR}` looked up in `env`
+/// (tests pass a fake environment instead of touching the process's).
+pub fn parse_str(text: &str, file: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    parse_with_kinds(text, file, env, crate::platforms::KINDS)
+}
 
-/// Load and validate `path`; when it does not exist, the embedded default.
-pub fn load(_path: &Path) -> Result<Config, ConfigErrors> {
-    unimplemented!("config loading")
+/// [`parse_str`] with a given table of platform kinds, so tests can use their own.
+pub(crate) fn parse_with_kinds(
+    text: &str,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    kinds: &[Kind],
+) -> Result<Config, ConfigErrors> {
+    let doc = Doc { file: file.display().to_string(), text, env };
+    // The recovering parser reports every syntax error, not just the first. Only the
+    // parser's message is used: the error's `Display` quotes the offending line, which
+    // may hold a token.
+    let (table, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        let errors = syntax.iter().map(|e| doc.error(e.span(), None, e.message().to_string())).collect();
+        return Err(ConfigErrors::sorted(errors));
+    }
+    let mut errors = Vec::new();
+    let mut root = Section::root(&doc, table.get_ref());
+    let gateway = read(&mut errors, root.section("gateway"), |s| read_gateway(s, env));
+    let reconnect = read(&mut errors, root.section("reconnect"), read_reconnect);
+    let agent = read(&mut errors, root.section("agent"), read_agent);
+    let platforms = read_platforms(root.section("platforms"), kinds, &mut errors);
+    errors.extend(root.finish());
+    if !errors.is_empty() {
+        return Err(ConfigErrors::sorted(errors));
+    }
+    Ok(Config { file: file.to_path_buf(), gateway, reconnect, agent, platforms })
+}
+
+/// Run `f` on `section`, then collect the section's problems into `errors`.
+fn read<T>(errors: &mut Vec<ConfigError>, mut section: Section<'_>, f: impl FnOnce(&mut Section<'_>) -> T) -> T {
+    let value = f(&mut section);
+    errors.extend(section.finish());
+    value
+}
+
+const LOG_LEVELS: &[(&str, log::LevelFilter)] = &[
+    ("off", log::LevelFilter::Off),
+    ("error", log::LevelFilter::Error),
+    ("warn", log::LevelFilter::Warn),
+    ("info", log::LevelFilter::Info),
+    ("debug", log::LevelFilter::Debug),
+    ("trace", log::LevelFilter::Trace),
+];
+
+fn read_gateway(s: &mut Section<'_>, env: &dyn Fn(&str) -> Option<String>) -> Gateway {
+    let state_dir = s.path_or("state_dir", "./state");
+    let lock_dir = s.path("lock_dir").or_else(|| default_lock_dir(env)).unwrap_or_else(|| {
+        s.invalid("lock_dir", "no default lock directory ($HOME is not set); set lock_dir");
+        PathBuf::new()
+    });
+    let log_level = s.choice("log_level", LOG_LEVELS, log::LevelFilter::Info);
+    let log_file = s.path("log_file");
+    Gateway { state_dir, lock_dir, log_level, log_file }
+}
+
+/// Token locks must be host-wide (two gateways with different state directories still
+/// have to see each other), so the default is per user, not under `state_dir`:
+/// `$SWITCHBOARD_LOCK_DIR`, else `$XDG_STATE_HOME/switchboard/locks`, else
+/// `~/.local/state/switchboard/locks`. Empty variables count as unset, as XDG says.
+fn default_lock_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("SWITCHBOARD_LOCK_DIR")
+        .or_else(|| var("XDG_STATE_HOME").map(|d| d.join("switchboard/locks")))
+        .or_else(|| var("HOME").map(|h| h.join(".local/state/switchboard/locks")))
+}
+
+fn read_reconnect(s: &mut Section<'_>) -> Reconnect {
+    let d = Reconnect::default();
+    let base = s.duration_or("base", d.base);
+    let cap = s.duration_or("cap", d.cap);
+    let max_attempts = s.u32_or("max_attempts", d.max_attempts);
+    let connect_timeout = s.duration_or("connect_timeout", d.connect_timeout);
+    if base.is_zero() {
+        s.invalid("base", "must be greater than 0 (a zero backoff retries in a busy loop)");
+    } else if cap < base {
+        s.invalid("cap", &format!("must be at least base ({})", duration::format(base)));
+    }
+    if connect_timeout.is_zero() {
+        s.invalid("connect_timeout", "must be greater than 0");
+    }
+    Reconnect { base, cap, max_attempts, connect_timeout }
+}
+
+fn read_agent(s: &mut Section<'_>) -> AgentConfig {
+    let backend = s.choice("backend", BACKENDS, AgentBackend::Echo);
+    // Backend-specific keys (an endpoint, a command) are read here, by backend, when
+    // backends that have any exist.
+    AgentConfig { backend }
+}
+
+/// Every `[platforms.NAME]` table, sorted by name. Tables that cannot be built (bad
+/// kind) are left out; their problems are in `errors`, so the load fails anyway.
+fn read_platforms(mut table: Section<'_>, kinds: &[Kind], errors: &mut Vec<ConfigError>) -> Vec<PlatformInstance> {
+    let mut out = Vec::new();
+    for (name, mut section) in table.sections() {
+        if !is_valid_name(&name) {
+            let message = "invalid platform name: use only a-z, 0-9, `_` and `-` (it names files and threads)";
+            table.key_error(&name, message);
+        }
+        out.extend(read_platform(name, &mut section, kinds));
+        errors.extend(section.finish());
+    }
+    errors.extend(table.finish());
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn read_platform(name: String, s: &mut Section<'_>, kinds: &[Kind]) -> Option<PlatformInstance> {
+    let enabled = s.bool_or("enabled", true);
+    // `kind` is read strictly, even in a disabled table: it decides which keys are valid.
+    let kind_name = s.string("kind");
+    let wanted = kind_name.as_deref().unwrap_or(&name);
+    let Some(kind) = kinds.iter().find(|k| k.name == wanted) else {
+        s.invalid("kind", &unknown_kind(wanted, kind_name.is_none(), kinds));
+        s.skip_unknown_keys();
+        return None;
+    };
+    // A disabled platform is still parsed, so a typo in it is caught today rather than on
+    // the day it is enabled. But unset variables and empty secrets in it are not errors:
+    // a user disables Telegram precisely because there is no token yet.
+    s.set_lenient(!enabled);
+    let spec = (kind.parse)(s);
+    Some(PlatformInstance { name, kind: kind.name, enabled, spec })
+}
+
+fn unknown_kind(wanted: &str, defaulted: bool, kinds: &[Kind]) -> String {
+    let hint = error::did_you_mean(wanted, kinds.iter().map(|k| k.name));
+    let known: Vec<&str> = kinds.iter().map(|k| k.name).collect();
+    let known = known.join(", ");
+    if defaulted {
+        format!("missing; `{wanted}` is not a platform kind, so set `kind = \"...\"`{hint} (known kinds: {known})")
+    } else {
+        format!("unknown platform kind `{wanted}`{hint} (known kinds: {known})")
+    }
+}
+
+impl Config {
+    /// What `switchboard check` prints: where everything goes, the timings, and one line
+    /// per platform instance, each line ending in a newline. Never contains a secret.
+    pub fn summary(&self) -> String {
+        let (g, r) = (&self.gateway, &self.reconnect);
+        let log_file = g.log_file.as_ref().map_or(String::new(), |f| format!(", also to {}", f.display()));
+        let attempts = if r.max_attempts == 0 { "forever".to_string() } else { r.max_attempts.to_string() };
+        let mut lines = vec![
+            format!("config: {}", self.file.display()),
+            format!("state_dir: {}", g.state_dir.display()),
+            format!("lock_dir: {}", g.lock_dir.display()),
+            format!("log: {}{log_file}", g.log_level.as_str().to_ascii_lowercase()),
+            format!(
+                "reconnect: base {}, cap {}, max_attempts {attempts}, connect_timeout {}",
+                duration::format(r.base),
+                duration::format(r.cap),
+                duration::format(r.connect_timeout)
+            ),
+            format!("agent: {}", self.agent.backend.name()),
+            "platforms:".to_string(),
+        ];
+        if self.platforms.is_empty() {
+            lines.push("  (none)".to_string());
+        }
+        for p in &self.platforms {
+            let state = if p.enabled { "enabled" } else { "disabled" };
+            lines.push(format!("  {} ({}): {state} – {}", p.name, p.kind, p.spec.describe()));
+        }
+        lines.iter().map(|line| format!("{line}\n")).collect()
+    }
+}
+
+impl Config {
+    /// Every secret of every platform instance, enabled or not, for log redaction.
+    pub fn secrets(&self) -> Vec<Secret> {
+        let all = self.platforms.iter().flat_map(|p| p.spec.secrets().into_iter().cloned());
+        all.filter(|s| !s.expose().is_empty()).collect()
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("file", &self.file)
+            .field("gateway", &self.gateway)
+            .field("reconnect", &self.reconnect)
+            .field("agent", &self.agent)
+            .field("platforms", &self.platforms)
+            .finish()
+    }
+}
+
+impl fmt::Debug for PlatformInstance {
+    /// The spec is shown through `describe`, which never includes a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlatformInstance")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("enabled", &self.enabled)
+            .field("spec", &self.spec.describe())
+            .finish()
+    }
 }

@@ -1,0 +1,35 @@
+/*!
+Reconnect backoff: a pure function of the attempt number.
+
+`delay(n) = min(base · 2^(n−1), cap)`, so with the defaults (30 s, 300 s) a platform is
+retried after 30, 60, 120, 240, 300, 300 … seconds. No state, no jitter: what the table
+test says is what the supervisor does.
+*/
+
+use std::time::Duration;
+
+/// The wait before retry number `attempt` (1-based; 0 is treated as 1).
+pub fn delay(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(31);
+    base.checked_mul(1u32 << doublings).map_or(cap, |d| d.min(cap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_from_base_up_to_cap() {
+        let s = Duration::from_secs;
+        let got: Vec<_> = (1..=7).map(|n| delay(n, s(30), s(300)).as_secs()).collect();
+        assert_eq!(got, [30, 60, 120, 240, 300, 300, 300]);
+    }
+
+    #[test]
+    fn huge_attempt_numbers_stay_at_the_cap() {
+        let s = Duration::from_secs;
+        assert_eq!(delay(0, s(30), s(300)), s(30));
+        assert_eq!(delay(40, s(30), s(300)), s(300));
+        assert_eq!(delay(u32::MAX, Duration::from_millis(1), s(5)), s(5));
+    }
+}

@@ -1,0 +1,126 @@
+/*!
+The channel directory, `state_dir/directory.json`: every chat seen, per platform.
+
+It is how a person (or, later, `switchboard send`) finds the id of a chat to send to.
+Telegram has no API to list a bot's chats, so the directory is built from the chats
+messages came from. A new chat is written at once; the whole file is rebuilt when a
+platform (re)connects, as the reference gateway does.
+*/
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+use crate::message::{ChatType, Source};
+use crate::status::unix_now;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatEntry {
+    pub id: String,
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub chat_type: ChatType,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DirectoryFile {
+    pub updated_at: f64,
+    /// Platform instance name → chats, sorted by id.
+    pub platforms: BTreeMap<String, Vec<ChatEntry>>,
+}
+
+/// The directory, shared by the router (which observes chats) and the supervisor
+/// (which rebuilds it after a reconnect).
+pub struct Directory {
+    path: PathBuf,
+    chats: Mutex<BTreeMap<String, BTreeMap<String, ChatEntry>>>,
+}
+
+impl Directory {
+    /// Load `state_dir/directory.json`; a missing or unreadable file starts empty.
+    pub fn load(state_dir: &Path) -> Directory {
+        let path = state_dir.join("directory.json");
+        let file: DirectoryFile = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                log::warn!("{}: unreadable ({e}); starting a new channel directory", path.display());
+                DirectoryFile::default()
+            }),
+            Err(_) => DirectoryFile::default(),
+        };
+        let chats = file
+            .platforms
+            .into_iter()
+            .map(|(platform, list)| (platform, list.into_iter().map(|c| (c.id.clone(), c)).collect()))
+            .collect();
+        Directory { path, chats: Mutex::new(chats) }
+    }
+
+    /// Record the chat `source` came from; write the file if it is new or renamed.
+    pub fn observe(&self, source: &Source) {
+        let entry =
+            ChatEntry { id: source.chat_id.clone(), name: source.chat_name.clone(), chat_type: source.chat_type };
+        let mut chats = self.chats.lock();
+        let known = chats.entry(source.platform.clone()).or_default();
+        if known.get(&entry.id) != Some(&entry) {
+            known.insert(entry.id.clone(), entry);
+            self.write(&chats);
+        }
+    }
+
+    /// Write the whole directory now.
+    pub fn rebuild(&self) {
+        self.write(&self.chats.lock());
+    }
+
+    pub fn read(state_dir: &Path) -> std::io::Result<DirectoryFile> {
+        let bytes = std::fs::read(state_dir.join("directory.json"))?;
+        serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    fn write(&self, chats: &BTreeMap<String, BTreeMap<String, ChatEntry>>) {
+        let file = DirectoryFile {
+            updated_at: unix_now(),
+            platforms: chats.iter().map(|(p, c)| (p.clone(), c.values().cloned().collect())).collect(),
+        };
+        // Plain strings and numbers: serializing cannot fail.
+        let json = serde_json::to_vec_pretty(&file).expect("directory serializes");
+        if let Err(e) = fsutil::write_atomic(&self.path, &json) {
+            log::warn!("{}: cannot write the channel directory: {e}", self.path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(platform: &str, chat: &str) -> Source {
+        Source {
+            platform: platform.into(),
+            chat_id: chat.into(),
+            chat_type: ChatType::Group,
+            chat_name: Some("Team".into()),
+            user_id: Some("1".into()),
+            user_name: None,
+            thread_id: None,
+        }
+    }
+
+    #[test]
+    fn records_chats_per_platform_and_survives_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Directory::load(dir.path());
+        d.observe(&source("tg", "-100"));
+        d.observe(&source("tg", "-100"));
+        d.observe(&source("bot2", "5"));
+        let file = Directory::read(dir.path()).unwrap();
+        assert_eq!(file.platforms["tg"].len(), 1);
+        assert_eq!(file.platforms["bot2"][0].id, "5");
+        let again = Directory::load(dir.path());
+        again.rebuild();
+        assert_eq!(Directory::read(dir.path()).unwrap().platforms, file.platforms);
+    }
+}
