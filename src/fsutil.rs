@@ -18,8 +18,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     create_private_dir(dir)?;
     let name = path.file_name().ok_or_else(|| io::Error::other("path has no file name"))?;
     let tmp = dir.join(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
+    // A leftover from a crash may carry other permissions: start afresh.
+    let _ = fs::remove_file(&tmp);
     let written = (|| {
-        let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         file.write_all(data)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;

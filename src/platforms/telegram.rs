@@ -1,9 +1,896 @@
-//! INTERFACE STUB: the Telegram Bot API platform (being written).
+/*!
+The Telegram Bot API platform: long polling with `getUpdates`, replies with `sendMessage`.
 
+Connecting checks the token (`getMe`) and removes any webhook (`deleteWebhook`, keeping
+pending updates), because Telegram refuses `getUpdates` while a webhook is set. Then
+[`Platform::run`] long-polls. Telegram confirms ("acknowledges") every update below the
+`offset` of the next `getUpdates` call and never sends it again, so the offset is the
+only thing that stands between a crash and a lost message. It is advanced past an update
+only once the update was handed to the router, and it is written to
+`<state_dir>/cursors/telegram-<instance>.offset` atomically before the next poll. A
+restart resumes at the stored offset: nothing is lost, nothing is handled twice.
+
+Failures follow the Hermes gateway's Telegram handling, see
+`reference/hermes-gateway.md` §2.9 and `reference/protocols.md` §4:
+
+| what                              | in the adapter                        | then                                  |
+|-----------------------------------|---------------------------------------|---------------------------------------|
+| network, DNS, timeout, 5xx, junk  | `network_retries` quick retries       | retryable `telegram_network_error`    |
+| 429                               | wait `parameters.retry_after`         | go on                                 |
+| 409 (another poller)              | `conflict_retries`, waits n × `conflict_wait` | permanent `telegram_polling_conflict` |
+| 401 / 404 (bad token)             | none                                  | permanent `telegram_unauthorized`     |
+| any other 4xx                     | none                                  | retryable `telegram_api_error`        |
+
+A success resets both counters. The bot token is part of every URL and so of ureq's
+error texts: every text that leaves this module is scrubbed of it.
+
+The pure parts (settings, request bodies, reading Telegram's answer, the retry policy,
+update parsing) sit apart from the I/O driver and are unit-tested without sockets.
+*/
+
+use std::convert::Infallible;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use crate::config::{PlatformSpec, Section};
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde_json::{Value, json};
 
-pub fn parse(_section: &mut Section) -> Arc<dyn PlatformSpec> {
-    unimplemented!("telegram")
+use crate::adapter::{Context, Fatal, Outlet, Platform, SendError, Stopped};
+use crate::config::{PlatformSpec, Secret, Section};
+use crate::fsutil;
+use crate::message::{ChatType, Inbound, Outbound, Source};
+use crate::net::http;
+use crate::text::{Limit, Unit};
+
+/// Telegram's message text limit: 4096 characters "after entities parsing", which
+/// Telegram counts in UTF-16 code units.
+pub const MESSAGE_LIMIT: Limit = Limit { max: 4096, unit: Unit::Utf16 };
+
+/// The wait after a 429 whose answer names none (Telegram always does; proxies may not).
+const FALLBACK_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+const UNAUTHORIZED: &str = "telegram_unauthorized";
+const NETWORK_ERROR: &str = "telegram_network_error";
+const POLLING_CONFLICT: &str = "telegram_polling_conflict";
+const API_ERROR: &str = "telegram_api_error";
+const BAD_CONFIG: &str = "telegram_bad_config";
+const STATE_ERROR: &str = "telegram_state_error";
+
+// ---------------------------------------------------------------------------------------
+// Settings
+
+/// The validated `[platforms.NAME]` settings of a Telegram instance (`kind = "telegram"`).
+/// Every wait is a setting so tests can run the whole policy in milliseconds.
+#[derive(Clone, Debug)]
+pub struct TelegramSettings {
+    /// `token`: the bot token from @BotFather. Required.
+    pub token: Secret,
+    /// `api_base`: where the Bot API lives; requests go to `{api_base}/bot{token}/{method}`.
+    /// Default `https://api.telegram.org`; point it at a self-hosted Bot API server or a fake.
+    pub api_base: String,
+    /// `poll_timeout`: how long one `getUpdates` may wait for news. Whole seconds, ≥ 1 s.
+    /// Default 50 s.
+    pub poll_timeout: Duration,
+    /// `allowed_updates`: the update types to receive. Default `["message"]`; add
+    /// `"channel_post"` to answer in channels.
+    pub allowed_updates: Vec<String>,
+    /// `request_timeout`: the limit on every other request, and the margin a long poll
+    /// gets on top of `poll_timeout`. Default 15 s.
+    pub request_timeout: Duration,
+    /// `network_retries`: quick retries of a network failure before the supervisor takes
+    /// over. Default 3.
+    pub network_retries: u32,
+    /// `network_retry_wait`: the wait before the first quick retry, doubling after each.
+    /// Default 1 s (so 1, 2, 4 s).
+    pub network_retry_wait: Duration,
+    /// `conflict_retries`: how often a 409 "terminated by other getUpdates request" is
+    /// retried before giving up for good. Default 3.
+    pub conflict_retries: u32,
+    /// `conflict_wait`: the wait before conflict retry n is n × this. Default 10 s (so 10,
+    /// 20, 30 s).
+    pub conflict_wait: Duration,
+}
+
+impl TelegramSettings {
+    /// The defaults, with `token`.
+    pub fn new(token: Secret) -> TelegramSettings {
+        TelegramSettings {
+            token,
+            api_base: "https://api.telegram.org".to_string(),
+            poll_timeout: Duration::from_secs(50),
+            allowed_updates: vec!["message".to_string()],
+            request_timeout: Duration::from_secs(15),
+            network_retries: 3,
+            network_retry_wait: Duration::from_secs(1),
+            conflict_retries: 3,
+            conflict_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Read a `kind = "telegram"` table. Problems are recorded in `section`.
+pub fn parse(section: &mut Section) -> Arc<dyn PlatformSpec> {
+    let d = TelegramSettings::new(Secret::default());
+    let settings = TelegramSettings {
+        token: section.secret("token"),
+        api_base: section.string_or("api_base", &d.api_base),
+        poll_timeout: section.duration_or("poll_timeout", d.poll_timeout),
+        allowed_updates: section.string_list("allowed_updates").unwrap_or(d.allowed_updates),
+        request_timeout: section.duration_or("request_timeout", d.request_timeout),
+        network_retries: section.u32_or("network_retries", d.network_retries),
+        network_retry_wait: section.duration_or("network_retry_wait", d.network_retry_wait),
+        conflict_retries: section.u32_or("conflict_retries", d.conflict_retries),
+        conflict_wait: section.duration_or("conflict_wait", d.conflict_wait),
+    };
+    for (key, problem) in validate(&settings) {
+        section.invalid(key, &problem);
+    }
+    Arc::new(TelegramSpec::new(settings))
+}
+
+/// What is wrong with `s`, per key.
+fn validate(s: &TelegramSettings) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if !(s.api_base.starts_with("https://") || s.api_base.starts_with("http://")) {
+        problems.push(("api_base", format!("`{}` is not an http:// or https:// URL", s.api_base)));
+    }
+    if s.poll_timeout < Duration::from_secs(1) {
+        // Telegram takes whole seconds; 0 would turn long polling into a busy loop.
+        problems.push(("poll_timeout", "must be at least 1s".to_string()));
+    }
+    if s.request_timeout.is_zero() {
+        problems.push(("request_timeout", "must be more than 0s".to_string()));
+    }
+    problems
+}
+
+/// A validated Telegram instance; builds a fresh adapter (with a fresh HTTP agent) for
+/// every generation.
+pub struct TelegramSpec {
+    settings: Arc<TelegramSettings>,
+}
+
+impl TelegramSpec {
+    /// A spec from settings built by hand (tests, tools) or by [`parse`]. A trailing `/`
+    /// on `api_base` is dropped.
+    pub fn new(mut settings: TelegramSettings) -> TelegramSpec {
+        let trimmed = settings.api_base.trim_end_matches('/').len();
+        settings.api_base.truncate(trimmed);
+        TelegramSpec { settings: Arc::new(settings) }
+    }
+}
+
+impl PlatformSpec for TelegramSpec {
+    fn build(&self) -> Box<dyn Platform> {
+        Box::new(Telegram::new(self.settings.clone()))
+    }
+
+    fn lock_identity(&self) -> Option<&Secret> {
+        Some(&self.settings.token)
+    }
+
+    fn describe(&self) -> String {
+        let s = &self.settings;
+        format!("telegram via {} (long poll {}s)", s.api_base, s.poll_timeout.as_secs())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Talking to the Bot API
+
+/// How one Bot API call failed, already free of the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ApiError {
+    /// No usable answer: a transport failure, a 5xx, or a body that is not the Bot API's.
+    Network(String),
+    /// 429: wait this long before the next request.
+    RateLimited(Duration),
+    /// 401 or 404: the token is wrong or revoked.
+    Unauthorized(String),
+    /// 409: another consumer of this token (a poller, or a webhook).
+    Conflict(String),
+    /// Any other refusal, with its status (400 chat not found, 403 bot blocked).
+    Rejected(u16, String),
+    /// The request cannot be made as configured (a malformed `api_base`).
+    Config(String),
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Network(m) => write!(f, "network error: {m}"),
+            ApiError::RateLimited(d) => write!(f, "rate limited for {d:?}"),
+            ApiError::Unauthorized(m) => write!(f, "unauthorized: {m}"),
+            ApiError::Conflict(m) => write!(f, "conflict: {m}"),
+            ApiError::Rejected(code, m) => write!(f, "refused ({code}): {m}"),
+            ApiError::Config(m) => write!(f, "cannot make the request: {m}"),
+        }
+    }
+}
+
+/// The Bot API's answer envelope: `{"ok":true,"result":…}` or
+/// `{"ok":false,"error_code":…,"description":…,"parameters":{"retry_after":…}}`.
+#[derive(Deserialize)]
+struct Envelope {
+    ok: bool,
+    result: Option<Value>,
+    description: Option<String>,
+    parameters: Option<ResponseParameters>,
+}
+
+#[derive(Deserialize)]
+struct ResponseParameters {
+    retry_after: Option<u64>,
+}
+
+/// Read a Bot API answer: its `result` on success, else why not. `header_wait` is the
+/// HTTP `Retry-After`, used only when the body names no `retry_after`.
+fn interpret<T: DeserializeOwned>(status: u16, body: &[u8], header_wait: Option<Duration>) -> Result<T, ApiError> {
+    let envelope: Option<Envelope> = serde_json::from_slice(body).ok();
+    if (200..300).contains(&status) {
+        // A 200 that is not the Bot API's JSON comes from a proxy or a truncated
+        // transfer, never from Telegram itself: transient.
+        let malformed = || ApiError::Network(format!("malformed answer (HTTP {status})"));
+        let result = envelope.filter(|e| e.ok).ok_or_else(malformed)?.result.unwrap_or(Value::Null);
+        return serde_json::from_value(result).map_err(|_| malformed());
+    }
+    let description = envelope.as_ref().and_then(|e| e.description.clone());
+    let description = description.unwrap_or_else(|| format!("HTTP {status}"));
+    Err(match status {
+        429 => {
+            let body_wait = envelope.and_then(|e| e.parameters?.retry_after).map(Duration::from_secs);
+            ApiError::RateLimited(body_wait.or(header_wait).unwrap_or(FALLBACK_RETRY_AFTER))
+        }
+        401 | 404 => ApiError::Unauthorized(description),
+        409 => ApiError::Conflict(description),
+        s if http::is_transient_status(s) => ApiError::Network(format!("HTTP {s}: {description}")),
+        s => ApiError::Rejected(s, description),
+    })
+}
+
+/// A failed transport, described without the URL's token.
+fn transport_error(err: &ureq::Error, token: &str) -> ApiError {
+    let failure = http::classify(err);
+    let text = http::scrub(&format!("{}: {err}", failure.as_str()), token);
+    if failure.is_transient() { ApiError::Network(text) } else { ApiError::Config(text) }
+}
+
+/// The Bot API of one bot. Cheap to clone: the agent shares its connection pool.
+#[derive(Clone)]
+struct Api {
+    agent: ureq::Agent,
+    api_base: String,
+    token: Secret,
+}
+
+impl Api {
+    /// Call `method` with a JSON `body`, waiting at most `timeout`. Blocks.
+    fn call<T: DeserializeOwned>(&self, method: &str, body: &str, timeout: Duration) -> Result<T, ApiError> {
+        let url = format!("{}/bot{}/{method}", self.api_base, self.token.expose());
+        let sent = (self.agent.post(&url).config().timeout_global(Some(timeout)).build())
+            .header("Content-Type", "application/json")
+            .send(body);
+        let mut response = sent.map_err(|e| transport_error(&e, self.token.expose()))?;
+        let status = response.status().as_u16();
+        let header_wait = http::retry_after(response.headers(), SystemTime::now());
+        let bytes = http::read_body(&mut response).map_err(|e| transport_error(&e, self.token.expose()))?;
+        interpret(status, &bytes, header_wait)
+    }
+}
+
+/// The `getUpdates` parameters. `offset` is absent on a first start, which asks for
+/// every update Telegram still holds.
+fn get_updates_body(offset: Option<i64>, s: &TelegramSettings) -> Value {
+    let mut body = json!({ "timeout": s.poll_timeout.as_secs(), "allowed_updates": s.allowed_updates });
+    if let Some(offset) = offset {
+        body["offset"] = json!(offset);
+    }
+    body
+}
+
+/// The `sendMessage` parameters for `msg`. Telegram ids are integers; a chat id that is
+/// not (`@channelname`) is passed as the string Telegram also accepts.
+fn send_message_body(msg: &Outbound) -> Value {
+    let chat_id = msg.chat_id.parse::<i64>().map_or_else(|_| json!(msg.chat_id), |id| json!(id));
+    let mut body = json!({ "chat_id": chat_id, "text": msg.text });
+    if let Some(thread) = msg.thread_id.as_deref().and_then(|t| t.parse::<i64>().ok()) {
+        body["message_thread_id"] = json!(thread);
+    }
+    if let Some(reply_to) = msg.reply_to.as_deref().and_then(|m| m.parse::<i64>().ok()) {
+        // The reply still goes out if the message it answers was deleted meanwhile.
+        body["reply_parameters"] = json!({ "message_id": reply_to, "allow_sending_without_reply": true });
+    }
+    body
+}
+
+// ---------------------------------------------------------------------------------------
+// The retry policy
+
+/// Consecutive failures of the current call sequence; reset by any success.
+#[derive(Debug, Default)]
+struct Retries {
+    network: u32,
+    conflict: u32,
+}
+
+impl Retries {
+    fn reset(&mut self) {
+        *self = Retries::default();
+    }
+
+    /// After a failed call: how long to wait before trying again, or why to give up.
+    fn after(&mut self, err: ApiError, s: &TelegramSettings) -> Result<Duration, Fatal> {
+        match err {
+            ApiError::Network(why) => {
+                self.network += 1;
+                if self.network > s.network_retries {
+                    let message = format!("Telegram unreachable after {} attempts: {why}", self.network);
+                    return Err(Fatal::retryable(NETWORK_ERROR, message));
+                }
+                // 1, 2, 4 … × the base; the shift is capped so it cannot overflow.
+                Ok(s.network_retry_wait.saturating_mul(1 << (self.network - 1).min(16)))
+            }
+            ApiError::RateLimited(wait) => Ok(wait),
+            ApiError::Conflict(why) => {
+                self.conflict += 1;
+                if self.conflict > s.conflict_retries {
+                    let message = format!(
+                        "another poller is using this bot token ({why}); gave up after {} retries. \
+                         Make sure only one gateway runs per bot token.",
+                        s.conflict_retries
+                    );
+                    return Err(Fatal::permanent(POLLING_CONFLICT, message));
+                }
+                Ok(s.conflict_wait.saturating_mul(self.conflict))
+            }
+            ApiError::Unauthorized(why) => {
+                Err(Fatal::permanent(UNAUTHORIZED, format!("Telegram refused the bot token ({why}); check `token`")))
+            }
+            ApiError::Rejected(status, why) => {
+                Err(Fatal::retryable(API_ERROR, format!("Telegram refused a request ({status}): {why}")))
+            }
+            ApiError::Config(why) => Err(Fatal::permanent(BAD_CONFIG, format!("check `api_base`: {why}"))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Updates → Inbound
+
+#[derive(Deserialize)]
+struct Update {
+    message: Option<Message>,
+    channel_post: Option<Message>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    message_id: i64,
+    message_thread_id: Option<i64>,
+    #[serde(default)]
+    is_topic_message: bool,
+    from: Option<User>,
+    chat: Chat,
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Chat {
+    id: i64,
+    #[serde(rename = "type")]
+    kind: String,
+    title: Option<String>,
+    first_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct User {
+    id: i64,
+    username: Option<String>,
+    first_name: String,
+}
+
+/// The bits of `getMe` worth a log line.
+#[derive(Deserialize)]
+struct Me {
+    username: Option<String>,
+}
+
+/// Why an update produced no [`Inbound`]. It is acknowledged all the same.
+#[derive(Debug, PartialEq, Eq)]
+enum Skip {
+    /// Not a message (an edit, a callback, a member change …).
+    NotMessage,
+    /// A message without text (a photo, a sticker, a service message).
+    NoText,
+    /// Not the shape the Bot API documents.
+    Malformed(String),
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::NotMessage => f.write_str("not a message"),
+            Skip::NoText => f.write_str("no text"),
+            Skip::Malformed(why) => write!(f, "malformed: {why}"),
+        }
+    }
+}
+
+/// The `update_id` of a raw update, read apart from the rest so that an update that does
+/// not parse can still be acknowledged.
+fn update_id(raw: &Value) -> Option<i64> {
+    raw.get("update_id")?.as_i64()
+}
+
+/// Turn one update into an [`Inbound`] for instance `platform`.
+fn parse_update(platform: &str, raw: Value) -> Result<Inbound, Skip> {
+    let update: Update = serde_json::from_value(raw).map_err(|e| Skip::Malformed(e.to_string()))?;
+    let msg = update.message.or(update.channel_post).ok_or(Skip::NotMessage)?;
+    let chat_type = match msg.chat.kind.as_str() {
+        "private" => ChatType::Dm,
+        "group" | "supergroup" => ChatType::Group,
+        "channel" => ChatType::Channel,
+        other => return Err(Skip::Malformed(format!("unknown chat type `{other}`"))),
+    };
+    let text = msg.text.ok_or(Skip::NoText)?;
+    // In a plain supergroup `message_thread_id` names a reply chain, and sending to it
+    // fails ("message thread not found"); only forum topics are threads to answer in.
+    let thread_id = msg.message_thread_id.filter(|_| msg.is_topic_message).map(|t| t.to_string());
+    let source = Source {
+        platform: platform.to_string(),
+        chat_id: msg.chat.id.to_string(),
+        chat_type,
+        chat_name: msg.chat.title.or(msg.chat.first_name),
+        user_id: msg.from.as_ref().map(|u| u.id.to_string()),
+        user_name: msg.from.map(|u| u.username.unwrap_or(u.first_name)),
+        thread_id,
+    };
+    Ok(Inbound { source, message_id: Some(msg.message_id.to_string()), text })
+}
+
+// ---------------------------------------------------------------------------------------
+// The offset file
+
+/// Where instance `name` keeps its offset. Characters that could leave the directory or
+/// trouble a shell become `_`.
+fn cursor_path(state_dir: &Path, name: &str) -> PathBuf {
+    let safe: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    state_dir.join("cursors").join(format!("telegram-{safe}.offset"))
+}
+
+fn parse_offset(text: &str) -> Option<i64> {
+    text.trim().parse().ok()
+}
+
+/// The stored offset; `None` when there is none yet. A file that does not hold a number
+/// (edited by hand) is ignored with a warning: Telegram then resends what it still
+/// holds, which may repeat messages but loses none.
+fn read_offset(path: &Path) -> io::Result<Option<i64>> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let offset = parse_offset(&text);
+            if offset.is_none() {
+                log::warn!("ignoring {}: it does not hold an offset", path.display());
+            }
+            Ok(offset)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The adapter
+
+/// How a wait or a call sequence ended early.
+enum Halt {
+    Stopped,
+    Fatal(Fatal),
+}
+
+impl From<Stopped> for Halt {
+    fn from(_: Stopped) -> Halt {
+        Halt::Stopped
+    }
+}
+
+/// One generation of a Telegram instance.
+struct Telegram {
+    settings: Arc<TelegramSettings>,
+    api: Api,
+    /// The next `getUpdates` offset: one past the last update handled.
+    offset: Option<i64>,
+    /// Where the offset is kept; set by `connect`, which knows the instance name.
+    cursor: PathBuf,
+}
+
+impl Telegram {
+    fn new(settings: Arc<TelegramSettings>) -> Telegram {
+        let agent = http::agent(settings.request_timeout, settings.request_timeout);
+        let api = Api { agent, api_base: settings.api_base.clone(), token: settings.token.clone() };
+        Telegram { settings, api, offset: None, cursor: PathBuf::new() }
+    }
+
+    /// Call `method` until it succeeds, the retry policy gives up, or a stop is requested.
+    /// The call runs on a helper thread so that a stop never waits for the network.
+    fn request<T>(&self, ctx: &Context, retries: &mut Retries, method: &'static str, body: &Value) -> Result<T, Halt>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        // A long poll may rightly take `poll_timeout` before it answers; the margin
+        // covers connecting and the transfer.
+        let timeout = match method {
+            "getUpdates" => self.settings.poll_timeout + self.settings.request_timeout,
+            _ => self.settings.request_timeout,
+        };
+        let body = body.to_string();
+        loop {
+            let (api, body) = (self.api.clone(), body.clone());
+            match ctx.interruptible(move || api.call::<T>(method, &body, timeout))? {
+                Ok(value) => {
+                    retries.reset();
+                    return Ok(value);
+                }
+                Err(err) => {
+                    log::warn!("{}: {method}: {err}", ctx.name);
+                    let wait = retries.after(err, &self.settings).map_err(Halt::Fatal)?;
+                    ctx.sleep(wait)?;
+                }
+            }
+        }
+    }
+
+    /// Check the token, make room for polling, load the offset.
+    fn prepare(&mut self, ctx: &Context) -> Result<(), Halt> {
+        let mut retries = Retries::default();
+        let me: Me = self.request(ctx, &mut retries, "getMe", &json!({}))?;
+        let _: IgnoredAny =
+            self.request(ctx, &mut retries, "deleteWebhook", &json!({ "drop_pending_updates": false }))?;
+        self.cursor = cursor_path(&ctx.state_dir, &ctx.name);
+        self.offset = read_offset(&self.cursor).map_err(|e| {
+            Halt::Fatal(Fatal::retryable(STATE_ERROR, format!("cannot read {}: {e}", self.cursor.display())))
+        })?;
+        let bot = me.username.as_deref().unwrap_or("?");
+        log::info!("{}: connected as @{bot}, resuming at offset {:?}", ctx.name, self.offset);
+        Ok(())
+    }
+
+    /// Long-poll until stopped or broken. Never returns `Ok`.
+    fn poll(&mut self, ctx: &Context) -> Result<Infallible, Halt> {
+        let mut retries = Retries::default();
+        loop {
+            let body = get_updates_body(self.offset, &self.settings);
+            // Each update stays raw until handled, so one bad update cannot spoil the batch.
+            let updates: Vec<Value> = self.request(ctx, &mut retries, "getUpdates", &body)?;
+            for raw in updates {
+                self.handle(ctx, raw)?;
+            }
+        }
+    }
+
+    /// Hand one update to the router, then advance the offset past it.
+    fn handle(&mut self, ctx: &Context, raw: Value) -> Result<(), Stopped> {
+        let Some(id) = update_id(&raw) else {
+            // Without an id it cannot be acknowledged alone; the next update's offset will.
+            log::warn!("{}: skipping an update without update_id", ctx.name);
+            return Ok(());
+        };
+        if self.offset.is_some_and(|next| id < next) {
+            return Ok(()); // Already handled: a server that resends what it was told to drop.
+        }
+        match parse_update(&ctx.name, raw) {
+            // On a stop the offset stays put, so the update comes again after a restart.
+            Ok(inbound) => ctx.deliver(inbound)?,
+            Err(skip @ Skip::Malformed(_)) => log::warn!("{}: skipping update {id}: {skip}", ctx.name),
+            Err(skip) => log::debug!("{}: skipping update {id}: {skip}", ctx.name),
+        }
+        self.advance(ctx, id + 1);
+        Ok(())
+    }
+
+    fn advance(&mut self, ctx: &Context, next: i64) {
+        self.offset = Some(next);
+        if let Err(e) = fsutil::write_atomic(&self.cursor, format!("{next}\n").as_bytes()) {
+            // Going on is the lesser evil: the offset in memory still acknowledges the
+            // update, so a restart may repeat messages, but a full disk must not silence
+            // the bot.
+            log::error!("{}: cannot store the offset in {}: {e}", ctx.name, self.cursor.display());
+        }
+    }
+}
+
+impl Platform for Telegram {
+    fn connect(&mut self, ctx: &Context) -> Result<Arc<dyn Outlet>, Fatal> {
+        let outlet = Arc::new(TelegramOutlet { api: self.api.clone(), timeout: self.settings.request_timeout });
+        match self.prepare(ctx) {
+            // On a stop the harness sees `stop_requested` and ends the generation cleanly.
+            Ok(()) | Err(Halt::Stopped) => Ok(outlet),
+            Err(Halt::Fatal(fatal)) => Err(fatal),
+        }
+    }
+
+    fn run(&mut self, ctx: &Context) -> Result<(), Fatal> {
+        match self.poll(ctx) {
+            Err(Halt::Stopped) => Ok(()),
+            Err(Halt::Fatal(fatal)) => Err(fatal),
+        }
+    }
+}
+
+/// Sends to Telegram from the delivery workers, over the adapter's agent.
+struct TelegramOutlet {
+    api: Api,
+    timeout: Duration,
+}
+
+/// What a failed `sendMessage` means for the message.
+fn send_error(err: ApiError) -> SendError {
+    match err {
+        ApiError::RateLimited(wait) => SendError::RetryAfter(wait),
+        ApiError::Network(why) => SendError::Transient(why),
+        // A refused token is no fault of the message, but the adapter ends for good on
+        // it too, so a retry could only spin; every other 4xx is about this message.
+        ApiError::Unauthorized(why) => SendError::Rejected(format!("bot token refused: {why}")),
+        ApiError::Conflict(why) | ApiError::Rejected(_, why) | ApiError::Config(why) => SendError::Rejected(why),
+    }
+}
+
+impl Outlet for TelegramOutlet {
+    fn limit(&self) -> Limit {
+        MESSAGE_LIMIT
+    }
+
+    fn send(&self, msg: &Outbound) -> Result<(), SendError> {
+        let body = send_message_body(msg).to_string();
+        self.api.call::<IgnoredAny>("sendMessage", &body, self.timeout).map(drop).map_err(send_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "123456:ABC-secret";
+
+    fn settings() -> TelegramSettings {
+        TelegramSettings { network_retry_wait: Duration::from_millis(100), ..TelegramSettings::new(Secret::new(TOKEN)) }
+    }
+
+    fn update(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn private_text_message() {
+        let raw = update(
+            r#"{"update_id": 10, "message": {"message_id": 7, "date": 1,
+                "from": {"id": 42, "is_bot": false, "first_name": "Ada", "username": "ada"},
+                "chat": {"id": 42, "type": "private", "first_name": "Ada"}, "text": "hi"}}"#,
+        );
+        assert_eq!(update_id(&raw), Some(10));
+        let inbound = parse_update("tg", raw).unwrap();
+        let want = Source {
+            platform: "tg".into(),
+            chat_id: "42".into(),
+            chat_type: ChatType::Dm,
+            chat_name: Some("Ada".into()),
+            user_id: Some("42".into()),
+            user_name: Some("ada".into()),
+            thread_id: None,
+        };
+        assert_eq!(inbound, Inbound { source: want, message_id: Some("7".into()), text: "hi".into() });
+    }
+
+    #[test]
+    fn group_and_forum_topic() {
+        let raw = update(
+            r#"{"update_id": 11, "message": {"message_id": 8, "message_thread_id": 3, "is_topic_message": true,
+                "from": {"id": 5, "first_name": "Bob"},
+                "chat": {"id": -100123, "type": "supergroup", "title": "Ops"}, "text": "deploy?"}}"#,
+        );
+        let inbound = parse_update("tg", raw).unwrap();
+        assert_eq!(inbound.source.chat_type, ChatType::Group);
+        assert_eq!(inbound.source.chat_id, "-100123");
+        assert_eq!(inbound.source.chat_name.as_deref(), Some("Ops"));
+        assert_eq!(inbound.source.user_name.as_deref(), Some("Bob"), "first name when there is no username");
+        assert_eq!(inbound.source.thread_id.as_deref(), Some("3"));
+
+        // A reply in a plain group carries a thread id that is not a topic.
+        let raw = update(
+            r#"{"update_id": 12, "message": {"message_id": 9, "message_thread_id": 4,
+                "from": {"id": 5, "first_name": "Bob"}, "chat": {"id": -5, "type": "group", "title": "G"}, "text": "x"}}"#,
+        );
+        assert_eq!(parse_update("tg", raw).unwrap().source.thread_id, None);
+    }
+
+    #[test]
+    fn channel_post() {
+        let raw = update(
+            r#"{"update_id": 13, "channel_post": {"message_id": 1, "chat": {"id": -1001, "type": "channel", "title": "News"}, "text": "t"}}"#,
+        );
+        let inbound = parse_update("tg", raw).unwrap();
+        assert_eq!(inbound.source.chat_type, ChatType::Channel);
+        assert_eq!(inbound.source.user_id, None);
+    }
+
+    #[test]
+    fn updates_that_yield_nothing() {
+        let no_text = update(
+            r#"{"update_id": 1, "message": {"message_id": 1, "chat": {"id": 1, "type": "private"}, "photo": []}}"#,
+        );
+        assert_eq!(parse_update("tg", no_text), Err(Skip::NoText));
+        let edit = update(
+            r#"{"update_id": 2, "edited_message": {"message_id": 1, "chat": {"id": 1, "type": "private"}, "text": "x"}}"#,
+        );
+        assert_eq!(parse_update("tg", edit), Err(Skip::NotMessage));
+        let bad_chat = update(r#"{"update_id": 3, "message": {"message_id": 1, "chat": "oops", "text": "x"}}"#);
+        assert!(matches!(parse_update("tg", bad_chat), Err(Skip::Malformed(_))));
+        let odd_type =
+            update(r#"{"update_id": 4, "message": {"message_id": 1, "chat": {"id": 1, "type": "x"}, "text": "x"}}"#);
+        assert!(matches!(parse_update("tg", odd_type), Err(Skip::Malformed(_))));
+        assert_eq!(update_id(&update(r#"{"message": {}}"#)), None);
+    }
+
+    #[test]
+    fn interpreting_answers() {
+        let ok: Result<Vec<Value>, _> = interpret(200, br#"{"ok":true,"result":[{"update_id":1}]}"#, None);
+        assert_eq!(ok.unwrap().len(), 1);
+        let junk = [&b"<html>bad gateway</html>"[..], b"", br#"{"ok":false}"#, br#"{"ok":true,"result":5}"#];
+        for body in junk {
+            let got: Result<Vec<Value>, _> = interpret(200, body, None);
+            assert!(matches!(got, Err(ApiError::Network(_))), "{body:?}");
+        }
+        let error = |code: u16, body: &str| interpret::<IgnoredAny>(code, body.as_bytes(), None).unwrap_err();
+        let rate = r#"{"ok":false,"error_code":429,"description":"Too Many Requests","parameters":{"retry_after":7}}"#;
+        assert_eq!(error(429, rate), ApiError::RateLimited(Duration::from_secs(7)));
+        assert_eq!(
+            interpret::<IgnoredAny>(429, b"", Some(Duration::from_secs(3))).unwrap_err(),
+            ApiError::RateLimited(Duration::from_secs(3))
+        );
+        assert_eq!(error(429, ""), ApiError::RateLimited(FALLBACK_RETRY_AFTER));
+        let unauthorized = r#"{"ok":false,"error_code":401,"description":"Unauthorized"}"#;
+        assert_eq!(error(401, unauthorized), ApiError::Unauthorized("Unauthorized".into()));
+        assert!(matches!(error(404, "Not Found"), ApiError::Unauthorized(_)));
+        let conflict =
+            r#"{"ok":false,"error_code":409,"description":"Conflict: terminated by other getUpdates request"}"#;
+        assert!(matches!(error(409, conflict), ApiError::Conflict(d) if d.contains("terminated")));
+        assert_eq!(error(502, "<html>"), ApiError::Network("HTTP 502: HTTP 502".into()));
+        let blocked = r#"{"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"}"#;
+        assert!(matches!(error(403, blocked), ApiError::Rejected(403, _)));
+    }
+
+    #[test]
+    fn network_failures_retry_with_doubling_waits_then_give_up() {
+        let s = settings();
+        let mut r = Retries::default();
+        let net = || ApiError::Network("down".into());
+        let waits: Vec<_> = (0..3).map(|_| r.after(net(), &s).unwrap()).collect();
+        assert_eq!(waits, [100, 200, 400].map(Duration::from_millis));
+        let fatal = r.after(net(), &s).unwrap_err();
+        assert_eq!((fatal.code.as_str(), fatal.retryable), (NETWORK_ERROR, true));
+        r.reset();
+        assert_eq!(r.after(net(), &s), Ok(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn conflicts_wait_10_20_30_then_give_up_for_good() {
+        let s = settings();
+        let mut r = Retries::default();
+        let conflict = || ApiError::Conflict("Conflict: terminated by other getUpdates request".into());
+        let waits: Vec<_> = (0..3).map(|_| r.after(conflict(), &s).unwrap()).collect();
+        assert_eq!(waits, [10, 20, 30].map(Duration::from_secs));
+        // Rate limits neither count nor reset.
+        assert_eq!(r.after(ApiError::RateLimited(Duration::from_secs(2)), &s), Ok(Duration::from_secs(2)));
+        let fatal = r.after(conflict(), &s).unwrap_err();
+        assert_eq!((fatal.code.as_str(), fatal.retryable), (POLLING_CONFLICT, false));
+    }
+
+    #[test]
+    fn unrecoverable_answers() {
+        let s = settings();
+        let fatal = Retries::default().after(ApiError::Unauthorized("Unauthorized".into()), &s).unwrap_err();
+        assert_eq!((fatal.code.as_str(), fatal.retryable), (UNAUTHORIZED, false));
+        let fatal = Retries::default().after(ApiError::Rejected(400, "Bad Request".into()), &s).unwrap_err();
+        assert_eq!((fatal.code.as_str(), fatal.retryable), (API_ERROR, true));
+        let fatal = Retries::default().after(ApiError::Config("bad uri".into()), &s).unwrap_err();
+        assert_eq!((fatal.code.as_str(), fatal.retryable), (BAD_CONFIG, false));
+    }
+
+    #[test]
+    fn transport_errors_never_show_the_token() {
+        let url = format!("https://api.telegram.org/bot{TOKEN}/getUpdates");
+        let bad_uri = transport_error(&ureq::Error::BadUri(url.clone()), TOKEN);
+        assert!(matches!(&bad_uri, ApiError::Config(m) if !m.contains(TOKEN) && m.contains("bot***")), "{bad_uri:?}");
+        let proxy = transport_error(&ureq::Error::ConnectProxyFailed(url), TOKEN);
+        assert!(matches!(&proxy, ApiError::Network(m) if !m.contains(TOKEN)), "{proxy:?}");
+        let fatal = Retries::default().after(bad_uri, &settings()).unwrap_err();
+        assert!(!fatal.to_string().contains(TOKEN));
+    }
+
+    #[test]
+    fn send_errors() {
+        assert_eq!(
+            send_error(ApiError::RateLimited(Duration::from_secs(3))),
+            SendError::RetryAfter(Duration::from_secs(3))
+        );
+        assert!(matches!(send_error(ApiError::Network("x".into())), SendError::Transient(_)));
+        assert!(matches!(send_error(ApiError::Rejected(400, "chat not found".into())), SendError::Rejected(_)));
+        assert!(matches!(send_error(ApiError::Rejected(403, "blocked".into())), SendError::Rejected(_)));
+    }
+
+    #[test]
+    fn request_bodies() {
+        let s = TelegramSettings { poll_timeout: Duration::from_secs(30), ..settings() };
+        assert_eq!(get_updates_body(None, &s), json!({"timeout": 30, "allowed_updates": ["message"]}));
+        assert_eq!(get_updates_body(Some(8), &s)["offset"], json!(8));
+
+        let plain = Outbound { chat_id: "42".into(), thread_id: None, reply_to: None, text: "hi".into() };
+        assert_eq!(send_message_body(&plain), json!({"chat_id": 42, "text": "hi"}));
+        let threaded = Outbound {
+            chat_id: "-100".into(),
+            thread_id: Some("3".into()),
+            reply_to: Some("7".into()),
+            text: "x".into(),
+        };
+        assert_eq!(
+            send_message_body(&threaded),
+            json!({"chat_id": -100, "text": "x", "message_thread_id": 3,
+                   "reply_parameters": {"message_id": 7, "allow_sending_without_reply": true}})
+        );
+        let named = Outbound { chat_id: "@news".into(), ..plain };
+        assert_eq!(send_message_body(&named)["chat_id"], json!("@news"));
+    }
+
+    #[test]
+    fn settings_checks_and_description() {
+        assert!(validate(&settings()).is_empty());
+        let bad = TelegramSettings { api_base: "api.telegram.org".into(), poll_timeout: Duration::ZERO, ..settings() };
+        let keys: Vec<_> = validate(&bad).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["api_base", "poll_timeout"]);
+        let spec = TelegramSpec::new(TelegramSettings { api_base: "http://127.0.0.1:8081/".into(), ..settings() });
+        assert_eq!(spec.describe(), "telegram via http://127.0.0.1:8081 (long poll 50s)");
+        assert!(!spec.describe().contains(TOKEN));
+        assert_eq!(spec.lock_identity().map(Secret::expose), Some(TOKEN));
+    }
+
+    #[test]
+    fn reads_its_config_table() {
+        let toml = "token = \"${TG_TOKEN}\"\npoll_timeout = \"30s\"\nconflict_wait = \"1s\"\nallowed_updates = [\"message\", \"channel_post\"]\n";
+        let mut section = Section::new_for_test(toml, &[("TG_TOKEN", TOKEN)]);
+        let spec = parse(&mut section);
+        assert!(section.finish().is_empty());
+        assert_eq!(spec.describe(), "telegram via https://api.telegram.org (long poll 30s)");
+        assert_eq!(spec.lock_identity().map(Secret::expose), Some(TOKEN));
+
+        let toml = "token = \"t\"\napi_base = \"api.telegram.org\"\npoll_timeout = \"500ms\"\n";
+        let mut section = Section::new_for_test(toml, &[]);
+        parse(&mut section);
+        let keys: Vec<_> = section.finish().into_iter().filter_map(|e| e.key).collect();
+        assert_eq!(keys, ["platforms.test.api_base", "platforms.test.poll_timeout"]);
+    }
+
+    #[test]
+    fn offsets_are_written_atomically_and_privately() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = cursor_path(dir.path(), "main/../bot");
+        assert_eq!(path, dir.path().join("cursors").join("telegram-main____bot.offset"));
+        assert_eq!(read_offset(&path).unwrap(), None);
+        fsutil::write_atomic(&path, b"41\n").unwrap();
+        fsutil::write_atomic(&path, b"42\n").unwrap();
+        assert_eq!(read_offset(&path).unwrap(), Some(42));
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "no temporary file left behind: {names:?}");
+        fs::write(&path, "garbage").unwrap();
+        assert_eq!(read_offset(&path).unwrap(), None);
+        assert_eq!(parse_offset(" 7\n"), Some(7));
+    }
 }

@@ -1,0 +1,254 @@
+/*!
+HTTP client setup and failure classification shared by every HTTP platform.
+
+ureq 3 sets no timeouts by default, so a silent network would block an adapter thread
+for ever: [`agent`] builds an `Agent` where resolving, connecting and the whole request
+each have a deadline. It also turns off `http_status_as_error`, because an error built
+from a status carries neither headers nor body, and a platform needs both to honour a 429
+(`Retry-After`, Telegram's `parameters.retry_after`). Build one agent per adapter
+generation and share it by clone: clones share the connection pool.
+
+[`classify`] sorts a ureq error (a request that got no HTTP response) by its type, never
+by its text, except for DNS: ureq reports a failed lookup as a plain `io::Error` whose
+message starts with "failed to lookup address", so that prefix is the only way to tell.
+
+ureq error texts can contain the request URL, and some platforms (Telegram) put the bot
+token in the URL: run every such text through [`scrub`] before it reaches a log or a
+`Fatal`.
+*/
+
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ureq::Agent;
+use ureq::http::HeaderMap;
+
+/// The largest response body [`read_body`] accepts. Chat APIs answer in kilobytes; this
+/// only stops a broken server from filling the memory of a 256 MB box.
+pub const MAX_BODY: u64 = 8 * 1024 * 1024;
+
+/// Build an agent whose every call is bounded.
+///
+/// `connect` bounds DNS resolution and TCP+TLS setup; `request` bounds a whole call,
+/// body included. A long poll overrides the latter per request:
+/// `agent.post(url).config().timeout_global(Some(poll + margin)).build()`.
+/// Status codes come back as responses, never as `Err` (see the module doc).
+pub fn agent(connect: Duration, request: Duration) -> Agent {
+    let config = Agent::config_builder()
+        .http_status_as_error(false)
+        // Without a resolve timeout getaddrinfo runs on the calling thread and cannot be
+        // bounded; with one, ureq resolves on a helper thread it can abandon.
+        .timeout_resolve(Some(connect))
+        .timeout_connect(Some(connect))
+        .timeout_global(Some(request))
+        .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+        .build();
+    config.into()
+}
+
+/// Read a response body, at most [`MAX_BODY`] bytes.
+pub fn read_body(response: &mut ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, ureq::Error> {
+    response.body_mut().with_config().limit(MAX_BODY).read_to_vec()
+}
+
+/// Why a request got no HTTP response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The host name did not resolve.
+    Dns,
+    /// Nothing accepted the connection (connection refused, host or network unreachable).
+    Refused,
+    /// One of the agent's or the request's timeouts passed.
+    Timeout,
+    /// The connection broke mid-exchange, or the peer answered something that is not HTTP.
+    Broken,
+    /// The TLS handshake or the certificate check failed.
+    Tls,
+    /// The request cannot be made as configured (bad URL, bad proxy setting); retrying
+    /// the same request cannot help.
+    Config,
+}
+
+impl Failure {
+    /// Whether the same request may succeed later. Only configuration mistakes may not;
+    /// everything else (DNS, refused, timeouts, TLS) can heal with the network.
+    pub fn is_transient(self) -> bool {
+        !matches!(self, Failure::Config)
+    }
+
+    /// A few words for people, free of any URL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Dns => "DNS lookup failed",
+            Failure::Refused => "connection refused",
+            Failure::Timeout => "timed out",
+            Failure::Broken => "connection broken",
+            Failure::Tls => "TLS failure",
+            Failure::Config => "request not possible as configured",
+        }
+    }
+}
+
+/// Classify a ureq error by its type.
+pub fn classify(err: &ureq::Error) -> Failure {
+    use ureq::Error as E;
+    match err {
+        E::Timeout(_) => Failure::Timeout,
+        E::Io(io) => classify_io(io),
+        E::HostNotFound => Failure::Dns,
+        E::ConnectionFailed => Failure::Refused,
+        E::Tls(_) | E::Rustls(_) | E::Pem(_) | E::TlsRequired => Failure::Tls,
+        E::BadUri(_) | E::InvalidProxyUrl | E::RequireHttpsOnly(_) | E::Http(_) => Failure::Config,
+        // Protocol errors, decompression failures, oversized or stalled bodies: the
+        // exchange itself went wrong, which a new connection may not repeat.
+        _ => Failure::Broken,
+    }
+}
+
+fn classify_io(io: &io::Error) -> Failure {
+    use io::ErrorKind as K;
+    match io.kind() {
+        K::ConnectionRefused | K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => Failure::Refused,
+        K::TimedOut | K::WouldBlock => Failure::Timeout,
+        // ureq's resolver wraps getaddrinfo failures in an uncategorised io::Error; its
+        // message is the only thing that tells them apart (glibc and musl wordings share
+        // this prefix).
+        _ if io.to_string().starts_with("failed to lookup address") => Failure::Dns,
+        _ => Failure::Broken,
+    }
+}
+
+/// Whether an HTTP status means "the server had a problem, try again" (5xx, 408).
+pub fn is_transient_status(status: u16) -> bool {
+    status == 408 || (500..600).contains(&status)
+}
+
+/// The `Retry-After` header of a response, as a wait from `now`.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    parse_retry_after(headers.get("retry-after")?.to_str().ok()?, now)
+}
+
+/// Parse a `Retry-After` value: delay-seconds (`120`) or an IMF-fixdate
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110 §10.2.3). A date in the past is a zero wait.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = UNIX_EPOCH + Duration::from_secs(parse_imf_fixdate(value)?);
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Seconds since the Unix epoch of an IMF-fixdate, the only date form servers must send.
+fn parse_imf_fixdate(value: &str) -> Option<u64> {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let parts: Vec<&str> = value.split_ascii_whitespace().collect();
+    let [_weekday, day, month, year, time, "GMT"] = parts[..] else { return None };
+    let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
+    let (day, year): (u64, u64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<u64> = time.split(':').map(str::parse).collect::<Result<_, _>>().ok()?;
+    let [h, m, s] = hms[..] else { return None };
+    if !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    Some(days_since_epoch(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (year ≥ 1970),
+/// counting from March so that the leap day ends the year.
+fn days_since_epoch(year: u64, month: u64, day: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let (era, yoe) = (y / 400, y % 400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    // 719_468 days separate 0000-03-01 from 1970-01-01.
+    era * 146_097 + doe - 719_468
+}
+
+/// `text` with every occurrence of `secret` replaced by `***`. An empty secret is left
+/// alone (replacing "" would garble the text and hide nothing).
+pub fn scrub(text: &str, secret: &str) -> String {
+    if secret.is_empty() { text.to_string() } else { text.replace(secret, "***") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io_error(kind: io::ErrorKind, msg: &str) -> ureq::Error {
+        ureq::Error::Io(io::Error::new(kind, msg))
+    }
+
+    #[test]
+    fn classifies_by_type() {
+        let cases = [
+            (io_error(io::ErrorKind::ConnectionRefused, "refused"), Failure::Refused),
+            // What ureq returns for NXDOMAIN on glibc and on musl.
+            (
+                io_error(io::ErrorKind::Other, "failed to lookup address information: Name or service not known"),
+                Failure::Dns,
+            ),
+            (
+                io_error(io::ErrorKind::Other, "failed to lookup address information: Name does not resolve"),
+                Failure::Dns,
+            ),
+            (ureq::Error::HostNotFound, Failure::Dns),
+            (ureq::Error::Timeout(ureq::Timeout::Global), Failure::Timeout),
+            (ureq::Error::Timeout(ureq::Timeout::Connect), Failure::Timeout),
+            (io_error(io::ErrorKind::TimedOut, "timed out"), Failure::Timeout),
+            (io_error(io::ErrorKind::UnexpectedEof, "Peer disconnected"), Failure::Broken),
+            (io_error(io::ErrorKind::ConnectionReset, "reset"), Failure::Broken),
+            (ureq::Error::BadUri("nope".into()), Failure::Config),
+            (ureq::Error::Tls("handshake"), Failure::Tls),
+        ];
+        for (err, want) in cases {
+            assert_eq!(classify(&err), want, "{err}");
+        }
+    }
+
+    #[test]
+    fn only_configuration_mistakes_are_permanent() {
+        assert!(Failure::Dns.is_transient());
+        assert!(Failure::Timeout.is_transient());
+        assert!(!Failure::Config.is_transient());
+    }
+
+    #[test]
+    fn transient_statuses() {
+        assert!(is_transient_status(500) && is_transient_status(503) && is_transient_status(408));
+        assert!(!is_transient_status(400) && !is_transient_status(429) && !is_transient_status(200));
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_767); // Sun, 06 Nov 1994 08:49:27 GMT
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now), Some(Duration::from_secs(10)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Tue, 29 Feb 2000 00:00:00 GMT", UNIX_EPOCH),
+            Some(Duration::from_secs(951_782_400))
+        );
+        for bad in ["", "soon", "-1", "1.5", "Sun, 06 Nov 1994 08:49:37 CET", "Sun, 06 Foo 1994 08:49:37 GMT"] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_header() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers, SystemTime::now()), None);
+        headers.insert("Retry-After", "3".parse().unwrap());
+        assert_eq!(retry_after(&headers, SystemTime::now()), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn scrub_hides_every_occurrence() {
+        let url = "http://x/bot123:ABC/getMe failed; bot123:ABC again";
+        assert_eq!(scrub(url, "123:ABC"), "http://x/bot***/getMe failed; bot*** again");
+        assert_eq!(scrub("abc", ""), "abc");
+    }
+}
