@@ -40,13 +40,7 @@ impl TokenLock {
             .map_err(io_fatal)?;
         match file.try_lock() {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let holder = read_pid(&mut file).map(|p| format!("PID {p}")).unwrap_or_else(|| "unknown PID".into());
-                return Err(Fatal::permanent(
-                    format!("{kind}_token_lock"),
-                    format!("another switchboard ({holder}) is already using this {} bot token", title(kind)),
-                ));
-            }
+            Err(TryLockError::WouldBlock) => return Err(held_by(read_pid(&mut file), kind)),
             Err(TryLockError::Error(e)) => return Err(io_fatal(e)),
         }
         let pid = std::process::id();
@@ -69,6 +63,27 @@ impl Drop for TokenLock {
         // itself stays: removing it would race with another process locking it.
         let _ = self.file.set_len(0);
         let _ = self.file.unlock();
+    }
+}
+
+/// Why the lock is not ours. Another process holding it is for good (a second gateway
+/// would fight it for updates). This process holding it can only be an earlier
+/// generation of the same platform whose thread has not let go yet (the config refuses
+/// two instances with one token): that heals by itself, so it is retryable.
+fn held_by(holder: Option<u32>, kind: &str) -> Fatal {
+    let code = format!("{kind}_token_lock");
+    match holder {
+        Some(pid) if pid == std::process::id() => {
+            Fatal::retryable(code, "an earlier connection of this platform still holds the bot token lock")
+        }
+        Some(pid) => Fatal::permanent(
+            code,
+            format!("another switchboard (PID {pid}) is already using this {} bot token", title(kind)),
+        ),
+        None => Fatal::permanent(
+            code,
+            format!("another switchboard (unknown PID) is already using this {} bot token", title(kind)),
+        ),
     }
 }
 
@@ -104,14 +119,21 @@ mod tests {
     }
 
     #[test]
-    fn second_holder_is_refused_with_the_pid_and_freed_on_drop() {
+    fn another_process_holding_the_lock_is_named_and_final() {
+        let err = held_by(Some(1), "telegram");
+        assert_eq!(err.code, "telegram_token_lock");
+        assert!(!err.retryable);
+        assert_eq!(err.message, "another switchboard (PID 1) is already using this Telegram bot token");
+    }
+
+    #[test]
+    fn second_holder_is_refused_and_the_lock_freed_on_drop() {
         let dir = tempfile::tempdir().unwrap();
         let first = TokenLock::acquire(dir.path(), "telegram", "123:abc").unwrap();
         let err = TokenLock::acquire(dir.path(), "telegram", "123:abc").unwrap_err();
         assert_eq!(err.code, "telegram_token_lock");
-        assert!(!err.retryable);
-        let pid = std::process::id();
-        assert!(err.message.contains(&format!("PID {pid}")), "{}", err.message);
+        // Held by this very process: an earlier generation that is still stopping.
+        assert!(err.retryable);
         assert!(!err.message.contains("123:abc"));
         assert!(TokenLock::acquire(dir.path(), "telegram", "other").is_ok());
         drop(first);

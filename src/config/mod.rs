@@ -303,12 +303,27 @@ fn read_platforms(mut table: Section<'_>, kinds: &[Kind], errors: &mut Vec<Confi
             let message = "invalid platform name: use only a-z, 0-9, `_` and `-` (it names files and threads)";
             table.key_error(&name, message);
         }
-        out.extend(read_platform(name, &mut section, kinds));
+        let instance = read_platform(name.clone(), &mut section, kinds);
+        if let Some(other) = instance.as_ref().and_then(|p| same_token(p, &out)) {
+            let message = format!(
+                "uses the same bot token as [platforms.{other}]: two pollers on one token knock each other off"
+            );
+            table.key_error(&name, &message);
+        }
+        out.extend(instance);
         errors.extend(section.finish());
     }
     errors.extend(table.finish());
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// The enabled instance among `others` whose bot token `p` also uses, if any.
+fn same_token<'a>(p: &PlatformInstance, others: &'a [PlatformInstance]) -> Option<&'a str> {
+    // An empty token is already an error of its own; it clashes with nothing.
+    let token = p.spec.lock_identity().filter(|t| p.enabled && !t.expose().is_empty())?;
+    let clash = |o: &&PlatformInstance| o.enabled && o.kind == p.kind && o.spec.lock_identity() == Some(token);
+    others.iter().find(clash).map(|o| o.name.as_str())
 }
 
 fn is_valid_name(name: &str) -> bool {

@@ -267,6 +267,17 @@ fn two_instances_of_one_kind() {
 }
 
 #[test]
+fn two_enabled_instances_may_not_share_a_token() {
+    let text = "[platforms.a]\nkind = \"bot\"\ntoken = \"t\"\n[platforms.b]\nkind = \"bot\"\ntoken = \"t\"\n";
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("gateway.toml:4:12: platforms.b: uses the same bot token as [platforms.a]"), "{e:?}");
+    assert!(!e[0].contains("\"t\""));
+    // A disabled copy (a spare table kept for later) is fine.
+    assert!(parse(&text.replace("[platforms.b]\n", "[platforms.b]\nenabled = false\n")).is_ok());
+}
+
+#[test]
 fn platform_names_must_be_file_safe() {
     let e = errors("[platforms.\"Bot A\"]\nkind = \"plain\"\n");
     assert_eq!(e.len(), 1);
@@ -312,7 +323,8 @@ fn secrets_never_appear_in_errors_or_debug() {
     );
     let shown = parse(&text).unwrap_err();
     let (display, debug) = (shown.to_string(), format!("{shown:?}"));
-    assert_eq!(display.lines().count(), 5, "{display}");
+    // a and b also share the token: a sixth error, which must not show it either.
+    assert_eq!(display.lines().count(), 6, "{display}");
     assert!(!display.contains("SECRET") && !debug.contains("SECRET"), "{display}\n{debug}");
 
     let config = parse("[platforms.b]\nkind = \"bot\"\ntoken = \"${TOKEN}\"\n").unwrap();

@@ -24,10 +24,12 @@ pub fn reconnect(base_ms: u64, max_attempts: u32, connect_timeout_ms: u64) -> St
     )
 }
 
-/// A `[platforms.NAME]` table for a Telegram bot on a fake Bot API server.
+/// A `[platforms.NAME]` table for a Telegram bot on a fake Bot API server, with the
+/// in-adapter retries quick and few.
 pub fn telegram(name: &str, api_base: &str, token: &str) -> String {
     format!(
-        "[platforms.{name}]\nkind = \"telegram\"\ntoken = \"{token}\"\napi_base = \"{api_base}\"\npoll_timeout = \"2s\"\n"
+        "[platforms.{name}]\nkind = \"telegram\"\ntoken = \"{token}\"\napi_base = \"{api_base}\"\n\
+         poll_timeout = \"2s\"\nrequest_timeout = \"2s\"\nnetwork_retries = 1\nnetwork_retry_wait = \"10ms\"\n"
     )
 }
 
