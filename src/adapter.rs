@@ -77,14 +77,33 @@ pub trait Platform: Send {
     fn run(&mut self, ctx: &Context) -> Result<(), Fatal>;
 }
 
-/// Sends to one platform instance. Shared by the delivery workers; must not block
-/// longer than the platform's own request timeout.
+/// Sends to one platform instance. Shared by the delivery workers and the turn workers;
+/// no call may block longer than the platform's own request timeout.
 pub trait Outlet: Send + Sync {
-    /// The longest text one message may hold, and how the platform counts it.
-    fn limit(&self) -> crate::text::Limit;
+    /// Send one message that already fits the platform's limit
+    /// ([`crate::config::PlatformSpec::message_limit`]). Returns the platform's id for
+    /// the new message, when it has one (to edit it later).
+    fn send(&self, msg: &Outbound) -> Result<Option<String>, SendError>;
 
-    /// Send one message that already fits [`Outlet::limit`].
-    fn send(&self, msg: &Outbound) -> Result<(), SendError>;
+    /// Whether [`Outlet::edit`] works on this platform.
+    fn can_edit(&self) -> bool {
+        false
+    }
+
+    /// Replace the text of a message this bot sent earlier.
+    fn edit(&self, _chat_id: &str, _message_id: &str, _text: &str) -> Result<(), SendError> {
+        Err(SendError::Rejected("this platform cannot edit messages".into()))
+    }
+
+    /// Show a typing indicator in a chat for a few seconds. Best effort: failures are
+    /// the platform's to log, never the turn's problem.
+    fn typing(&self, _chat_id: &str, _thread_id: Option<&str>) {}
+
+    /// Whether the platform drops a repeated send itself (an idempotency key), so that
+    /// a send whose outcome is unknown may safely be sent again.
+    fn idempotent(&self) -> bool {
+        false
+    }
 }
 
 /// Why a send did not go through.
@@ -95,6 +114,9 @@ pub enum SendError {
     RetryAfter(Duration),
     /// The request did not reach the platform, or it answered 5xx: try again later.
     Transient(String),
+    /// The request went out but no answer came (a timeout after sending): the message
+    /// may or may not have been delivered.
+    Unknown(String),
     /// The platform refused this message for good (unknown chat, bot blocked): drop it.
     Rejected(String),
 }
@@ -104,6 +126,7 @@ impl fmt::Display for SendError {
         match self {
             SendError::RetryAfter(d) => write!(f, "rate limited, retry after {d:?}"),
             SendError::Transient(m) => write!(f, "transient send failure: {m}"),
+            SendError::Unknown(m) => write!(f, "outcome unknown: {m}"),
             SendError::Rejected(m) => write!(f, "rejected: {m}"),
         }
     }
@@ -257,7 +280,7 @@ fn run_generation(instance: &PlatformInstance, ctx: &Context, wiring: &Wiring) -
     if ctx.stop_requested() {
         return Ok(());
     }
-    wiring.outlets.publish(&ctx.name, ctx.generation, outlet);
+    wiring.outlets.publish(&ctx.name, ctx.generation, outlet, instance.spec.message_limit());
     let _ = wiring.events.send(Event::Connected { name: ctx.name.clone(), generation: ctx.generation });
     platform.run(ctx)
 }

@@ -21,13 +21,22 @@ use crate::adapter::{Outlet, SendError};
 use crate::message::Outbound;
 use crate::text;
 
+/// `[delivery]`
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeliveryConfig {}
+
+/// Read `[delivery]`. Problems are recorded in the section.
+pub fn parse_config(_s: &mut crate::config::Section<'_>) -> DeliveryConfig {
+    DeliveryConfig::default()
+}
+
 /// How long a worker waits after a transient send failure before trying again.
 const TRANSIENT_RETRY: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct State {
     /// The live outlet of each connected platform, with the generation that published it.
-    outlets: HashMap<String, (u64, Arc<dyn Outlet>)>,
+    outlets: HashMap<String, (u64, Arc<dyn Outlet>, text::Limit)>,
     queues: HashMap<String, VecDeque<Outbound>>,
     /// Messages taken by a worker and not yet finished, per platform.
     in_flight: HashMap<String, usize>,
@@ -46,9 +55,9 @@ impl Outlets {
     }
 
     /// Make `outlet` the way to send to `name` (called once a generation connected).
-    pub fn publish(&self, name: &str, generation: u64, outlet: Arc<dyn Outlet>) {
+    pub fn publish(&self, name: &str, generation: u64, outlet: Arc<dyn Outlet>, limit: text::Limit) {
         let (lock, cond) = &*self.inner;
-        lock.lock().outlets.insert(name.to_string(), (generation, outlet));
+        lock.lock().outlets.insert(name.to_string(), (generation, outlet, limit));
         cond.notify_all();
     }
 
@@ -56,7 +65,7 @@ impl Outlets {
     pub fn withdraw(&self, name: &str, generation: u64) {
         let (lock, _) = &*self.inner;
         let mut state = lock.lock();
-        if state.outlets.get(name).is_some_and(|(g, _)| *g == generation) {
+        if state.outlets.get(name).is_some_and(|(g, _, _)| *g == generation) {
             state.outlets.remove(name);
         }
     }
@@ -99,39 +108,39 @@ impl Outlets {
 
     /// The worker loop: take the next message once the platform has an outlet, send it.
     fn work(&self, name: &str) {
-        while let Some((msg, outlet)) = self.next(name) {
-            self.send_all_chunks(name, &msg, &*outlet);
+        while let Some((msg, outlet, limit)) = self.next(name) {
+            self.send_all_chunks(name, &msg, &*outlet, limit);
             let (lock, cond) = &*self.inner;
             *lock.lock().in_flight.entry(name.to_string()).or_default() -= 1;
             cond.notify_all();
         }
     }
 
-    fn next(&self, name: &str) -> Option<(Outbound, Arc<dyn Outlet>)> {
+    fn next(&self, name: &str) -> Option<(Outbound, Arc<dyn Outlet>, text::Limit)> {
         let (lock, cond) = &*self.inner;
         let mut state = lock.lock();
         loop {
             if state.quit {
                 return None;
             }
-            let outlet = state.outlets.get(name).map(|(_, o)| o.clone());
-            if let Some(outlet) = outlet
+            let outlet = state.outlets.get(name).map(|(_, o, limit)| (o.clone(), *limit));
+            if let Some((outlet, limit)) = outlet
                 && let Some(msg) = state.queues.get_mut(name).and_then(VecDeque::pop_front)
             {
                 *state.in_flight.entry(name.to_string()).or_default() += 1;
-                return Some((msg, outlet));
+                return Some((msg, outlet, limit));
             }
             cond.wait(&mut state);
         }
     }
 
     /// Send every chunk of `msg`, waiting out rate limits and transient failures.
-    fn send_all_chunks(&self, name: &str, msg: &Outbound, outlet: &dyn Outlet) {
-        for chunk in text::split(&msg.text, outlet.limit()) {
+    fn send_all_chunks(&self, name: &str, msg: &Outbound, outlet: &dyn Outlet, limit: text::Limit) {
+        for chunk in text::split(&msg.text, limit) {
             let part = Outbound { text: chunk, ..msg.clone() };
             loop {
                 match outlet.send(&part) {
-                    Ok(()) => break,
+                    Ok(_) => break,
                     Err(SendError::RetryAfter(wait)) => {
                         log::warn!("{name}: rate limited, waiting {wait:?} before the next send");
                         self.pause(wait);

@@ -9,6 +9,7 @@ delivery workers.
 
 pub mod adapter;
 pub mod agent;
+pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod delivery;
@@ -20,6 +21,7 @@ pub mod message;
 pub mod net;
 pub mod platforms;
 pub mod router;
+pub mod session;
 pub mod status;
 pub mod supervisor;
 pub mod text;

@@ -12,13 +12,12 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use serde_json::Value;
 
 use switchboard::adapter::{Context, Fatal, Outlet, Platform, SendError, Wiring};
-use switchboard::config::{AgentBackend, AgentConfig, Config, Gateway, PlatformInstance, PlatformSpec, Reconnect};
+use switchboard::config::{Config, Gateway, PlatformInstance, PlatformSpec, Reconnect};
 use switchboard::delivery::Outlets;
 use switchboard::directory::Directory;
 use switchboard::message::Outbound;
 use switchboard::supervisor::SupervisorLoop;
 use switchboard::supervisor::state::ExitDecision;
-use switchboard::text::{Limit, Unit};
 
 /// How a test platform behaves in `connect`.
 #[derive(Clone, Copy)]
@@ -71,17 +70,21 @@ impl Platform for TestPlatform {
 struct NullOutlet;
 
 impl Outlet for NullOutlet {
-    fn limit(&self) -> Limit {
-        Limit { max: 100, unit: Unit::Chars }
-    }
-    fn send(&self, _msg: &Outbound) -> Result<(), SendError> {
-        Ok(())
+    fn send(&self, _msg: &Outbound) -> Result<Option<String>, SendError> {
+        Ok(None)
     }
 }
 
 fn instance(name: &str, on_connect: OnConnect) -> PlatformInstance {
     let spec = Arc::new(TestSpec { on_connect, builds: AtomicU32::new(0) });
-    PlatformInstance { name: name.into(), kind: "test", enabled: true, spec }
+    PlatformInstance {
+        name: name.into(),
+        kind: "test",
+        enabled: true,
+        spec,
+        access: Default::default(),
+        home_channel: None,
+    }
 }
 
 fn config(dir: &Path, platforms: Vec<PlatformInstance>) -> Config {
@@ -99,7 +102,10 @@ fn config(dir: &Path, platforms: Vec<PlatformInstance>) -> Config {
             max_attempts: 20,
             connect_timeout: Duration::from_millis(300),
         },
-        agent: AgentConfig { backend: AgentBackend::Echo },
+        agent: Default::default(),
+        sessions: Default::default(),
+        access: Default::default(),
+        delivery: Default::default(),
         platforms,
     }
 }

@@ -436,7 +436,7 @@ fn a_long_reply_arrives_as_two_messages() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = start(settings(&fake), dir.path()).unwrap();
     let outlets = Outlets::new();
-    outlets.publish(NAME, 0, adapter.outlet.clone());
+    outlets.publish(NAME, 0, adapter.outlet.clone(), switchboard::platforms::telegram::MESSAGE_LIMIT);
     let worker = outlets.start_worker(NAME).unwrap();
     let text = "word ".repeat(1000); // 5000 characters
     outlets.enqueue(NAME, Outbound { chat_id: "42".into(), thread_id: None, reply_to: None, text: text.clone() });
@@ -465,7 +465,7 @@ fn send_failures_are_classified() {
     assert!(matches!(send(403, api_error(403, "Forbidden: bot was blocked by the user")), SendError::Rejected(_)));
     let too_long = Outbound { text: "x".repeat(4097), ..msg.clone() };
     assert!(matches!(adapter.outlet.send(&too_long), Err(SendError::Rejected(m)) if m.contains("too long")));
-    assert_eq!(adapter.outlet.limit().max, 4096);
+    assert_eq!(switchboard::platforms::telegram::MESSAGE_LIMIT.max, 4096);
     assert!(fake.sent().is_empty());
     adapter.outlet.send(&msg).unwrap();
     assert_eq!(fake.sent().len(), 1);

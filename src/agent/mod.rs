@@ -9,8 +9,50 @@ mod echo;
 
 use std::fmt;
 
-use crate::config::{AgentBackend, AgentConfig};
+use crate::config::Section;
 use crate::message::Inbound;
+
+/// `[agent]`
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentConfig {
+    pub backend: AgentBackend,
+}
+
+impl Default for AgentConfig {
+    fn default() -> AgentConfig {
+        AgentConfig { backend: AgentBackend::Echo }
+    }
+}
+
+impl AgentConfig {
+    /// One line for `switchboard check`. Never contains a secret.
+    pub fn describe(&self) -> String {
+        self.backend.name().to_string()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AgentBackend {
+    /// Replies `echo: <text>`.
+    Echo,
+}
+
+/// `backend = "..."` names.
+const BACKENDS: &[(&str, AgentBackend)] = &[("echo", AgentBackend::Echo)];
+
+impl AgentBackend {
+    /// The name used in `backend = "..."`.
+    pub fn name(&self) -> &'static str {
+        BACKENDS.iter().find(|(_, b)| b == self).map_or("unknown", |(name, _)| name)
+    }
+}
+
+/// Read `[agent]`. Problems are recorded in the section.
+pub fn parse_config(s: &mut Section<'_>) -> AgentConfig {
+    let backend = s.choice("backend", BACKENDS, AgentBackend::Echo);
+    AgentConfig { backend }
+}
 
 /// A turn that produced no reply.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -54,7 +54,14 @@ pub struct Config {
     pub file: PathBuf,
     pub gateway: Gateway,
     pub reconnect: Reconnect,
-    pub agent: AgentConfig,
+    /// `[agent]`: who answers, read by the agent module.
+    pub agent: crate::agent::AgentConfig,
+    /// `[sessions]`: per-conversation history and reset policy.
+    pub sessions: crate::session::SessionConfig,
+    /// `[access]`: who may talk to the bot (per-platform keys are in each instance).
+    pub access: crate::auth::AccessConfig,
+    /// `[delivery]`: the outbox.
+    pub delivery: crate::delivery::DeliveryConfig,
     /// Every `[platforms.NAME]` table, enabled or not, sorted by name.
     pub platforms: Vec<PlatformInstance>,
 }
@@ -91,30 +98,6 @@ impl Default for Reconnect {
     }
 }
 
-/// `[agent]`
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AgentConfig {
-    pub backend: AgentBackend,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AgentBackend {
-    /// Replies `echo: <text>`.
-    Echo,
-}
-
-/// `backend = "..."` names. A backend with settings of its own gets its keys read in
-/// [`read_agent`] once its name is known, like a platform kind.
-const BACKENDS: &[(&str, AgentBackend)] = &[("echo", AgentBackend::Echo)];
-
-impl AgentBackend {
-    /// The name used in `backend = "..."`.
-    pub fn name(&self) -> &'static str {
-        BACKENDS.iter().find(|(_, b)| b == self).map_or("unknown", |(name, _)| name)
-    }
-}
-
 /// One `[platforms.NAME]` table.
 #[derive(Clone)]
 pub struct PlatformInstance {
@@ -123,6 +106,11 @@ pub struct PlatformInstance {
     pub kind: &'static str,
     pub enabled: bool,
     pub spec: Arc<dyn PlatformSpec>,
+    /// `allowed_users`, `allow_all`, `unauthorized_dm`: this platform's access rules,
+    /// on top of `[access]`.
+    pub access: crate::auth::PlatformAccess,
+    /// `home_channel`: the chat the delivery target `NAME` means.
+    pub home_channel: Option<String>,
 }
 
 /// A platform kind's validated settings; builds a fresh adapter for each generation.
@@ -143,6 +131,12 @@ pub trait PlatformSpec: Send + Sync {
 
     /// One line for `switchboard check`. Never contains a secret.
     fn describe(&self) -> String;
+
+    /// The longest text one message may hold, and how the platform counts it. Replies
+    /// are split to fit before they are queued.
+    fn message_limit(&self) -> crate::text::Limit {
+        crate::text::Limit { max: 4096, unit: crate::text::Unit::Chars }
+    }
 }
 
 /// A credential. Its `Debug` and `Display` never show the value.
@@ -223,13 +217,16 @@ pub(crate) fn parse_with_kinds(
     let mut root = Section::root(&doc, table.get_ref());
     let gateway = read(&mut errors, root.section("gateway"), |s| read_gateway(s, env));
     let reconnect = read(&mut errors, root.section("reconnect"), read_reconnect);
-    let agent = read(&mut errors, root.section("agent"), read_agent);
+    let agent = read(&mut errors, root.section("agent"), crate::agent::parse_config);
+    let sessions = read(&mut errors, root.section("sessions"), crate::session::parse_config);
+    let access = read(&mut errors, root.section("access"), crate::auth::parse_config);
+    let delivery = read(&mut errors, root.section("delivery"), crate::delivery::parse_config);
     let platforms = read_platforms(root.section("platforms"), kinds, &mut errors);
     errors.extend(root.finish());
     if !errors.is_empty() {
         return Err(ConfigErrors::sorted(errors));
     }
-    Ok(Config { file: file.to_path_buf(), gateway, reconnect, agent, platforms })
+    Ok(Config { file: file.to_path_buf(), gateway, reconnect, agent, sessions, access, delivery, platforms })
 }
 
 /// Run `f` on `section`, then collect the section's problems into `errors`.
@@ -287,13 +284,6 @@ fn read_reconnect(s: &mut Section<'_>) -> Reconnect {
     Reconnect { base, cap, max_attempts, connect_timeout }
 }
 
-fn read_agent(s: &mut Section<'_>) -> AgentConfig {
-    let backend = s.choice("backend", BACKENDS, AgentBackend::Echo);
-    // Backend-specific keys (an endpoint, a command) are read here, by backend, when
-    // backends that have any exist.
-    AgentConfig { backend }
-}
-
 /// Every `[platforms.NAME]` table, sorted by name. Tables that cannot be built (bad
 /// kind) are left out; their problems are in `errors`, so the load fails anyway.
 fn read_platforms(mut table: Section<'_>, kinds: &[Kind], errors: &mut Vec<ConfigError>) -> Vec<PlatformInstance> {
@@ -344,8 +334,10 @@ fn read_platform(name: String, s: &mut Section<'_>, kinds: &[Kind]) -> Option<Pl
     // the day it is enabled. But unset variables and empty secrets in it are not errors:
     // a user disables Telegram precisely because there is no token yet.
     s.set_lenient(!enabled);
+    let access = crate::auth::parse_platform_access(s);
+    let home_channel = s.string("home_channel");
     let spec = (kind.parse)(s);
-    Some(PlatformInstance { name, kind: kind.name, enabled, spec })
+    Some(PlatformInstance { name, kind: kind.name, enabled, spec, access, home_channel })
 }
 
 fn unknown_kind(wanted: &str, defaulted: bool, kinds: &[Kind]) -> String {
@@ -377,7 +369,7 @@ impl Config {
                 duration::format(r.cap),
                 duration::format(r.connect_timeout)
             ),
-            format!("agent: {}", self.agent.backend.name()),
+            format!("agent: {}", self.agent.describe()),
             "platforms:".to_string(),
         ];
         if self.platforms.is_empty() {

@@ -90,7 +90,7 @@ fn defaults_fill_every_section() {
     assert_eq!(config.reconnect.base, Duration::from_secs(30));
     assert_eq!(config.reconnect.cap, Duration::from_secs(300));
     assert_eq!(config.reconnect.max_attempts, 20);
-    assert_eq!(config.agent.backend, AgentBackend::Echo);
+    assert_eq!(config.agent.backend, crate::agent::AgentBackend::Echo);
     assert!(config.platforms.is_empty());
 }
 
@@ -428,7 +428,7 @@ fn embedded_default_has_the_documented_shape() {
     let config = parse_with_kinds(DEFAULT_CONFIG, Path::new(EMBEDDED_LABEL), &env, STAND_INS).unwrap();
     assert_eq!(config.reconnect, Reconnect::default());
     assert_eq!(config.gateway.state_dir, Path::new("./state"));
-    assert_eq!(config.agent.backend, AgentBackend::Echo);
+    assert_eq!(config.agent.backend, crate::agent::AgentBackend::Echo);
     let names: Vec<_> = config.platforms.iter().map(|p| (p.name.as_str(), p.kind, p.enabled)).collect();
     assert_eq!(names, [("console", "console", true)]);
 

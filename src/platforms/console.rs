@@ -34,6 +34,11 @@ impl PlatformSpec for ConsoleSpec {
     fn describe(&self) -> String {
         "reads standard input, replies on standard output".into()
     }
+
+    fn message_limit(&self) -> Limit {
+        // A terminal takes any length: never split.
+        Limit { max: usize::MAX, unit: Unit::Chars }
+    }
 }
 
 struct Console;
@@ -99,12 +104,9 @@ fn stdin_lines() -> &'static Receiver<String> {
 struct Stdout;
 
 impl Outlet for Stdout {
-    fn limit(&self) -> Limit {
-        Limit { max: usize::MAX, unit: Unit::Chars }
-    }
-
-    fn send(&self, msg: &Outbound) -> Result<(), SendError> {
+    fn send(&self, msg: &Outbound) -> Result<Option<String>, SendError> {
         let mut out = io::stdout().lock();
-        writeln!(out, "{}", msg.text).and_then(|_| out.flush()).map_err(|e| SendError::Rejected(e.to_string()))
+        writeln!(out, "{}", msg.text).and_then(|_| out.flush()).map_err(|e| SendError::Rejected(e.to_string()))?;
+        Ok(None)
     }
 }

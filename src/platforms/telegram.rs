@@ -174,6 +174,10 @@ impl PlatformSpec for TelegramSpec {
         Some(&self.settings.token)
     }
 
+    fn message_limit(&self) -> Limit {
+        MESSAGE_LIMIT
+    }
+
     fn describe(&self) -> String {
         let s = &self.settings;
         format!("telegram via {} (long poll {}s)", s.api_base, s.poll_timeout.as_secs())
@@ -642,14 +646,36 @@ fn send_error(err: ApiError) -> SendError {
     }
 }
 
+/// The part of a sent `Message` the outlet needs.
+#[derive(Deserialize)]
+struct SentMessage {
+    message_id: i64,
+}
+
 impl Outlet for TelegramOutlet {
-    fn limit(&self) -> Limit {
-        MESSAGE_LIMIT
+    fn send(&self, msg: &Outbound) -> Result<Option<String>, SendError> {
+        let body = send_message_body(msg).to_string();
+        let sent: SentMessage = self.api.call("sendMessage", &body, self.timeout).map_err(send_error)?;
+        Ok(Some(sent.message_id.to_string()))
     }
 
-    fn send(&self, msg: &Outbound) -> Result<(), SendError> {
-        let body = send_message_body(msg).to_string();
-        self.api.call::<IgnoredAny>("sendMessage", &body, self.timeout).map(drop).map_err(send_error)
+    fn can_edit(&self) -> bool {
+        true
+    }
+
+    fn edit(&self, chat_id: &str, message_id: &str, text: &str) -> Result<(), SendError> {
+        let body = json!({"chat_id": chat_id, "message_id": message_id, "text": text}).to_string();
+        self.api.call::<IgnoredAny>("editMessageText", &body, self.timeout).map(drop).map_err(send_error)
+    }
+
+    fn typing(&self, chat_id: &str, thread_id: Option<&str>) {
+        let mut body = json!({"chat_id": chat_id, "action": "typing"});
+        if let Some(thread) = thread_id {
+            body["message_thread_id"] = json!(thread);
+        }
+        if let Err(e) = self.api.call::<IgnoredAny>("sendChatAction", &body.to_string(), self.timeout) {
+            log::debug!("sendChatAction failed: {e}");
+        }
     }
 }
 
