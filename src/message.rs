@@ -59,6 +59,10 @@ pub struct Outbound {
     pub thread_id: Option<String>,
     /// The platform message this answers, if any.
     pub reply_to: Option<String>,
+    /// When set, replace the text of this earlier message of the bot instead of sending
+    /// a new one (the final state of a streamed reply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edit_of: Option<String>,
     pub text: String,
 }
 
@@ -69,6 +73,7 @@ impl Outbound {
             chat_id: inbound.source.chat_id.clone(),
             thread_id: inbound.source.thread_id.clone(),
             reply_to: inbound.message_id.clone(),
+            edit_of: None,
             text,
         }
     }

@@ -439,7 +439,10 @@ fn a_long_reply_arrives_as_two_messages() {
     outlets.publish(NAME, 0, adapter.outlet.clone(), switchboard::platforms::telegram::MESSAGE_LIMIT);
     let worker = outlets.start_worker(NAME).unwrap();
     let text = "word ".repeat(1000); // 5000 characters
-    outlets.enqueue(NAME, Outbound { chat_id: "42".into(), thread_id: None, reply_to: None, text: text.clone() });
+    outlets.enqueue(
+        NAME,
+        Outbound { chat_id: "42".into(), thread_id: None, reply_to: None, edit_of: None, text: text.clone() },
+    );
     let sent = fake.wait_sent(2, deadline(SOON));
     outlets.quit();
     worker.join().unwrap();
@@ -454,7 +457,7 @@ fn send_failures_are_classified() {
     let fake = FakeTelegram::start(TOKEN);
     let dir = tempfile::tempdir().unwrap();
     let adapter = start(settings(&fake), dir.path()).unwrap();
-    let msg = Outbound { chat_id: "42".into(), thread_id: None, reply_to: None, text: "hi".into() };
+    let msg = Outbound { chat_id: "42".into(), thread_id: None, reply_to: None, edit_of: None, text: "hi".into() };
     let send = |status: u16, body| {
         fake.fail_next("sendMessage", status, body, 1);
         adapter.outlet.send(&msg).unwrap_err()

@@ -857,12 +857,14 @@ mod tests {
         assert_eq!(get_updates_body(None, &s), json!({"timeout": 30, "allowed_updates": ["message"]}));
         assert_eq!(get_updates_body(Some(8), &s)["offset"], json!(8));
 
-        let plain = Outbound { chat_id: "42".into(), thread_id: None, reply_to: None, text: "hi".into() };
+        let plain =
+            Outbound { chat_id: "42".into(), thread_id: None, reply_to: None, edit_of: None, text: "hi".into() };
         assert_eq!(send_message_body(&plain), json!({"chat_id": 42, "text": "hi"}));
         let threaded = Outbound {
             chat_id: "-100".into(),
             thread_id: Some("3".into()),
             reply_to: Some("7".into()),
+            edit_of: None,
             text: "x".into(),
         };
         assert_eq!(
