@@ -83,8 +83,10 @@ impl Router {
 
 fn handle(msg: &Inbound, agent: &dyn Agent, outlets: &Outlets, directory: &Directory) {
     directory.observe(&msg.source);
-    let text = match agent.reply(msg) {
-        Ok(text) => text,
+    // Minimal adaptation to the new `Agent::reply`; the router rewrite replaces it.
+    let turn = crate::agent::Turn { text: &msg.text, session_key: "", history: &[], source: &msg.source };
+    let text = match agent.reply(&turn, &crate::agent::Cancel::new(), &mut |_| {}) {
+        Ok(reply) => reply.text,
         Err(e) => {
             log::warn!("{}: agent failed for chat {}: {e}", msg.source.platform, msg.source.chat_id);
             e.user_message

@@ -1,66 +1,104 @@
 /*!
 Agents: what turns a message into a reply.
 
-For now the only backend is the built-in echo agent; the OpenAI-compatible endpoint and
-the local command come with the conversations issue, behind the same trait.
+Three backends stand behind one trait, chosen by `[agent] backend`:
+
+- `echo` (`echo.rs`) answers `echo: <text>`, so a fresh gateway works with no model;
+- `openai` (`openai.rs`, `sse.rs`) calls any OpenAI-compatible chat-completions endpoint
+  (OpenAI, OpenRouter, Ollama, llama.cpp, vLLM), optionally streaming;
+- `command` (`command.rs`) runs a local program with the turn as JSON on stdin.
+
+The router calls [`Agent::reply`] on a worker thread, one turn per session at a time. A
+turn can be stopped from another thread (`/stop`, an interrupting message, shutdown)
+through its [`Cancel`] token; every backend notices within about 100 ms, even while
+blocked on the network or on a child process, because every wait selects on
+[`Cancel::receiver`].
+
+Failures come back as an [`AgentError`]: a [`AgentErrorKind`] the router can act on
+(`ContextTooLong` suggests `/new`), a short text that is safe to show the user, and a
+detail for the log. Neither ever holds a secret.
+
+The configuration (`[agent]`) is read in `config.rs`.
 */
 
+mod command;
+mod config;
 mod echo;
+mod openai;
+mod sse;
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::Section;
-use crate::message::Inbound;
+use crossbeam_channel::{Receiver, Sender, bounded, select};
+use parking_lot::Mutex;
 
-/// `[agent]`
-#[derive(Clone, Debug, PartialEq)]
-pub struct AgentConfig {
-    pub backend: AgentBackend,
+pub use config::{AgentBackend, AgentConfig, BusyMode, CommandSettings, OpenAiSettings, parse_config};
+
+use crate::message::{ChatMessage, Source};
+
+/// One turn of a conversation, as the agent sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Turn<'a> {
+    /// What the user just said.
+    pub text: &'a str,
+    /// The conversation this turn belongs to (stable across turns, changes on `/new`).
+    pub session_key: &'a str,
+    /// Earlier messages of the conversation, oldest first, without `text`.
+    pub history: &'a [ChatMessage],
+    /// Where the message came from.
+    pub source: &'a Source,
 }
 
-impl Default for AgentConfig {
-    fn default() -> AgentConfig {
-        AgentConfig { backend: AgentBackend::Echo }
-    }
+/// A successful answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    pub text: String,
+    /// Tokens the model read for this turn, when the backend reports them (else 0).
+    pub input_tokens: u64,
+    /// Tokens the model wrote for this turn, when the backend reports them (else 0).
+    pub output_tokens: u64,
 }
 
-impl AgentConfig {
-    /// One line for `switchboard check`. Never contains a secret.
-    pub fn describe(&self) -> String {
-        self.backend.name().to_string()
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a turn produced no reply, in the terms the router acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum AgentBackend {
-    /// Replies `echo: <text>`.
-    Echo,
-}
-
-/// `backend = "..."` names.
-const BACKENDS: &[(&str, AgentBackend)] = &[("echo", AgentBackend::Echo)];
-
-impl AgentBackend {
-    /// The name used in `backend = "..."`.
-    pub fn name(&self) -> &'static str {
-        BACKENDS.iter().find(|(_, b)| b == self).map_or("unknown", |(name, _)| name)
-    }
-}
-
-/// Read `[agent]`. Problems are recorded in the section.
-pub fn parse_config(s: &mut Section<'_>) -> AgentConfig {
-    let backend = s.choice("backend", BACKENDS, AgentBackend::Echo);
-    AgentConfig { backend }
+pub enum AgentErrorKind {
+    /// The endpoint refused the gateway's credentials (401/403): a configuration problem.
+    Unauthorized,
+    /// The endpoint kept answering 429 after the retries.
+    RateLimited,
+    /// The conversation no longer fits the model's context; `/new` helps.
+    ContextTooLong,
+    /// The backend took longer than its `timeout` (or stalled mid-stream).
+    Timeout,
+    /// The turn was stopped through its [`Cancel`] token.
+    Cancelled,
+    /// Anything else: server errors after the retries, network failures, a bad answer,
+    /// a command that failed.
+    Failed,
 }
 
 /// A turn that produced no reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentError {
-    /// Safe to show the user.
+    pub kind: AgentErrorKind,
+    /// One short sentence, safe to show the user: no secret, no URL, no server text.
     pub user_message: String,
-    /// For the log.
+    /// What happened, for the log. Never holds a secret.
     pub detail: String,
+}
+
+impl AgentError {
+    pub fn new(kind: AgentErrorKind, user_message: impl Into<String>, detail: impl Into<String>) -> AgentError {
+        AgentError { kind, user_message: user_message.into(), detail: detail.into() }
+    }
+
+    /// The turn was stopped on request.
+    pub fn cancelled() -> AgentError {
+        AgentError::new(AgentErrorKind::Cancelled, "Stopped.", "the turn was cancelled")
+    }
 }
 
 impl fmt::Display for AgentError {
@@ -69,14 +107,118 @@ impl fmt::Display for AgentError {
     }
 }
 
-/// Answers one message. Shared by the router's threads.
+impl std::error::Error for AgentError {}
+
+/// A cancellation token for one turn. Clones share the state: `cancel()` on any clone,
+/// from any thread, cancels them all, for good.
+///
+/// It works like the adapters' stop channel: nothing is ever sent on the channel;
+/// cancelling drops the only sender, which disconnects the receiver and so wakes every
+/// `select!` that includes [`Cancel::receiver`], at once and without polling.
+#[derive(Clone)]
+pub struct Cancel {
+    sender: Arc<Mutex<Option<Sender<()>>>>,
+    receiver: Receiver<()>,
+}
+
+impl Cancel {
+    pub fn new() -> Cancel {
+        let (sender, receiver) = bounded(0);
+        Cancel { sender: Arc::new(Mutex::new(Some(sender))), receiver }
+    }
+
+    /// Cancel the turn. Idempotent.
+    pub fn cancel(&self) {
+        self.sender.lock().take();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.sender.lock().is_none()
+    }
+
+    /// Wait `d`, or less if cancelled. Returns whether the token is cancelled.
+    pub fn wait(&self, d: Duration) -> bool {
+        select! {
+            recv(self.receiver) -> _ => true,
+            default(d) => self.is_cancelled(),
+        }
+    }
+
+    /// A receiver that never yields a value and becomes disconnected on cancel: put it
+    /// in a `select!` to wake on cancellation.
+    pub fn receiver(&self) -> &Receiver<()> {
+        &self.receiver
+    }
+}
+
+impl Default for Cancel {
+    fn default() -> Cancel {
+        Cancel::new()
+    }
+}
+
+impl fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cancel").field("cancelled", &self.is_cancelled()).finish()
+    }
+}
+
+/// Answers turns. Shared by the router's worker threads.
 pub trait Agent: Send + Sync {
-    fn reply(&self, msg: &Inbound) -> Result<String, AgentError>;
+    /// Answer one turn. `on_delta` receives text as it streams (only when
+    /// [`Agent::streams`]); the returned [`Reply`] then holds the whole text again.
+    /// Returns [`AgentErrorKind::Cancelled`] within about 100 ms of `cancel.cancel()`.
+    fn reply(&self, turn: &Turn<'_>, cancel: &Cancel, on_delta: &mut dyn FnMut(&str)) -> Result<Reply, AgentError>;
+
+    /// Whether `reply` calls `on_delta` with partial text.
+    fn streams(&self) -> bool {
+        false
+    }
 }
 
 /// The agent `[agent]` configures.
 pub fn build(config: &AgentConfig) -> Box<dyn Agent> {
-    match config.backend {
+    match &config.backend {
         AgentBackend::Echo => Box::new(echo::Echo),
+        AgentBackend::OpenAi(settings) => Box::new(openai::OpenAi::new(settings.clone(), config.stream)),
+        AgentBackend::Command(settings) => Box::new(command::CommandAgent::new(settings.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::thread;
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn error_kind_is_small() {
+        assert_eq!(std::mem::size_of::<AgentErrorKind>(), 1);
+    }
+
+    #[test]
+    fn cancel_wakes_a_waiting_thread_of_another_clone() {
+        let cancel = Cancel::new();
+        assert!(!cancel.is_cancelled());
+        assert!(!cancel.wait(Duration::from_millis(1)));
+        let other = cancel.clone();
+        let start = Instant::now();
+        let waiter = thread::spawn(move || other.wait(Duration::from_secs(10)));
+        thread::sleep(Duration::from_millis(20));
+        cancel.cancel();
+        assert!(waiter.join().unwrap());
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(cancel.is_cancelled());
+        cancel.cancel();
+        assert!(cancel.wait(Duration::from_secs(10)), "a cancelled token returns at once");
+    }
+
+    #[test]
+    fn cancelled_receiver_is_disconnected() {
+        let cancel = Cancel::new();
+        assert!(cancel.receiver().try_recv().is_err_and(|e| e.is_empty()));
+        cancel.cancel();
+        assert!(cancel.receiver().try_recv().is_err_and(|e| e.is_disconnected()));
     }
 }

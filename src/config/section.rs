@@ -162,6 +162,22 @@ impl<'a> Section<'a> {
         self.unsigned(key, u64::MAX).unwrap_or(default)
     }
 
+    /// A number (TOML float or integer), or `None` when absent or invalid.
+    pub fn float(&mut self, key: &str) -> Option<f64> {
+        let value = self.lookup(key)?;
+        // TOML number syntax allows `_` separators; Rust's parser does not.
+        let number = |text: &str| text.replace('_', "").parse::<f64>().ok();
+        let parsed = match value.get_ref() {
+            DeValue::Float(f) => number(f.as_str()),
+            DeValue::Integer(n) if n.radix() == 10 => number(n.as_str()),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.wrong_type(key, value, "a number");
+        }
+        parsed
+    }
+
     pub fn bool_or(&mut self, key: &str, default: bool) -> bool {
         let Some(value) = self.lookup(key) else { return default };
         match value.get_ref() {

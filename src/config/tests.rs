@@ -251,7 +251,7 @@ fn every_problem_is_reported_at_once() {
 
 #[test]
 fn three_problems_give_three_lines() {
-    let text = "[reconnect]\nbse = \"1s\"\ncap = 5\n[agent]\nbackend = \"openai\"\n";
+    let text = "[reconnect]\nbse = \"1s\"\ncap = 5\n[agent]\nbackend = \"opnai\"\n";
     assert_eq!(parse(text).unwrap_err().to_string().lines().count(), 3);
 }
 
@@ -350,7 +350,9 @@ fn log_level_and_backend_are_checked() {
     );
     assert_eq!(
         errors("[agent]\nbackend = \"ecko\"\n"),
-        ["gateway.toml:2:11: agent.backend: unknown value `ecko` (did you mean `echo`?); expected one of: echo"]
+        [
+            "gateway.toml:2:11: agent.backend: unknown value `ecko` (did you mean `echo`?); expected one of: echo, openai, command"
+        ]
     );
 }
 

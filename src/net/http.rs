@@ -12,6 +12,12 @@ generation and share it by clone: clones share the connection pool.
 by its text, except for DNS: ureq reports a failed lookup as a plain `io::Error` whose
 message starts with "failed to lookup address", so that prefix is the only way to tell.
 
+A request that changes something (sending a message) must not be repeated when it may
+already have done its work. [`may_have_arrived`] tells a failure before the request was
+complete on the wire (DNS, connect, TLS set-up, writing it) from one after (waiting for or
+reading the answer, a connection broken meanwhile). The global timeout cannot say which
+phase it cut short, so such requests use [`phased`] timeouts instead.
+
 ureq error texts can contain the request URL, and some platforms (Telegram) put the bot
 token in the URL: run every such text through [`scrub`] before it reaches a log or a
 `Fatal`.
@@ -119,6 +125,52 @@ fn classify_io(io: &io::Error) -> Failure {
     }
 }
 
+/// Whether a request that failed with `err` may have reached the server, so that sending
+/// it again could do its work twice. `false` only when the failure provably came before the
+/// request was complete on the wire; anything unclear counts as "may have".
+pub fn may_have_arrived(err: &ureq::Error) -> bool {
+    use ureq::Error as E;
+    use ureq::Timeout as T;
+    match err {
+        // Name resolution, connecting (directly or through a proxy), TLS set-up, or a
+        // request that could not even be built.
+        E::HostNotFound | E::ConnectionFailed | E::ConnectProxyFailed(_) => false,
+        E::Tls(_) | E::Rustls(_) | E::Pem(_) | E::TlsRequired => false,
+        E::BadUri(_) | E::InvalidProxyUrl | E::RequireHttpsOnly(_) | E::Http(_) => false,
+        // A request cut short while being written: the server never saw all of it (its
+        // Content-Length says so) and acts on nothing.
+        E::Timeout(T::Resolve | T::Connect | T::SendRequest | T::SendBody) => false,
+        E::Io(io) => !matches!(classify_io(io), Failure::Refused | Failure::Dns),
+        // Waiting for or reading the answer, a broken or garbled answer, or a global
+        // timeout that may have struck in any phase.
+        _ => true,
+    }
+}
+
+/// `request` with a limit of `timeout` on each phase of the exchange (connecting is the
+/// agent's `timeout_connect`), so that a timeout names the phase it struck in (see
+/// [`may_have_arrived`]). A global limit of three times that still bounds the whole call.
+pub fn phased<B>(request: ureq::RequestBuilder<B>, timeout: Duration) -> ureq::RequestBuilder<B> {
+    let phase = Some(timeout);
+    (request.config())
+        .timeout_send_request(phase)
+        .timeout_send_body(phase)
+        .timeout_recv_response(phase)
+        .timeout_recv_body(phase)
+        .timeout_global(Some(timeout.saturating_mul(3)))
+        .build()
+}
+
+/// Classify an error met while reading a response body. ureq hands its own errors (a
+/// per-read timeout, a stalled body) out of a body reader wrapped in an `io::Error`, so
+/// unwrap one before looking at the I/O kind.
+pub fn classify_read(err: &io::Error) -> Failure {
+    match err.get_ref().and_then(|inner| inner.downcast_ref::<ureq::Error>()) {
+        Some(inner) => classify(inner),
+        None => classify_io(err),
+    }
+}
+
 /// Whether an HTTP status means "the server had a problem, try again" (5xx, 408).
 pub fn is_transient_status(status: u16) -> bool {
     status == 408 || (500..600).contains(&status)
@@ -205,6 +257,46 @@ mod tests {
         ];
         for (err, want) in cases {
             assert_eq!(classify(&err), want, "{err}");
+        }
+    }
+
+    #[test]
+    fn body_read_errors_unwrap_ureq_errors() {
+        let wrapped = ureq::Error::Timeout(ureq::Timeout::PerRead).into_io();
+        assert_eq!(classify_read(&wrapped), Failure::Timeout);
+        assert_eq!(classify_read(&io::Error::new(io::ErrorKind::ConnectionReset, "reset")), Failure::Broken);
+        assert_eq!(classify_read(&io::Error::new(io::ErrorKind::TimedOut, "slow")), Failure::Timeout);
+    }
+
+    #[test]
+    fn failures_before_the_request_was_written_never_arrived() {
+        use ureq::Timeout as T;
+        let never = [
+            ureq::Error::HostNotFound,
+            ureq::Error::ConnectionFailed,
+            ureq::Error::Timeout(T::Resolve),
+            ureq::Error::Timeout(T::Connect),
+            ureq::Error::Timeout(T::SendRequest),
+            ureq::Error::Timeout(T::SendBody),
+            io_error(io::ErrorKind::ConnectionRefused, "refused"),
+            io_error(io::ErrorKind::NetworkUnreachable, "unreachable"),
+            io_error(io::ErrorKind::Other, "failed to lookup address information: Name or service not known"),
+            ureq::Error::Tls("handshake"),
+            ureq::Error::BadUri("nope".into()),
+        ];
+        for err in never {
+            assert!(!may_have_arrived(&err), "{err}");
+        }
+        let maybe = [
+            ureq::Error::Timeout(T::RecvResponse),
+            ureq::Error::Timeout(T::RecvBody),
+            ureq::Error::Timeout(T::Global),
+            io_error(io::ErrorKind::ConnectionReset, "reset"),
+            io_error(io::ErrorKind::UnexpectedEof, "Peer disconnected"),
+            io_error(io::ErrorKind::TimedOut, "timed out"),
+        ];
+        for err in maybe {
+            assert!(may_have_arrived(&err), "{err}");
         }
     }
 

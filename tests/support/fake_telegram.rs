@@ -13,6 +13,7 @@ form or query string, and answers `{"ok":true,"result":…}` or
 | `getUpdates`     | drops queued updates below `offset` (they are confirmed), keeps only types in `allowed_updates`, returns up to `limit`; with none ready it holds the request up to `timeout` seconds and answers as soon as an update is pushed |
 | `sendMessage`    | records the call and returns a `Message`; empty text and text over 4096 UTF-16 units get Telegram's 400s |
 | `sendChatAction` | `true`                                                                     |
+| `editMessageText`| records the edit and returns the edited `Message`                          |
 
 A path with another token gets 401 Unauthorized, anything else 404, as Telegram does.
 
@@ -95,6 +96,7 @@ struct State {
     calls: Vec<Call>,
     /// `sendMessage` parameters, in order.
     sent: Vec<Value>,
+    edits: Vec<Value>,
     /// One-shot faults per method, consumed in order.
     script: HashMap<String, VecDeque<Fault>>,
     /// Faults answered to every call of a method (after the script is used up).
@@ -253,6 +255,16 @@ impl FakeTelegram {
         self.shared.lock().sent.clone()
     }
 
+    /// Every `editMessageText` so far: (chat id, message id, text).
+    pub fn edits(&self) -> Vec<(String, String, String)> {
+        edit_triples(&self.shared.lock())
+    }
+
+    /// Wait until at least `n` edits were made or `deadline` passes; returns them all.
+    pub fn wait_edits(&self, n: usize, deadline: Instant) -> Vec<(String, String, String)> {
+        edit_triples(&self.shared.wait_until(deadline, |s| s.edits.len() >= n))
+    }
+
     /// Wait until at least `n` messages were sent or `deadline` passes; returns them all.
     pub fn wait_sent(&self, n: usize, deadline: Instant) -> Vec<(String, String)> {
         sent_pairs(&self.shared.wait_until(deadline, |s| s.sent.len() >= n))
@@ -330,6 +342,11 @@ fn sent_pairs(state: &State) -> Vec<(String, String)> {
     state.sent.iter().map(|p| (id_string(&p["chat_id"]), p["text"].as_str().unwrap_or_default().to_string())).collect()
 }
 
+fn edit_triples(state: &State) -> Vec<(String, String, String)> {
+    let text = |p: &Value| p["text"].as_str().unwrap_or_default().to_string();
+    state.edits.iter().map(|p| (id_string(&p["chat_id"]), id_string(&p["message_id"]), text(p))).collect()
+}
+
 fn count_calls(state: &State, method: &str) -> usize {
     state.calls.iter().filter(|c| c.method == method).count()
 }
@@ -395,6 +412,7 @@ fn serve(shared: &Shared, request: tiny_http::Request, method: &str, params: &Va
         "deleteWebhook" | "sendChatAction" => Ok(json!(true)),
         "getUpdates" => Ok(Value::Array(get_updates(shared, params))),
         "sendMessage" => send_message(shared, params),
+        "editMessageText" => edit_message(shared, params),
         _ => Err((404, "Not Found")),
     };
     match result {
@@ -453,6 +471,23 @@ fn send_message(shared: &Shared, params: &Value) -> Result<Value, (u16, &'static
         "date": unix_now(),
         "chat": { "id": chat_id, "type": chat_type },
         "from": { "id": 1, "is_bot": true, "first_name": "Fake", "username": "fake_bot" },
+        "text": text,
+    }))
+}
+
+fn edit_message(shared: &Shared, params: &Value) -> Result<Value, (u16, &'static str)> {
+    let text = params["text"].as_str().unwrap_or_default();
+    if text.trim().is_empty() {
+        return Err((400, "Bad Request: message text is empty"));
+    }
+    let Some(message_id) = number(&params["message_id"]) else {
+        return Err((400, "Bad Request: message to edit not found"));
+    };
+    shared.change(|state| state.edits.push(params.clone()));
+    Ok(json!({
+        "message_id": message_id,
+        "date": unix_now(),
+        "chat": { "id": params["chat_id"], "type": "private" },
         "text": text,
     }))
 }

@@ -1,0 +1,304 @@
+/*!
+A fake OpenAI-compatible chat-completions server for tests.
+
+[`FakeOpenAi::start`] listens on `127.0.0.1:0`; point `base_url` at [`FakeOpenAi::url`]
+(`http://127.0.0.1:PORT/v1`). It serves `POST /v1/chat/completions` and answers each
+request with the next scripted [`Answer`], or with the default answer when the script
+is empty (`{"choices":[{"message":{"content":"ok"}}]}` until [`FakeOpenAi::set_reply`]).
+A request with `"stream": true` gets a text answer as server-sent events, one chunk per
+answer. Any other path gets 404.
+
+Script answers with [`FakeOpenAi::push_reply`], [`FakeOpenAi::push_reply_with_usage`],
+[`FakeOpenAi::push_slow`], [`FakeOpenAi::push_stream`] and [`FakeOpenAi::fail_next`]
+(status, JSON body, headers such as `Retry-After`), or with [`FakeOpenAi::push`] for any
+[`Answer`]. Observe the requests with [`FakeOpenAi::requests`] (the JSON bodies),
+[`FakeOpenAi::calls`] (with arrival time and headers) and [`FakeOpenAi::wait_requests`],
+which blocks on a condition variable until the count is reached or the deadline passes.
+
+Each request is handled on its own thread, so a slow answer never delays another.
+Dropping the fake releases held answers at once and stops the server.
+*/
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// One scripted answer.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// A chat completion with this text, and `usage` when given (prompt, completion).
+    Text { text: String, usage: Option<(u64, u64)> },
+    /// This status, JSON body and headers.
+    Status { status: u16, body: Value, headers: Vec<(String, String)> },
+    /// Hold the request this long (or until the fake is dropped), then answer.
+    Slow(Duration, Box<Answer>),
+    /// A streamed completion: each piece as one `data:` event after `delay`, then
+    /// `data: [DONE]` (unless `done` is false, when the stream just ends).
+    Stream { pieces: Vec<String>, delay: Duration, done: bool },
+}
+
+/// An OpenAI-style error body.
+pub fn api_error(message: &str, code: Option<&str>) -> Value {
+    json!({ "error": { "message": message, "type": "invalid_request_error", "param": null, "code": code } })
+}
+
+/// The body OpenAI sends when the conversation no longer fits the model.
+pub fn context_length_exceeded() -> Value {
+    api_error(
+        "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+        Some("context_length_exceeded"),
+    )
+}
+
+/// One request as the fake received it.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub at: Instant,
+    pub path: String,
+    /// `Authorization`, when sent.
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    /// The JSON body (`Null` when it was not JSON).
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct State {
+    script: VecDeque<Answer>,
+    default: Option<Answer>,
+    calls: Vec<Call>,
+    closing: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking handler thread must not hide the state from the test.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn change<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let result = f(&mut self.lock());
+        self.changed.notify_all();
+        result
+    }
+
+    fn wait_until(&self, deadline: Instant, mut done: impl FnMut(&State) -> bool) -> MutexGuard<'_, State> {
+        let mut state = self.lock();
+        while !done(&state) && !state.closing {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = self.changed.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        state
+    }
+}
+
+/// A running fake endpoint. Dropping it stops the server.
+pub struct FakeOpenAi {
+    shared: Arc<Shared>,
+    server: Arc<tiny_http::Server>,
+    url: String,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl FakeOpenAi {
+    pub fn start() -> FakeOpenAi {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind the fake OpenAI"));
+        let port = server.server_addr().to_ip().expect("an IP listener").port();
+        let shared = Arc::new(Shared { state: Mutex::new(State::default()), changed: Condvar::new() });
+        let (srv, sh) = (server.clone(), shared.clone());
+        let accept = thread::Builder::new()
+            .name("fake-openai".into())
+            .spawn(move || {
+                while let Ok(request) = srv.recv() {
+                    let sh = sh.clone();
+                    let _ = thread::Builder::new().name("fake-openai-call".into()).spawn(move || handle(&sh, request));
+                }
+            })
+            .expect("spawn the fake's accept thread");
+        FakeOpenAi { shared, server, url: format!("http://127.0.0.1:{port}/v1"), accept: Some(accept) }
+    }
+
+    /// The `base_url` to configure: `http://127.0.0.1:PORT/v1`.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Queue any answer.
+    pub fn push(&self, answer: Answer) {
+        self.shared.change(|s| s.script.push_back(answer));
+    }
+
+    /// Queue a completion with `text`.
+    pub fn push_reply(&self, text: &str) {
+        self.push(Answer::Text { text: text.to_string(), usage: None });
+    }
+
+    /// Queue a completion with `text` and token counts.
+    pub fn push_reply_with_usage(&self, text: &str, prompt_tokens: u64, completion_tokens: u64) {
+        self.push(Answer::Text { text: text.to_string(), usage: Some((prompt_tokens, completion_tokens)) });
+    }
+
+    /// Queue a completion with `text`, sent after `delay`.
+    pub fn push_slow(&self, text: &str, delay: Duration) {
+        let answer = Answer::Text { text: text.to_string(), usage: None };
+        self.push(Answer::Slow(delay, Box::new(answer)));
+    }
+
+    /// Queue a streamed completion of `pieces`, each after `delay`.
+    pub fn push_stream(&self, pieces: &[&str], delay: Duration) {
+        let pieces = pieces.iter().map(|p| p.to_string()).collect();
+        self.push(Answer::Stream { pieces, delay, done: true });
+    }
+
+    /// Answer the next `count` requests with `status`, the JSON `body` and `headers`.
+    pub fn fail_next(&self, status: u16, body: Value, headers: &[(&str, &str)], count: usize) {
+        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        for _ in 0..count {
+            self.push(Answer::Status { status, body: body.clone(), headers: headers.clone() });
+        }
+    }
+
+    /// The answer when the script is empty: a completion with `text`.
+    pub fn set_reply(&self, text: &str) {
+        self.shared.change(|s| s.default = Some(Answer::Text { text: text.to_string(), usage: None }));
+    }
+
+    /// The JSON body of every request so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.shared.lock().calls.iter().map(|c| c.body.clone()).collect()
+    }
+
+    /// Every request so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.shared.lock().calls.clone()
+    }
+
+    /// Wait until at least `n` requests arrived or `deadline` passes; returns the count.
+    pub fn wait_requests(&self, n: usize, deadline: Instant) -> usize {
+        self.shared.wait_until(deadline, |s| s.calls.len() >= n).calls.len()
+    }
+}
+
+impl Drop for FakeOpenAi {
+    fn drop(&mut self) {
+        self.shared.change(|state| state.closing = true);
+        self.server.unblock();
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+}
+
+fn handle(shared: &Shared, mut request: tiny_http::Request) {
+    let header = |name: &str| {
+        let h = request.headers().iter().find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name));
+        h.map(|h| h.value.as_str().to_string())
+    };
+    let (authorization, content_type) = (header("authorization"), header("content-type"));
+    let path = request.url().to_string();
+    let mut text = String::new();
+    let _ = request.as_reader().read_to_string(&mut text);
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if path != "/v1/chat/completions" || *request.method() != tiny_http::Method::Post {
+        return respond(request, 404, &api_error("Not found", None), &[]);
+    }
+    let stream = body["stream"] == json!(true);
+    let answer = shared.change(|s| {
+        s.calls.push(Call { at: Instant::now(), path, authorization, content_type, body });
+        s.script.pop_front().or_else(|| s.default.clone())
+    });
+    serve(shared, request, answer.unwrap_or(Answer::Text { text: "ok".into(), usage: None }), stream);
+}
+
+fn serve(shared: &Shared, request: tiny_http::Request, answer: Answer, stream: bool) {
+    match answer {
+        Answer::Text { text, usage } if stream => {
+            let pieces = vec![text];
+            write_stream(shared, request, &pieces, Duration::ZERO, true, usage);
+        }
+        Answer::Text { text, usage } => respond(request, 200, &completion(&text, usage), &[]),
+        Answer::Status { status, body, headers } => respond(request, status, &body, &headers),
+        Answer::Slow(delay, answer) => {
+            drop(shared.wait_until(Instant::now() + delay, |_| false));
+            serve(shared, request, *answer, stream);
+        }
+        Answer::Stream { pieces, delay, done } => write_stream(shared, request, &pieces, delay, done, None),
+    }
+}
+
+fn completion(text: &str, usage: Option<(u64, u64)>) -> Value {
+    let mut body = json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "model": "fake",
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
+    });
+    if let Some((prompt, completion)) = usage {
+        body["usage"] =
+            json!({ "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion });
+    }
+    body
+}
+
+fn respond(request: tiny_http::Request, status: u16, body: &Value, headers: &[(String, String)]) {
+    let mut response = tiny_http::Response::from_string(body.to_string()).with_status_code(status);
+    let content_type = ("Content-Type".to_string(), "application/json".to_string());
+    for (name, value) in headers.iter().chain([&content_type]) {
+        let header = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid test header");
+        response.add_header(header);
+    }
+    // The client may have given up (a cancelled turn).
+    let _ = request.respond(response);
+}
+
+/// Write a chunked `text/event-stream` response by hand, flushing each event, so the
+/// client sees every piece when it is sent (tiny_http would buffer them).
+fn write_stream(
+    shared: &Shared,
+    request: tiny_http::Request,
+    pieces: &[String],
+    delay: Duration,
+    done: bool,
+    usage: Option<(u64, u64)>,
+) {
+    let mut writer = request.into_writer();
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut events: Vec<String> =
+        vec![json!({ "choices": [{ "index": 0, "delta": { "role": "assistant" } }] }).to_string()];
+    events.extend(pieces.iter().map(|p| json!({ "choices": [{ "index": 0, "delta": { "content": p } }] }).to_string()));
+    if let Some((prompt, completion)) = usage {
+        events.push(
+            json!({ "choices": [], "usage": { "prompt_tokens": prompt, "completion_tokens": completion } }).to_string(),
+        );
+    }
+    if done {
+        events.push("[DONE]".to_string());
+    }
+    let mut write = |bytes: &[u8]| writer.write_all(bytes).and_then(|_| writer.flush());
+    if write(head.as_bytes()).is_err() {
+        return;
+    }
+    for (i, event) in events.iter().enumerate() {
+        // The first event (the role) goes at once; each piece waits its delay.
+        if i > 0 && !delay.is_zero() && (1..=pieces.len()).contains(&i) {
+            drop(shared.wait_until(Instant::now() + delay, |_| false));
+        }
+        let data = format!("data: {event}\n\n");
+        if write(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes()).is_err() {
+            return; // the client hung up
+        }
+    }
+    let _ = write(b"0\r\n\r\n");
+}
