@@ -90,7 +90,7 @@ pub fn parse_config(s: &mut Section<'_>) -> AccessConfig {
 pub fn parse_platform_access(s: &mut Section<'_>) -> PlatformAccess {
     PlatformAccess {
         allowed_users: allowed_users(s),
-        allow_all: optional_bool(s, "allow_all"),
+        allow_all: s.bool("allow_all"),
         unauthorized_dm: s.choice("unauthorized_dm", DM_CHOICES, None),
     }
 }
@@ -108,14 +108,6 @@ fn allowed_users(s: &mut Section<'_>) -> Vec<String> {
         }
     }
     out
-}
-
-/// A bool that may be absent. `Section` has no optional-bool getter, so the key is read
-/// with both defaults: they agree only when the key is set. A value of the wrong type
-/// records the same error twice, which the loader's de-duplication folds into one.
-fn optional_bool(s: &mut Section<'_>, key: &str) -> Option<bool> {
-    let (when_absent_false, when_absent_true) = (s.bool_or(key, false), s.bool_or(key, true));
-    (when_absent_false == when_absent_true).then_some(when_absent_false)
 }
 
 /// The verdict on one inbound message.

@@ -179,12 +179,18 @@ impl<'a> Section<'a> {
     }
 
     pub fn bool_or(&mut self, key: &str, default: bool) -> bool {
-        let Some(value) = self.lookup(key) else { return default };
+        self.bool(key).unwrap_or(default)
+    }
+
+    /// `true` or `false`, or `None` when absent or invalid (for settings that fall back
+    /// to another section's value).
+    pub fn bool(&mut self, key: &str) -> Option<bool> {
+        let value = self.lookup(key)?;
         match value.get_ref() {
-            DeValue::Boolean(b) => *b,
+            DeValue::Boolean(b) => Some(*b),
             _ => {
                 self.wrong_type(key, value, "true or false");
-                default
+                None
             }
         }
     }
