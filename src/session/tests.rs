@@ -1,0 +1,313 @@
+//! The store's behaviour, one test per rule, on temporary state directories and with
+//! times passed in (2024-03-10 and after), so nothing depends on the real clock.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::*;
+use crate::message::{ChatType, Role};
+
+/// 2024-03-10 00:00:00 UTC.
+const MIDNIGHT: u64 = 1_710_028_800;
+const HOUR: u64 = 3600;
+
+fn at(secs: f64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs_f64(secs)
+}
+
+/// `MIDNIGHT + hours`.
+fn hours(h: f64) -> SystemTime {
+    at(MIDNIGHT as f64 + h * HOUR as f64)
+}
+
+fn dm(chat: &str) -> Source {
+    Source {
+        platform: "tg".into(),
+        chat_id: chat.into(),
+        chat_type: ChatType::Dm,
+        chat_name: None,
+        user_id: Some(chat.into()),
+        user_name: None,
+        thread_id: None,
+    }
+}
+
+fn open(dir: &Path, config: SessionConfig) -> SessionStore {
+    SessionStore::open(dir, config, 0).unwrap()
+}
+
+fn turn(i: usize) -> [ChatMessage; 2] {
+    [ChatMessage::new(Role::User, format!("q{i}")), ChatMessage::new(Role::Assistant, format!("a{i}"))]
+}
+
+fn idle_config(minutes: u64) -> SessionConfig {
+    SessionConfig { reset: ResetMode::Idle, idle: Duration::from_secs(minutes * 60), ..SessionConfig::default() }
+}
+
+/// The entries `index.json` holds on disk right now.
+fn on_disk(dir: &Path) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::from_slice(&fs::read(dir.join("sessions/index.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_conversation_keeps_its_session_from_turn_to_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SessionConfig::default());
+    let first = store.begin_turn(&dm("1"), hours(10.0)).unwrap();
+    assert_eq!(first.notice, None);
+    assert_eq!(first.entry.key, "agent:main:tg:dm:1");
+    assert_eq!(first.entry.created_at, first.entry.updated_at);
+    assert!(first.entry.session_id.starts_with("20240310_100000_"), "{}", first.entry.session_id);
+    let second = store.begin_turn(&dm("1"), hours(11.0)).unwrap();
+    assert_eq!(second.entry.session_id, first.entry.session_id);
+    assert_eq!(second.entry.updated_at, MIDNIGHT as f64 + 11.0 * HOUR as f64);
+    let other = store.begin_turn(&dm("2"), hours(11.0)).unwrap();
+    assert_ne!(other.entry.session_id, first.entry.session_id);
+    assert_eq!(store.session_count(), 2);
+    assert_eq!(store.get("agent:main:tg:dm:1"), Some(second.entry));
+    assert_eq!(store.get("agent:main:tg:dm:3"), None);
+}
+
+#[test]
+fn an_idle_session_rotates_and_the_user_is_told_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), idle_config(60));
+    let old = store.begin_turn(&dm("1"), hours(1.0)).unwrap().entry;
+    store.append(&old.key, &turn(0), 0, 0, hours(1.0)).unwrap();
+    // Just inside the hour (counted from the append): same session.
+    assert_eq!(store.begin_turn(&dm("1"), hours(1.9)).unwrap().entry.session_id, old.session_id);
+    let rotated = store.begin_turn(&dm("1"), hours(3.0)).unwrap();
+    assert_ne!(rotated.entry.session_id, old.session_id);
+    assert_eq!(rotated.notice.as_deref(), Some("Session reset after 1 h idle; starting fresh."));
+    let next = store.begin_turn(&dm("1"), hours(3.1)).unwrap();
+    assert_eq!(next.entry.session_id, rotated.entry.session_id);
+    assert_eq!(next.notice, None, "told once");
+    assert_eq!(store.history(&next.entry.session_id).unwrap(), []);
+    assert_eq!(store.history(&old.session_id).unwrap(), turn(0), "the old transcript stays");
+}
+
+#[test]
+fn an_idle_session_without_messages_rotates_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), idle_config(60));
+    let old = store.begin_turn(&dm("1"), hours(1.0)).unwrap().entry;
+    let rotated = store.begin_turn(&dm("1"), hours(5.0)).unwrap();
+    assert_ne!(rotated.entry.session_id, old.session_id);
+    assert_eq!(rotated.notice, None);
+}
+
+#[test]
+fn the_daily_reset_happens_at_the_local_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SessionConfig { reset: ResetMode::Daily, daily_hour: 4, ..SessionConfig::default() };
+    // UTC+2: 04:00 local is 02:00 UTC. (Read as UTC, both turns below would be before
+    // 04:00 and the session would not rotate.)
+    let store = SessionStore::open(dir.path(), config, 7200).unwrap();
+    let old = store.begin_turn(&dm("1"), hours(1.5)).unwrap().entry;
+    assert!(old.session_id.starts_with("20240310_033000_"), "local time in the id: {}", old.session_id);
+    store.append(&old.key, &turn(0), 0, 0, hours(1.5)).unwrap();
+    assert_eq!(store.begin_turn(&dm("1"), hours(1.99)).unwrap().entry.session_id, old.session_id);
+    let rotated = store.begin_turn(&dm("1"), hours(2.5)).unwrap();
+    assert_ne!(rotated.entry.session_id, old.session_id);
+    assert_eq!(rotated.notice.as_deref(), Some("Session reset by the daily reset at 04:00; starting fresh."));
+    // Active after today's boundary: kept until tomorrow's.
+    assert_eq!(store.begin_turn(&dm("1"), hours(25.9)).unwrap().notice, None);
+    assert_eq!(store.get(&old.key).unwrap().session_id, rotated.entry.session_id);
+}
+
+#[test]
+fn reset_none_keeps_a_session_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SessionConfig { reset: ResetMode::None, ..SessionConfig::default() });
+    let old = store.begin_turn(&dm("1"), hours(1.0)).unwrap().entry;
+    store.append(&old.key, &turn(0), 0, 0, hours(1.0)).unwrap();
+    let later = store.begin_turn(&dm("1"), hours(400.0 * 24.0)).unwrap();
+    assert_eq!((later.entry.session_id, later.notice), (old.session_id, None));
+}
+
+#[test]
+fn history_is_bounded_by_max_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SessionConfig { max_history: 5, ..SessionConfig::default() });
+    let entry = store.begin_turn(&dm("1"), hours(1.0)).unwrap().entry;
+    let mut all = Vec::new();
+    for i in 0..6 {
+        store.append(&entry.key, &turn(i), 0, 0, hours(1.0)).unwrap();
+        all.extend(turn(i));
+    }
+    assert_eq!(store.history(&entry.session_id).unwrap(), all[7..]);
+}
+
+#[test]
+fn reset_starts_a_fresh_session_with_or_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SessionConfig::default());
+    let old = store.begin_turn(&dm("1"), hours(1.0)).unwrap().entry;
+    store.append(&old.key, &turn(0), 5, 5, hours(1.0)).unwrap();
+    let fresh = store.reset(&dm("1"), hours(1.1)).unwrap();
+    assert_ne!(fresh.session_id, old.session_id);
+    assert_eq!((fresh.input_tokens, fresh.output_tokens), (0, 0));
+    assert_eq!(store.get(&old.key), Some(fresh.clone()));
+    assert_eq!(store.history(&fresh.session_id).unwrap(), []);
+    assert_eq!(store.history(&old.session_id).unwrap(), turn(0));
+    let next = store.begin_turn(&dm("1"), hours(1.2)).unwrap();
+    assert_eq!((next.entry.session_id, next.notice), (fresh.session_id, None));
+    // A conversation never seen before.
+    let new = store.reset(&dm("2"), hours(1.2)).unwrap();
+    assert_eq!(store.get("agent:main:tg:dm:2"), Some(new));
+}
+
+#[test]
+fn token_counts_accumulate_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SessionConfig::default());
+    let key = store.begin_turn(&dm("1"), hours(1.0)).unwrap().entry.key;
+    store.append(&key, &turn(0), 10, 5, hours(1.0)).unwrap();
+    store.append(&key, &[], 3, 2, hours(1.5)).unwrap();
+    let entry = store.get(&key).unwrap();
+    assert_eq!((entry.input_tokens, entry.output_tokens), (13, 7));
+    assert_eq!(entry.updated_at, MIDNIGHT as f64 + 1.5 * HOUR as f64);
+    store.flush().unwrap();
+    drop(store);
+    assert_eq!(open(dir.path(), SessionConfig::default()).get(&key), Some(entry));
+}
+
+#[test]
+fn append_without_a_session_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SessionConfig::default());
+    let err = store.append("agent:main:tg:dm:1", &turn(0), 1, 1, hours(1.0)).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::NotFound);
+}
+
+#[test]
+fn the_index_is_rewritten_at_most_once_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SessionConfig::default());
+    let key = store.begin_turn(&dm("1"), at(1e9)).unwrap().entry.key;
+    store.append(&key, &turn(0), 10, 0, at(1e9 + 0.5)).unwrap();
+    assert_eq!(on_disk(dir.path())[&key]["input_tokens"], 0, "not rewritten within the interval");
+    store.append(&key, &turn(1), 1, 0, at(1e9 + 1.0)).unwrap();
+    assert_eq!(on_disk(dir.path())[&key]["input_tokens"], 11, "rewritten once the interval passed");
+}
+
+#[test]
+fn a_new_session_survives_a_crash_before_the_index_is_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SessionConfig::default());
+    let first = store.begin_turn(&dm("1"), at(1e9)).unwrap().entry;
+    // Within the interval: only the journal has these two.
+    let second = store.begin_turn(&dm("2"), at(1e9 + 0.1)).unwrap().entry;
+    let reset = store.reset(&dm("1"), at(1e9 + 0.2)).unwrap();
+    assert!(!on_disk(dir.path()).contains_key(&second.key));
+    // A crash: no flush, no drop.
+    std::mem::forget(store);
+    let store = open(dir.path(), SessionConfig::default());
+    assert_eq!(store.get(&second.key), Some(second));
+    assert_eq!(store.get(&first.key), Some(reset));
+    assert_eq!(store.session_count(), 2);
+    // Reopening folded the journal into the index.
+    assert_eq!(fs::metadata(dir.path().join("sessions/index.journal")).unwrap().len(), 0);
+    assert_eq!(on_disk(dir.path()).len(), 2);
+}
+
+#[test]
+fn dropping_the_store_writes_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SessionConfig::default());
+    let key = store.begin_turn(&dm("1"), at(1e9)).unwrap().entry.key;
+    store.append(&key, &turn(0), 4, 2, at(1e9 + 0.1)).unwrap();
+    drop(store);
+    assert_eq!(on_disk(dir.path())[&key]["output_tokens"], 2);
+}
+
+#[test]
+fn a_corrupt_index_is_set_aside_and_the_store_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let sessions = dir.path().join("sessions");
+    fs::create_dir_all(&sessions).unwrap();
+    fs::write(sessions.join("index.json"), b"{\"agent:main:tg:dm:1\": {\"session_id\": \"2024").unwrap();
+    let store = open(dir.path(), SessionConfig::default());
+    assert_eq!(store.session_count(), 0);
+    let moved: Vec<_> = fs::read_dir(&sessions)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("index.json.corrupt-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert!(fs::read_to_string(sessions.join(&moved[0])).unwrap().contains("2024"));
+    assert!(on_disk(dir.path()).is_empty(), "a fresh, readable index");
+    let entry = store.begin_turn(&dm("1"), hours(1.0)).unwrap().entry;
+    store.append(&entry.key, &turn(0), 0, 0, hours(1.0)).unwrap();
+    assert_eq!(store.history(&entry.session_id).unwrap(), turn(0));
+}
+
+#[test]
+fn a_torn_transcript_line_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SessionConfig::default());
+    let entry = store.begin_turn(&dm("1"), hours(1.0)).unwrap().entry;
+    store.append(&entry.key, &turn(0), 0, 0, hours(1.0)).unwrap();
+    let path = dir.path().join(format!("sessions/{}.jsonl", entry.session_id));
+    let mut text = fs::read(&path).unwrap();
+    text.extend_from_slice(b"{\"ts\":1.0,\"role\":\"user\",\"content\":\"cut of");
+    fs::write(&path, text).unwrap();
+    assert_eq!(store.history(&entry.session_id).unwrap(), turn(0));
+    store.append(&entry.key, &turn(1), 0, 0, hours(1.0)).unwrap();
+    assert_eq!(store.history(&entry.session_id).unwrap(), [turn(0), turn(1)].concat());
+}
+
+#[test]
+fn files_are_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SessionConfig::default());
+    let entry = store.begin_turn(&dm("1"), hours(1.0)).unwrap().entry;
+    store.append(&entry.key, &turn(0), 0, 0, hours(1.0)).unwrap();
+    store.flush().unwrap();
+    let sessions = dir.path().join("sessions");
+    let mode = |name: &str| fs::metadata(sessions.join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(""), 0o700);
+    for name in ["index.json", "index.journal", &format!("{}.jsonl", entry.session_id)] {
+        assert_eq!(mode(name), 0o600, "{name}");
+    }
+}
+
+#[test]
+fn group_members_get_their_own_sessions_unless_configured_otherwise() {
+    let member = |user: &str| Source { chat_type: ChatType::Group, user_id: Some(user.into()), ..dm("-100") };
+    for (per_user, sessions) in [(true, 2), (false, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), SessionConfig { group_sessions_per_user: per_user, ..SessionConfig::default() });
+        store.begin_turn(&member("a"), hours(1.0)).unwrap();
+        store.begin_turn(&member("b"), hours(1.0)).unwrap();
+        assert_eq!(store.session_count(), sessions, "per_user = {per_user}");
+    }
+}
+
+#[test]
+fn worker_threads_share_one_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path(), SessionConfig::default()));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let source = dm(&format!("{w}-{}", i % 5));
+                    let now = at(1e9 + i as f64 * 0.1);
+                    let entry = store.begin_turn(&source, now).unwrap().entry;
+                    store.append(&entry.key, &turn(i), 1, 1, now).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(store.session_count(), 40);
+    let entry = store.get("agent:main:tg:dm:3-4").unwrap();
+    assert_eq!(entry.input_tokens, 10);
+    assert_eq!(store.history(&entry.session_id).unwrap().len(), 20);
+}
