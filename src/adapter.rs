@@ -22,7 +22,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, select};
 
 use crate::config::PlatformInstance;
-use crate::delivery::Outlets;
+use crate::delivery::Outbox;
 use crate::lock::TokenLock;
 use crate::message::{Inbound, Outbound};
 
@@ -216,7 +216,8 @@ impl Context {
 pub struct Wiring {
     pub events: Sender<Event>,
     pub inbound: Sender<Inbound>,
-    pub outlets: Outlets,
+    /// Where outlets are published, and where replies are queued.
+    pub outlets: Outbox,
     pub state_dir: PathBuf,
     pub lock_dir: PathBuf,
 }

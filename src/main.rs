@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, bounded, unbounded};
 
 use switchboard::adapter::Wiring;
 use switchboard::config::{self, Config};
-use switchboard::delivery::Outlets;
+use switchboard::delivery::{self, Outbox};
 use switchboard::directory::Directory;
 use switchboard::router::Router;
 use switchboard::status::{self, Status};
@@ -167,12 +167,11 @@ fn start(config: &Config) -> std::io::Result<i32> {
     let (events_tx, events) = unbounded();
     // Bounded: a flood of inbound messages slows the adapters instead of filling memory.
     let (inbound_tx, inbound) = bounded(1024);
-    let outlets = Outlets::new();
+    // Opening the outbox picks up what an earlier run (or `switchboard send`) queued.
+    let outlets = Outbox::open(&state_dir, config.delivery.clone(), &delivery::platform_limits(config))?;
     let directory = Arc::new(Directory::load(&state_dir));
     let router = Router::start(inbound, agent::build(&config.agent), outlets.clone(), directory.clone())?;
-    for p in config.platforms.iter().filter(|p| p.enabled) {
-        outlets.start_worker(&p.name)?;
-    }
+    outlets.start_workers()?;
     let wiring = Wiring {
         events: events_tx,
         inbound: inbound_tx,
@@ -187,10 +186,15 @@ fn start(config: &Config) -> std::io::Result<i32> {
         }
         let left = outlets.drain(deadline);
         if left > 0 {
-            log::warn!("stopping with {left} replies not delivered");
+            log::warn!("stopping with {left} replies not delivered; they stay in the outbox for the next start");
         }
     });
     outlets.quit();
+    // A send in flight when the process exits is found claimed on the next start and
+    // set aside as unknown-outcome: give it a moment to finish instead.
+    if !outlets.join(std::time::Instant::now() + std::time::Duration::from_secs(5)) {
+        log::warn!("stopping while a delivery is being sent; its outcome will be unknown");
+    }
     log::info!("stopped (exit code {})", decision.code);
     Ok(decision.code)
 }

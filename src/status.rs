@@ -136,7 +136,8 @@ pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn span(secs: f64) -> String {
+/// `42 s`, `5 min`, `3 h`.
+pub fn span(secs: f64) -> String {
     let s = secs.round() as u64;
     match s {
         0..120 => format!("{s} s"),

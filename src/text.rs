@@ -3,13 +3,26 @@ Splitting long replies to fit a platform's message limit.
 
 Platforms count length differently: Telegram in UTF-16 code units (an emoji outside the
 Basic Multilingual Plane counts 2), IRC in bytes, most others in characters. [`split`]
-cuts a text into chunks that each fit, preferring the places a reader would: a line
-break, else a space, else anywhere, but never inside a character (so never between the
-two halves of a UTF-16 surrogate pair or inside a UTF-8 sequence). A grapheme cluster
-(a flag, a family emoji) may still be cut; platforms only reject broken code points.
+cuts a text into chunks that each fit, following the reference gateway's rules
+(`reference/hermes-gateway.md` §7.3), so a long reply reads the same as it does there:
 
-Room is left for a later step that balances code fences across chunks and appends
-`(i/n)` markers: such a step can call [`split`] with a smaller `max` and then decorate.
+- a text that fits is sent whole and unchanged;
+- otherwise it is cut where a reader would: at a paragraph break, else a line break
+  (either only in the second half of the room, so chunks stay reasonably full), else a
+  space, else — a single word longer than the room — anywhere, but never inside a
+  character (so never between the two halves of a UTF-16 surrogate pair);
+- a cut never leaves inline code (`` `x` ``) open when a space before it allows;
+- a code fence open at a cut is closed at the end of the chunk and reopened, with its
+  language, at the start of the next, so every chunk renders on its own;
+- every chunk of a split text ends in ` (i/n)`, and room for it is reserved up front.
+
+Splitting happens when a delivery is queued, not when it is sent, so each chunk is its own
+outbox entry and a crash never sends chunk 1 of 3 twice. Edits are never split:
+[`truncate`] shortens them instead.
+
+A grapheme cluster (a flag, a family emoji) may still be cut; platforms only reject
+broken code points. A limit smaller than the markers themselves (a dozen units) cannot be
+honoured; chunks then exceed it rather than loop for ever.
 */
 
 /// How a platform counts the length of a message.
@@ -50,61 +63,213 @@ pub struct Limit {
     pub unit: Unit,
 }
 
-/// Split `text` into chunks that each fit `limit`.
+/// Room kept free for the ` (i/n)` marker: enough for ` (999/999)`. [`split`] makes more
+/// room when a text needs a thousand chunks or more.
+const INDICATOR_RESERVE: usize = 10;
+
+const FENCE: &str = "```";
+/// What closes a code block at the end of a chunk; its room is always reserved.
+const FENCE_CLOSE: &str = "\n```";
+/// What ends a truncated edit.
+const ELLIPSIS: &str = "…";
+
+/// Split `text` into chunks that each fit `limit` (see the module doc for the rules).
 ///
-/// - A text that fits is returned whole and unchanged.
-/// - Otherwise each cut is made at the last line break in the second half of the room
-///   left, else at the last whitespace, else at the last character that fits. The line
-///   break or whitespace a cut is made at is dropped; all other whitespace, such as the
-///   indentation of the next line, is kept.
-/// - No chunk is empty or whitespace only: an empty or blank text yields **no chunks**,
-///   since there is nothing to say and platforms (Telegram) reject empty messages.
-/// - A `max` smaller than one character (0, or 1 for an emoji in UTF-16) cannot be
-///   honoured; such a character then makes a chunk of its own rather than loop for ever.
+/// An empty or blank text yields **no chunks**: there is nothing to say, and platforms
+/// (Telegram) reject empty messages. No chunk is blank.
 pub fn split(text: &str, limit: Limit) -> Vec<String> {
-    let mut chunks = Vec::new();
-    let mut rest = text;
-    while !rest.is_empty() {
-        let fit = fitting_prefix(rest, limit);
-        let (chunk, next) = if fit == rest.len() { (rest, "") } else { cut(rest, fit) };
-        if !chunk.trim().is_empty() {
-            chunks.push(chunk.to_string());
-        }
-        rest = next;
+    if text.trim().is_empty() {
+        return Vec::new();
     }
-    chunks
+    if limit.unit.len(text) <= limit.max {
+        return vec![text.to_string()];
+    }
+    let mut reserve = INDICATOR_RESERVE;
+    loop {
+        let bodies = bodies(text, limit, reserve);
+        let n = bodies.len();
+        if n <= 1 {
+            return bodies;
+        }
+        // The marker is ASCII, so its length is the same in every unit.
+        let widest = indicator(n, n).len();
+        if widest <= reserve {
+            return bodies.into_iter().enumerate().map(|(i, body)| body + &indicator(i + 1, n)).collect();
+        }
+        // More chunks than the reserve has digits for: split again with more room kept.
+        // The reserve only grows and the marker's width with it, so this ends.
+        reserve = widest;
+    }
 }
 
-/// The byte length of the longest prefix of `text` that fits `limit`, on a character
-/// boundary, and at least one character.
-fn fitting_prefix(text: &str, limit: Limit) -> usize {
+/// `text` unchanged if it fits `limit`, else its longest prefix that fits with `…` after it.
+/// For edits, which replace one message and so cannot become several.
+pub fn truncate(text: &str, limit: Limit) -> String {
+    if limit.unit.len(text) <= limit.max {
+        return text.to_string();
+    }
+    let room = limit.max.saturating_sub(limit.unit.len(ELLIPSIS));
+    let keep = fit(text, room, limit.unit);
+    format!("{}{ELLIPSIS}", text[..keep].trim_end())
+}
+
+fn indicator(i: usize, n: usize) -> String {
+    format!(" ({i}/{n})")
+}
+
+/// The chunks of `text` without their markers, each fitting `limit` with `reserve` units
+/// to spare.
+fn bodies(text: &str, limit: Limit, reserve: usize) -> Vec<String> {
+    let unit = limit.unit;
+    let mut out = Vec::new();
+    let mut rest = text;
+    // The language of the code block the previous chunk ended inside, if any.
+    let mut open: Option<String> = None;
+    while !rest.trim().is_empty() {
+        let prefix = open.as_ref().map_or(String::new(), |lang| format!("{FENCE}{lang}\n"));
+        let room = limit.max.saturating_sub(reserve + unit.len(&prefix));
+        if unit.len(rest) <= room {
+            out.push(prefix + rest.trim_end());
+            break;
+        }
+        let room = room.saturating_sub(unit.len(FENCE_CLOSE));
+        let (piece, next) = cut_outside_inline_code(rest, room, unit, open.is_some());
+        let (piece, next) = before_trailing_fence(rest, piece, next, &open);
+        let blank = piece.trim().is_empty();
+        let mut body = prefix + piece;
+        open = markup(piece, open).open;
+        // Blank lines at a cut carry nothing; indentation after them does, so only line
+        // breaks are dropped.
+        rest = next.trim_start_matches(['\r', '\n']);
+        if open.is_some() {
+            body.push_str(FENCE_CLOSE);
+            // When the block's own closing fence comes right after the cut, it is the one
+            // just written: skip it rather than open an empty block in the next chunk.
+            if let Some(after) = closing_fence_line(rest) {
+                rest = after;
+                open = None;
+            }
+        }
+        if !blank {
+            out.push(body);
+        }
+    }
+    out
+}
+
+/// [`cut`], moved back to a space before an inline code span the cut would leave open,
+/// when that space is not too early (past a quarter of the room), as the reference does.
+fn cut_outside_inline_code(text: &str, room: usize, unit: Unit, in_code: bool) -> (&str, &str) {
+    let (piece, next) = cut(text, room, unit);
+    let Some(tick) = markup(piece, in_code.then(String::new)).odd_backtick else { return (piece, next) };
+    let space = text[..tick].char_indices().rev().find(|&(_, c)| c.is_whitespace()).map(|(i, _)| i);
+    match space {
+        Some(i) if unit.len(&text[..i]) > room / 4 => {
+            let sep_len = text[i..].chars().next().map_or(0, char::len_utf8);
+            (text[..i].trim_end(), &text[i + sep_len..])
+        }
+        _ => (piece, next),
+    }
+}
+
+/// A piece whose last line opens a code block would end in an empty block: leave that
+/// line to the next chunk, unless nothing comes before it.
+fn before_trailing_fence<'a>(
+    text: &'a str,
+    piece: &'a str,
+    next: &'a str,
+    open: &Option<String>,
+) -> (&'a str, &'a str) {
+    let start = piece.rfind('\n').map_or(0, |i| i + 1);
+    let opens = piece[start..].trim_start().starts_with(FENCE) && markup(piece, open.clone()).open.is_some();
+    if opens && !piece[..start].trim().is_empty() {
+        // Pieces are prefixes of `text`, so `start` is a position in it too.
+        (piece[..start].trim_end(), &text[start..])
+    } else {
+        (piece, next)
+    }
+}
+
+/// Split `text`, which does not fit `room`, into (piece, rest): the piece fits (unless a
+/// single character does not) and is not empty. The separator the cut is made at is
+/// dropped, and so is whitespace at the end of the piece.
+fn cut(text: &str, room: usize, unit: Unit) -> (&str, &str) {
+    // At least one character, so that every cut makes progress.
+    let fit = fit(text, room, unit).max(text.chars().next().map_or(0, char::len_utf8));
+    if fit >= text.len() {
+        return (text, "");
+    }
+    // The separator may be the character just past the room: a piece that fills the room
+    // exactly and is followed by a space needs no harder cut.
+    let next_len = text[fit..].chars().next().map_or(0, char::len_utf8);
+    let window = &text[..fit + next_len];
+    // A separator with only whitespace before it would make a blank piece.
+    let useful = |i: usize| !window[..i].trim().is_empty();
+    let late = |i: &usize| *i >= fit / 2 && useful(*i);
+    let paragraph = window.rmatch_indices("\n\n").map(|(i, _)| i).find(late);
+    let line = || window.rmatch_indices('\n').map(|(i, _)| i).find(late);
+    let space = || window.char_indices().rev().find(|&(i, c)| c.is_whitespace() && useful(i)).map(|(i, _)| i);
+    match paragraph.or_else(line).or_else(space) {
+        Some(i) => {
+            // `i` starts a whitespace character; skip exactly that one.
+            let sep_len = text[i..].chars().next().map_or(0, char::len_utf8);
+            (text[..i].trim_end(), &text[i + sep_len..])
+        }
+        None => (&text[..fit], &text[fit..]),
+    }
+}
+
+/// The byte length of the longest prefix of `text` that fits `room`, on a character
+/// boundary (possibly 0).
+fn fit(text: &str, room: usize, unit: Unit) -> usize {
     let mut used = 0;
     for (i, c) in text.char_indices() {
-        used += limit.unit.of(c);
-        if used > limit.max {
-            return if i == 0 { c.len_utf8() } else { i };
+        used += unit.of(c);
+        if used > room {
+            return i;
         }
     }
     text.len()
 }
 
-/// Split `text`, of which the first `fit` bytes fit, into (chunk, rest), dropping the
-/// separator the cut is made at. The separator may be the character just past `fit`:
-/// a chunk that fills the room exactly and is followed by a space needs no harder cut.
-fn cut(text: &str, fit: usize) -> (&str, &str) {
-    let next_len = text[fit..].chars().next().map_or(0, char::len_utf8);
-    let window = &text[..fit + next_len];
-    // A separator at index 0 would make an empty chunk; those are skipped by `find`.
-    let newline = window.rmatch_indices('\n').map(|(i, _)| i).find(|&i| i > 0 && i >= fit / 2);
-    let space = || window.char_indices().rev().find(|&(i, c)| i > 0 && c.is_whitespace()).map(|(i, _)| i);
-    match newline.or_else(space) {
-        Some(i) => {
-            // `i` starts a whitespace character; skip exactly that one.
-            let sep_len = text[i..].chars().next().map_or(0, char::len_utf8);
-            (&text[..i], &text[i + sep_len..])
+/// What a piece of Markdown leaves open at its end.
+struct Markup {
+    /// The language of the fenced code block the piece ends inside (`""` for none given).
+    open: Option<String>,
+    /// Where the last inline-code backtick is, when the piece leaves inline code open (an
+    /// odd number of unescaped backticks outside code blocks).
+    odd_backtick: Option<usize>,
+}
+
+/// Walk `piece` line by line, starting inside a code block of language `open` if given.
+/// A line starting with three backticks opens or closes a block (indented fences count,
+/// as in lists); the rest of an opening line names the language.
+fn markup(piece: &str, mut open: Option<String>) -> Markup {
+    let (mut ticks, mut last, mut offset) = (0, None, 0);
+    for line in piece.split_inclusive('\n') {
+        if let Some(info) = line.trim_start().strip_prefix(FENCE) {
+            open = match open {
+                Some(_) => None,
+                None => Some(info.trim_start_matches('`').split_whitespace().next().unwrap_or("").to_string()),
+            };
+        } else if open.is_none() {
+            let bytes = line.as_bytes();
+            for (i, &b) in bytes.iter().enumerate() {
+                if b == b'`' && (i == 0 || bytes[i - 1] != b'\\') {
+                    ticks += 1;
+                    last = Some(offset + i);
+                }
+            }
         }
-        None => (&text[..fit], &text[fit..]),
+        offset += line.len();
     }
+    Markup { open, odd_backtick: if ticks % 2 == 1 { last } else { None } }
+}
+
+/// When the first line of `text` is a bare closing fence, the text after that line.
+fn closing_fence_line(text: &str) -> Option<&str> {
+    let (line, after) = text.split_once('\n').unwrap_or((text, ""));
+    (line.trim() == FENCE).then_some(after)
 }
 
 #[cfg(test)]
@@ -123,58 +288,120 @@ mod tests {
         Limit { max, unit: Unit::Bytes }
     }
 
+    /// Every chunk fits, and every chunk's fences are balanced.
+    fn check(chunks: &[String], limit: Limit) {
+        for c in chunks {
+            assert!(limit.unit.len(c) <= limit.max, "{c:?} is over {limit:?}");
+            assert!(!c.trim().is_empty());
+            let fences = c.lines().filter(|l| l.trim_start().starts_with(FENCE)).count();
+            assert_eq!(fences % 2, 0, "unbalanced fences in {c:?}");
+        }
+    }
+
     #[test]
     fn table() {
         let cases: &[(&str, Limit, &[&str])] = &[
             ("", chars(10), &[]),
             ("   \n ", chars(10), &[]),
             ("hello", chars(10), &["hello"]),
+            // Exactly at the limit: whole, no marker.
             ("hello", chars(5), &["hello"]),
             ("  keep  ", chars(10), &["  keep  "]),
-            // Prefer the line break, dropping it.
-            ("aaa bbb\nccc", chars(9), &["aaa bbb", "ccc"]),
+            // Room 18 - 10 (marker) = 8 for the last chunk, 4 less (a fence close) before it.
+            ("aaaa bbbb cccc dddd", chars(18), &["aaaa (1/4)", "bbbb (2/4)", "cccc (3/4)", "dddd (4/4)"]),
+            // A paragraph break beats a later line break or space.
+            ("para one.\n\npara two is here", chars(26), &["para one. (1/2)", "para two is here (2/2)"]),
+            // Else a line break in the second half of the room.
+            ("line a\nline b and more words", chars(27), &["line a (1/3)", "line b and (2/3)", "more words (3/3)"]),
             // A line break in the first half loses to a later space.
-            ("a\nbbbb cccc", chars(8), &["a\nbbbb", "cccc"]),
-            // The separator just past the room is used.
-            ("aaaa bbbb", chars(4), &["aaaa", "bbbb"]),
-            ("aaaa\nbbbb", chars(4), &["aaaa", "bbbb"]),
-            // No separator: hard cut.
-            ("abcdefghij", chars(4), &["abcd", "efgh", "ij"]),
-            // Indentation of the next line survives; only the cut's line break goes.
-            ("fn x() {\n    y\n}", chars(10), &["fn x() {", "    y\n}"]),
-            // Blank chunks between separators are dropped.
-            ("aaaa\n\n\n\nbbbb", chars(4), &["aaaa", "bbbb"]),
-            // A leading separator never makes an empty chunk.
-            ("\nabcdef", chars(3), &["\nab", "cde", "f"]),
+            (
+                "a\nbbbb cccc dddddddddddddd",
+                chars(22),
+                &["a\nbbbb (1/4)", "cccc (2/4)", "dddddddd (3/4)", "dddddd (4/4)"],
+            ),
+            // A single word longer than the room: hard cuts.
+            (
+                "abcdefghijklmnopqrstuvwxyz",
+                chars(20),
+                &["abcdef (1/4)", "ghijkl (2/4)", "mnopqr (3/4)", "stuvwxyz (4/4)"],
+            ),
+            // Blank lines at a cut are dropped; indentation is kept.
+            ("first line\n\n\n\n    indented", chars(24), &["first line (1/2)", "    indented (2/2)"]),
+            // Never a cut inside leading indentation, which would make a blank piece.
+            ("    abcdefghijklmnopq", chars(20), &["    ab (1/3)", "cdefgh (2/3)", "ijklmnopq (3/3)"]),
+            // UTF-16: an emoji is two units and is never halved (5 units of room before the
+            // last chunk: two fit, the third waits).
+            ("😀😀😀😀😀😀😀😀😀😀", utf16(19), &["😀😀 (1/4)", "😀😀 (2/4)", "😀😀 (3/4)", "😀😀😀😀 (4/4)"]),
+            ("abcdef😀ghijklmnopqrst", utf16(21), &["abcdef (1/3)", "😀ghijk (2/3)", "lmnopqrst (3/3)"]),
             // Bytes: never inside a UTF-8 sequence (é is 2 bytes).
-            ("ééé", bytes(3), &["é", "é", "é"]),
-            ("aéé", bytes(4), &["aé", "é"]),
-            // Chars count é once.
-            ("ééé", chars(2), &["éé", "é"]),
-            // UTF-16: an emoji is two units and is never halved.
-            ("ab😀cd", utf16(3), &["ab", "😀c", "d"]),
-            ("a😀", utf16(2), &["a", "😀"]),
-            ("😀😀😀", utf16(4), &["😀😀", "😀"]),
-            ("😀😀😀", utf16(5), &["😀😀", "😀"]),
-            ("😀 😀", utf16(3), &["😀", "😀"]),
-            // A limit below one character still makes progress.
-            ("😀x", utf16(1), &["😀", "x"]),
-            ("ab", chars(0), &["a", "b"]),
+            ("éééééééééé", bytes(19), &["éé (1/4)", "éé (2/4)", "éé (3/4)", "éééé (4/4)"]),
         ];
         for (text, limit, want) in cases {
-            assert_eq!(split(text, *limit), *want, "split({text:?}, {limit:?})");
+            let got = split(text, *limit);
+            assert_eq!(got, *want, "split({text:?}, {limit:?})");
+            check(&got, *limit);
         }
+    }
+
+    #[test]
+    fn code_fences_are_closed_and_reopened_with_their_language() {
+        let text = "Here:\n```rust\nlet a = 1;\nlet b = 2;\nlet c = 3;\nlet d = 4;\n```\nDone.";
+        let got = split(text, chars(50));
+        assert_eq!(
+            got,
+            ["Here:\n```rust\nlet a = 1;\nlet b = 2;\n``` (1/2)", "```rust\nlet c = 3;\nlet d = 4;\n```\nDone. (2/2)"]
+        );
+        check(&got, chars(50));
+        // Narrower: one line per chunk, each block closed and reopened.
+        let got = split(text, chars(40));
+        assert_eq!(got[1], "```rust\nlet b = 2;\n``` (2/4)");
+        check(&got, chars(40));
+    }
+
+    #[test]
+    fn a_block_without_language_reopens_bare() {
+        let text = format!("```\n{}\n```", ["x = 1"; 6].join("\n"));
+        let got = split(&text, chars(30));
+        check(&got, chars(30));
+        assert!(got.len() > 1);
+        assert!(got[1..].iter().all(|c| c.starts_with("```\nx = 1")), "{got:?}");
+    }
+
+    #[test]
+    fn no_empty_blocks_at_cuts() {
+        let text = "Intro\n```sh\nls -la\nls -lb\n```\nMore text after the block.";
+        // The block would start empty at the end of chunk 1: it starts in chunk 2.
+        let got = split(text, chars(26));
+        assert_eq!(got[..3], ["Intro (1/5)", "```sh\nls -la\n``` (2/5)", "```sh\nls -lb\n``` (3/5)"]);
+        // The block's own closing fence right after a cut is not reopened as an empty block.
+        let got = split(text, chars(32));
+        assert_eq!(got[1..3], ["```sh\nls -lb\n``` (2/4)", "More text after (3/4)"]);
+    }
+
+    #[test]
+    fn inline_code_is_not_cut_open() {
+        // The plain cut would fall inside `gh ij kl`; it moves back to the space before it.
+        let got = split("abcd `gh ij kl` mnop qr", chars(22));
+        // A span longer than the room has to be cut anyway.
+        assert_eq!(got, ["abcd (1/3)", "`gh ij (2/3)", "kl` mnop qr (3/3)"]);
     }
 
     #[test]
     fn every_chunk_fits_and_nothing_but_separators_is_lost() {
         let line = "the quick brown 🦊 jumps over the lazy 🐶, naïvely; ";
-        let text: String = (0..200).map(|i| if i % 7 == 6 { format!("{line}\n") } else { line.to_string() }).collect();
-        for limit in [utf16(4096), utf16(100), utf16(7), chars(50), bytes(64), bytes(5)] {
+        let mut text: String =
+            (0..200).map(|i| if i % 7 == 6 { format!("{line}\n") } else { line.to_string() }).collect();
+        text.push_str("\n```python\nprint('hi')\n```\n");
+        for limit in [utf16(4096), utf16(100), chars(50), bytes(64)] {
             let chunks = split(&text, limit);
-            assert!(chunks.iter().all(|c| !c.trim().is_empty() && limit.unit.len(c) <= limit.max), "{limit:?}");
+            check(&chunks, limit);
+            let n = chunks.len();
+            let strip = |i: usize, c: &str| c.strip_suffix(&indicator(i + 1, n)).map(str::to_string);
+            let bodies: Vec<String> = chunks.iter().enumerate().map(|(i, c)| strip(i, c).expect("marker")).collect();
             let squeeze = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
-            assert_eq!(squeeze(&chunks.concat()), squeeze(&text), "{limit:?}");
+            // Only whitespace and the added fences differ.
+            let joined = squeeze(&bodies.concat()).replace("```python", "").replace("```", "");
+            assert_eq!(joined, squeeze(&text).replace("```python", "").replace("```", ""), "{limit:?}");
         }
     }
 
@@ -182,11 +409,38 @@ mod tests {
     fn telegram_sized_reply() {
         let text = "x".repeat(5000);
         let chunks = split(&text, utf16(4096));
-        assert_eq!(chunks.iter().map(String::len).collect::<Vec<_>>(), [4096, 904]);
-        // An emoji straddling the 4096th unit moves whole to the next chunk.
-        let text = format!("{}😀{}", "x".repeat(4095), "y".repeat(10));
+        let lens: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+        assert_eq!(lens, [4082 + 6, 918 + 6]);
+        // An emoji straddling the room moves whole to the next chunk.
+        let text = format!("{}😀{}", "x".repeat(4081), "y".repeat(100));
         let chunks = split(&text, utf16(4096));
-        assert_eq!(chunks[0], "x".repeat(4095));
+        assert_eq!(chunks[0], format!("{} (1/2)", "x".repeat(4081)));
         assert!(chunks[1].starts_with('😀'));
+        check(&chunks, utf16(4096));
+    }
+
+    #[test]
+    fn a_thousand_chunks_get_room_for_wider_markers() {
+        let text = "ab ".repeat(1200);
+        let limit = chars(17);
+        let chunks = split(&text, limit);
+        assert!(chunks.len() >= 1000, "{}", chunks.len());
+        check(&chunks, limit);
+        assert!(chunks[0].ends_with(&format!(" (1/{})", chunks.len())));
+    }
+
+    #[test]
+    fn tiny_limits_still_end() {
+        let got = split("abc", chars(2));
+        assert_eq!(got.len(), 3);
+    }
+
+    #[test]
+    fn truncation() {
+        assert_eq!(truncate("short", chars(10)), "short");
+        assert_eq!(truncate("hello world", chars(8)), "hello w…");
+        assert_eq!(truncate("hello world", chars(7)), "hello…");
+        assert_eq!(truncate("😀😀😀", utf16(4)), "😀…");
+        assert_eq!(truncate("ééé", bytes(5)), "é…");
     }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use switchboard::adapter::{Context, Fatal, Outlet, Platform, SendError, Wiring};
 use switchboard::config::{Config, Gateway, PlatformInstance, PlatformSpec, Reconnect};
-use switchboard::delivery::Outlets;
+use switchboard::delivery::Outbox;
 use switchboard::directory::Directory;
 use switchboard::message::Outbound;
 use switchboard::supervisor::SupervisorLoop;
@@ -118,7 +118,7 @@ fn supervise(config: Config) -> (Sender<()>, Receiver<ExitDecision>) {
     let wiring = Wiring {
         events: events_tx,
         inbound,
-        outlets: Outlets::new(),
+        outlets: Outbox::open(&state_dir, Default::default(), &[]).expect("open the outbox"),
         state_dir: state_dir.clone(),
         lock_dir: config.gateway.lock_dir.clone(),
     };

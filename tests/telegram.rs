@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use serde_json::json;
 use switchboard::adapter::{Context, Fatal, Outlet, SendError};
 use switchboard::config::{PlatformSpec, Secret};
-use switchboard::delivery::Outlets;
+use switchboard::delivery::Outbox;
 use switchboard::message::{ChatType, Inbound, Outbound};
 use switchboard::platforms::telegram::{TelegramSettings, TelegramSpec};
 
@@ -435,21 +435,22 @@ fn a_long_reply_arrives_as_two_messages() {
     let fake = FakeTelegram::start(TOKEN);
     let dir = tempfile::tempdir().unwrap();
     let adapter = start(settings(&fake), dir.path()).unwrap();
-    let outlets = Outlets::new();
-    outlets.publish(NAME, 0, adapter.outlet.clone(), switchboard::platforms::telegram::MESSAGE_LIMIT);
-    let worker = outlets.start_worker(NAME).unwrap();
+    let limit = switchboard::platforms::telegram::MESSAGE_LIMIT;
+    let outbox = Outbox::open(dir.path(), Default::default(), &[(NAME.to_string(), limit)]).unwrap();
+    outbox.publish(NAME, 0, adapter.outlet.clone(), limit);
+    outbox.start_workers().unwrap();
     let text = "word ".repeat(1000); // 5000 characters
-    outlets.enqueue(
-        NAME,
-        Outbound { chat_id: "42".into(), thread_id: None, reply_to: None, edit_of: None, text: text.clone() },
-    );
+    let reply = Outbound { chat_id: "42".into(), thread_id: None, reply_to: None, edit_of: None, text: text.clone() };
+    outbox.enqueue(NAME, reply).unwrap();
     let sent = fake.wait_sent(2, deadline(SOON));
-    outlets.quit();
-    worker.join().unwrap();
+    outbox.quit();
+    assert!(outbox.join(deadline(SOON)));
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert!(sent.iter().all(|(chat, t)| chat == "42" && t.encode_utf16().count() <= 4096));
-    // Cut at a space, which is dropped; nothing else is lost.
-    assert!(format!("{} {}", sent[0].1, sent[1].1) == text, "chunks do not add up to the reply");
+    // Cut at a space, which is dropped, and marked; nothing else is lost.
+    let first = sent[0].1.strip_suffix(" (1/2)").expect("marked 1/2");
+    let second = sent[1].1.strip_suffix(" (2/2)").expect("marked 2/2");
+    assert!(format!("{first} {second}") == text.trim_end(), "chunks do not add up to the reply");
 }
 
 #[test]
@@ -473,6 +474,14 @@ fn send_failures_are_classified() {
     adapter.outlet.send(&msg).unwrap();
     assert_eq!(fake.sent().len(), 1);
 
-    fake.set_down(true); // the network, not the message, is at fault
-    assert!(matches!(adapter.outlet.send(&msg), Err(SendError::Transient(m)) if !m.contains(TOKEN)));
+    // A garbled answer: the request went out, so whether it was sent is unknown.
+    fake.set_down(true);
+    assert!(matches!(adapter.outlet.send(&msg), Err(SendError::Unknown(m)) if !m.contains(TOKEN)));
+    fake.set_down(false);
+    // No answer in time: unknown too (and indeed it arrived).
+    let quick = TelegramSettings { request_timeout: Duration::from_millis(300), ..settings(&fake) };
+    let impatient = start(quick, dir.path()).unwrap();
+    fake.inject("sendMessage", Fault::Hang(Duration::from_secs(1)), 1);
+    assert!(matches!(impatient.outlet.send(&msg), Err(SendError::Unknown(_))));
+    assert_eq!(fake.wait_sent(2, deadline(SOON)).len(), 2);
 }

@@ -24,6 +24,14 @@ Failures follow the Hermes gateway's Telegram handling, see
 A success resets both counters. The bot token is part of every URL and so of ureq's
 error texts: every text that leaves this module is scrubbed of it.
 
+Sends (`sendMessage`, `editMessageText`, from the outbox) are classified for the outbox's
+retry policy instead: a request that never left (DNS, refused, connect timeout) or that
+Telegram answered 5xx is `Transient`; one that went out with no usable answer (a timeout
+waiting for it, a connection broken after sending, an unreadable 200) is `Unknown`, since
+`sendMessage` has no idempotency key and repeating it could post the message twice; 429
+is `RetryAfter`; any other refusal is `Rejected`. Each phase of a send has its own
+timeout so that a timeout says which side of that line it fell on.
+
 The pure parts (settings, request bodies, reading Telegram's answer, the retry policy,
 update parsing) sit apart from the I/O driver and are unit-tested without sockets.
 */
@@ -190,8 +198,12 @@ impl PlatformSpec for TelegramSpec {
 /// How one Bot API call failed, already free of the token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum ApiError {
-    /// No usable answer: a transport failure, a 5xx, or a body that is not the Bot API's.
+    /// The request never reached Telegram (DNS, connect, TLS), or Telegram answered 5xx.
     Network(String),
+    /// The request went out (or may have) but no usable answer came back: a timeout
+    /// waiting for it, a connection broken after sending, a success we cannot read.
+    /// Whatever it asked for may or may not have happened.
+    Unconfirmed(String),
     /// 429: wait this long before the next request.
     RateLimited(Duration),
     /// 401 or 404: the token is wrong or revoked.
@@ -208,6 +220,7 @@ impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ApiError::Network(m) => write!(f, "network error: {m}"),
+            ApiError::Unconfirmed(m) => write!(f, "no answer: {m}"),
             ApiError::RateLimited(d) => write!(f, "rate limited for {d:?}"),
             ApiError::Unauthorized(m) => write!(f, "unauthorized: {m}"),
             ApiError::Conflict(m) => write!(f, "conflict: {m}"),
@@ -238,8 +251,8 @@ fn interpret<T: DeserializeOwned>(status: u16, body: &[u8], header_wait: Option<
     let envelope: Option<Envelope> = serde_json::from_slice(body).ok();
     if (200..300).contains(&status) {
         // A 200 that is not the Bot API's JSON comes from a proxy or a truncated
-        // transfer, never from Telegram itself: transient.
-        let malformed = || ApiError::Network(format!("malformed answer (HTTP {status})"));
+        // transfer, never from Telegram itself: the request arrived, its outcome is unknown.
+        let malformed = || ApiError::Unconfirmed(format!("malformed answer (HTTP {status})"));
         let result = envelope.filter(|e| e.ok).ok_or_else(malformed)?.result.unwrap_or(Value::Null);
         return serde_json::from_value(result).map_err(|_| malformed());
     }
@@ -261,7 +274,13 @@ fn interpret<T: DeserializeOwned>(status: u16, body: &[u8], header_wait: Option<
 fn transport_error(err: &ureq::Error, token: &str) -> ApiError {
     let failure = http::classify(err);
     let text = http::scrub(&format!("{}: {err}", failure.as_str()), token);
-    if failure.is_transient() { ApiError::Network(text) } else { ApiError::Config(text) }
+    if !failure.is_transient() {
+        ApiError::Config(text)
+    } else if http::may_have_arrived(err) {
+        ApiError::Unconfirmed(text)
+    } else {
+        ApiError::Network(text)
+    }
 }
 
 /// The Bot API of one bot. Cheap to clone: the agent shares its connection pool.
@@ -275,14 +294,39 @@ struct Api {
 impl Api {
     /// Call `method` with a JSON `body`, waiting at most `timeout`. Blocks.
     fn call<T: DeserializeOwned>(&self, method: &str, body: &str, timeout: Duration) -> Result<T, ApiError> {
-        let url = format!("{}/bot{}/{method}", self.api_base, self.token.expose());
-        let sent = (self.agent.post(&url).config().timeout_global(Some(timeout)).build())
-            .header("Content-Type", "application/json")
-            .send(body);
+        let request = self.agent.post(self.url(method)).config().timeout_global(Some(timeout)).build();
+        self.exchange(request, body)
+    }
+
+    /// [`Api::call`] for a request that must not be repeated blindly (`sendMessage`):
+    /// each phase has its own timeout, so a failure says whether the request may have
+    /// arrived ([`ApiError::Network`] it did not, [`ApiError::Unconfirmed`] it may have).
+    fn call_once<T: DeserializeOwned>(&self, method: &str, body: &str, timeout: Duration) -> Result<T, ApiError> {
+        self.exchange(http::phased(self.agent.post(self.url(method)), timeout), body)
+    }
+
+    fn url(&self, method: &str) -> String {
+        format!("{}/bot{}/{method}", self.api_base, self.token.expose())
+    }
+
+    fn exchange<T: DeserializeOwned>(
+        &self,
+        request: ureq::RequestBuilder<ureq::typestate::WithBody>,
+        body: &str,
+    ) -> Result<T, ApiError> {
+        let sent = request.header("Content-Type", "application/json").send(body);
         let mut response = sent.map_err(|e| transport_error(&e, self.token.expose()))?;
         let status = response.status().as_u16();
         let header_wait = http::retry_after(response.headers(), SystemTime::now());
-        let bytes = http::read_body(&mut response).map_err(|e| transport_error(&e, self.token.expose()))?;
+        // The status is in: with the body lost, a refusal is still a refusal and a success
+        // is unconfirmed (`interpret` reads an empty body so).
+        let bytes = http::read_body(&mut response).unwrap_or_else(|e| {
+            log::debug!(
+                "reading a Bot API answer (HTTP {status}): {}",
+                http::scrub(&e.to_string(), self.token.expose())
+            );
+            Vec::new()
+        });
         interpret(status, &bytes, header_wait)
     }
 }
@@ -330,7 +374,8 @@ impl Retries {
     /// After a failed call: how long to wait before trying again, or why to give up.
     fn after(&mut self, err: ApiError, s: &TelegramSettings) -> Result<Duration, Fatal> {
         match err {
-            ApiError::Network(why) => {
+            // To a poll, an unanswered request is one more network failure.
+            ApiError::Network(why) | ApiError::Unconfirmed(why) => {
                 self.network += 1;
                 if self.network > s.network_retries {
                     let message = format!("Telegram unreachable after {} attempts: {why}", self.network);
@@ -628,7 +673,9 @@ impl Platform for Telegram {
     }
 }
 
-/// Sends to Telegram from the delivery workers, over the adapter's agent.
+/// Sends to Telegram from the delivery workers, over the adapter's agent. Telegram has
+/// no idempotency key for `sendMessage`, so the outlet is not idempotent: a send whose
+/// outcome is unknown is set aside by the outbox, never repeated.
 struct TelegramOutlet {
     api: Api,
     timeout: Duration,
@@ -638,7 +685,9 @@ struct TelegramOutlet {
 fn send_error(err: ApiError) -> SendError {
     match err {
         ApiError::RateLimited(wait) => SendError::RetryAfter(wait),
+        // The request never reached Telegram, or Telegram answered 5xx: nothing was sent.
         ApiError::Network(why) => SendError::Transient(why),
+        ApiError::Unconfirmed(why) => SendError::Unknown(why),
         // A refused token is no fault of the message, but the adapter ends for good on
         // it too, so a retry could only spin; every other 4xx is about this message.
         ApiError::Unauthorized(why) => SendError::Rejected(format!("bot token refused: {why}")),
@@ -655,7 +704,7 @@ struct SentMessage {
 impl Outlet for TelegramOutlet {
     fn send(&self, msg: &Outbound) -> Result<Option<String>, SendError> {
         let body = send_message_body(msg).to_string();
-        let sent: SentMessage = self.api.call("sendMessage", &body, self.timeout).map_err(send_error)?;
+        let sent: SentMessage = self.api.call_once("sendMessage", &body, self.timeout).map_err(send_error)?;
         Ok(Some(sent.message_id.to_string()))
     }
 
@@ -665,7 +714,11 @@ impl Outlet for TelegramOutlet {
 
     fn edit(&self, chat_id: &str, message_id: &str, text: &str) -> Result<(), SendError> {
         let body = json!({"chat_id": chat_id, "message_id": message_id, "text": text}).to_string();
-        self.api.call::<IgnoredAny>("editMessageText", &body, self.timeout).map(drop).map_err(send_error)
+        match self.api.call_once::<IgnoredAny>("editMessageText", &body, self.timeout) {
+            // The message already reads so: an edit repeated after an unknown outcome.
+            Err(ApiError::Rejected(400, why)) if why.contains("message is not modified") => Ok(()),
+            other => other.map(drop).map_err(send_error),
+        }
     }
 
     fn typing(&self, chat_id: &str, thread_id: Option<&str>) {
@@ -771,7 +824,7 @@ mod tests {
         let junk = [&b"<html>bad gateway</html>"[..], b"", br#"{"ok":false}"#, br#"{"ok":true,"result":5}"#];
         for body in junk {
             let got: Result<Vec<Value>, _> = interpret(200, body, None);
-            assert!(matches!(got, Err(ApiError::Network(_))), "{body:?}");
+            assert!(matches!(got, Err(ApiError::Unconfirmed(_))), "{body:?}");
         }
         let error = |code: u16, body: &str| interpret::<IgnoredAny>(code, body.as_bytes(), None).unwrap_err();
         let rate = r#"{"ok":false,"error_code":429,"description":"Too Many Requests","parameters":{"retry_after":7}}"#;
@@ -836,6 +889,8 @@ mod tests {
         assert!(matches!(&bad_uri, ApiError::Config(m) if !m.contains(TOKEN) && m.contains("bot***")), "{bad_uri:?}");
         let proxy = transport_error(&ureq::Error::ConnectProxyFailed(url), TOKEN);
         assert!(matches!(&proxy, ApiError::Network(m) if !m.contains(TOKEN)), "{proxy:?}");
+        let lost = transport_error(&ureq::Error::Timeout(ureq::Timeout::RecvResponse), TOKEN);
+        assert!(matches!(lost, ApiError::Unconfirmed(_)), "{lost:?}");
         let fatal = Retries::default().after(bad_uri, &settings()).unwrap_err();
         assert!(!fatal.to_string().contains(TOKEN));
     }
@@ -847,8 +902,24 @@ mod tests {
             SendError::RetryAfter(Duration::from_secs(3))
         );
         assert!(matches!(send_error(ApiError::Network("x".into())), SendError::Transient(_)));
+        assert!(matches!(send_error(ApiError::Unconfirmed("x".into())), SendError::Unknown(_)));
         assert!(matches!(send_error(ApiError::Rejected(400, "chat not found".into())), SendError::Rejected(_)));
         assert!(matches!(send_error(ApiError::Rejected(403, "blocked".into())), SendError::Rejected(_)));
+    }
+
+    #[test]
+    fn a_send_that_never_left_is_transient() {
+        // Nothing listens on a port that was just free: refused before anything was sent.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let api_base = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let timeout = Duration::from_secs(2);
+        let api = Api { agent: http::agent(timeout, timeout), api_base, token: Secret::new(TOKEN) };
+        let outlet = TelegramOutlet { api, timeout };
+        let msg = Outbound { chat_id: "1".into(), thread_id: None, reply_to: None, edit_of: None, text: "hi".into() };
+        let got = outlet.send(&msg);
+        assert!(matches!(&got, Err(SendError::Transient(m)) if !m.contains(TOKEN)), "{got:?}");
+        assert!(matches!(outlet.edit("1", "2", "x"), Err(SendError::Transient(_))));
     }
 
     #[test]

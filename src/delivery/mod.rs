@@ -1,0 +1,162 @@
+/*!
+Outbound delivery: targets, and a durable outbox per platform instance.
+
+Every reply and every `switchboard send` is written to the outbox on disk before anything
+else happens, and sent from there by that platform's worker thread while the platform is
+connected. A platform that is down keeps its queue; a gateway that stops or crashes finds
+it again on the next start. So nothing accepted is lost, and — the other half of
+DESIGN.md's durability rules — nothing is sent twice behind the user's back: a send whose
+outcome is unknown (the request went out, no answer came) is set aside, not repeated,
+unless the platform de-duplicates by itself.
+
+- [`target`]: `origin`, `NAME`, `NAME:CHAT[:THREAD]`, with quoting for ids that contain
+  `:` (Matrix); [`parse_target`] and [`Target::resolve`].
+- [`Outbox`] (`outbox.rs`): the handle the gateway holds — enqueue, publish and withdraw
+  outlets, workers, drain, quit — and the retry policy.
+- `store.rs`: the files (`state_dir/outbox/NAME/`, `unknown/`, `state_dir/deadletter/NAME/`),
+  their names and format, crash recovery.
+
+Texts are split to the platform's limit when they are queued ([`crate::text::split`]),
+each chunk its own file, so a crash in the middle of a long reply resumes with the next
+chunk instead of repeating the first.
+
+`[delivery]` settings: `max_delivery_attempts` (default 10), `retry_wait` ("2s", the
+wait after the first failed attempt, doubling after each), `retry_cap` ("5m").
+*/
+
+mod outbox;
+mod store;
+pub mod target;
+
+use std::path::Path;
+use std::time::Duration;
+
+pub use outbox::Outbox;
+
+/// The name of the in-memory queue the outbox replaced, kept only so that `router.rs`
+/// builds until it moves to [`Outbox`] (whose `enqueue` returns an `io::Result` to
+/// handle). Remove it then.
+pub type Outlets = Outbox;
+pub use store::Parked;
+pub use target::{Address, Target, parse_target};
+
+use crate::config::{Config, Section};
+use crate::text::Limit;
+
+/// `[delivery]`: the outbox's retry policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    /// Failed attempts (transient failures; rate limits do not count) before a delivery
+    /// is dead-lettered.
+    pub max_delivery_attempts: u32,
+    /// The wait after the first failed attempt; it doubles after each one.
+    pub retry_wait: Duration,
+    /// The longest wait between attempts.
+    pub retry_cap: Duration,
+}
+
+impl Default for DeliveryConfig {
+    /// 10 attempts, 2 s doubling to 5 min: about a quarter of an hour of trying before a
+    /// delivery is given up, by which time a platform that is down has been noticed and
+    /// its outlet withdrawn (a withdrawn platform's queue waits without counting).
+    fn default() -> DeliveryConfig {
+        DeliveryConfig {
+            max_delivery_attempts: 10,
+            retry_wait: Duration::from_secs(2),
+            retry_cap: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Read `[delivery]`. Problems are recorded in the section.
+pub fn parse_config(s: &mut Section<'_>) -> DeliveryConfig {
+    let d = DeliveryConfig::default();
+    let max_delivery_attempts = s.u32_or("max_delivery_attempts", d.max_delivery_attempts);
+    let retry_wait = s.duration_or("retry_wait", d.retry_wait);
+    let retry_cap = s.duration_or("retry_cap", d.retry_cap);
+    if max_delivery_attempts == 0 {
+        s.invalid("max_delivery_attempts", "must be at least 1");
+    }
+    if retry_wait.is_zero() {
+        s.invalid("retry_wait", "must be greater than 0 (a zero wait retries in a busy loop)");
+    } else if retry_cap < retry_wait {
+        s.invalid("retry_cap", "must be at least retry_wait");
+    }
+    DeliveryConfig { max_delivery_attempts, retry_wait, retry_cap }
+}
+
+/// The enabled platform instances of `config` with their message limits, as
+/// [`Outbox::open`] takes them.
+pub fn platform_limits(config: &Config) -> Vec<(String, Limit)> {
+    config.platforms.iter().filter(|p| p.enabled).map(|p| (p.name.clone(), p.spec.message_limit())).collect()
+}
+
+/// `switchboard send TARGET TEXT`: queue `text` for `target` in the outbox of
+/// `config`'s state directory, whether or not a gateway is running (a running one sends
+/// it within a second, otherwise the next start does). `origin` is an error here: the
+/// command line is no conversation. Returns a line for the user.
+pub fn send_command(config: &Config, target: &str, text: &str) -> Result<String, String> {
+    let target = parse_target(target)?;
+    let address = target.resolve(config, None)?;
+    let instance = config.platforms.iter().find(|p| p.name == address.platform);
+    // `resolve` found the instance; a miss here would be a bug, reported, not a panic.
+    let limit = instance.ok_or("the platform vanished from the config")?.spec.message_limit();
+    let records = outbox::records(address.message(text), limit);
+    if records.is_empty() {
+        return Err("nothing to send: the text is empty".into());
+    }
+    let state_dir = &config.gateway.state_dir;
+    let store = store::Store::new(state_dir, &address.platform);
+    store.write(&records).map_err(|e| format!("cannot write to the outbox in {}: {e}", state_dir.display()))?;
+    let parts = if records.len() == 1 { String::new() } else { format!(" in {} parts", records.len()) };
+    Ok(format!("queued for {address}{parts}"))
+}
+
+/// Deliveries given up (refused, or failed `max_delivery_attempts` times), per platform
+/// and oldest first.
+pub fn dead_letters(state_dir: &Path) -> Vec<Parked> {
+    store::list_parked(state_dir, store::Park::Dead)
+}
+
+/// Deliveries whose send may or may not have arrived, set aside rather than repeated.
+pub fn unknown_outcomes(state_dir: &Path) -> Vec<Parked> {
+    store::list_parked(state_dir, store::Park::Unknown)
+}
+
+/// Deliveries waiting to be sent, per platform instance, read from the files (for a
+/// process other than the gateway; the gateway has [`Outbox::pending`]).
+pub fn queued(state_dir: &Path) -> Vec<(String, usize)> {
+    store::count_queued(state_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_its_config_section() {
+        let mut s = Section::new_for_test("max_delivery_attempts = 3\nretry_wait = \"10ms\"\nretry_cap = \"1s\"", &[]);
+        let got = parse_config(&mut s);
+        assert!(s.finish().is_empty());
+        let want = DeliveryConfig {
+            max_delivery_attempts: 3,
+            retry_wait: Duration::from_millis(10),
+            retry_cap: Duration::from_secs(1),
+        };
+        assert_eq!(got, want);
+
+        let mut s = Section::new_for_test("", &[]);
+        assert_eq!(parse_config(&mut s), DeliveryConfig::default());
+        assert!(s.finish().is_empty());
+
+        let mut s = Section::new_for_test(
+            "max_delivery_attempts = 0\nretry_wait = \"1m\"\nretry_cap = \"1s\"\nretries = 1",
+            &[],
+        );
+        parse_config(&mut s);
+        let errors: Vec<String> = s.finish().iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("retry_cap") && e.contains("at least retry_wait")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("retries")), "{errors:?}");
+    }
+}

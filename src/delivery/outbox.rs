@@ -1,0 +1,437 @@
+/*!
+The outbox handle and its workers: one worker thread (`outbox-NAME`) per platform
+instance sends that instance's queue in order while it has a published [`Outlet`], and
+waits while it has none.
+
+State is split between disk and memory. The files ([`super::store`]) are the truth: a
+delivery is durable before [`Outbox::enqueue`] returns and leaves the disk only once the
+platform confirmed it, or when it is set aside. Memory holds the outlets, the queued file
+stems per platform, and whether a worker is sending or waiting out a retry, so that
+[`Outbox::drain`] and [`Outbox::pending`] need no disk access.
+
+A `switchboard send` from another process writes files only; a worker picks them up by
+listing its directory at most once a second while it waits (one `readdir` of a small
+directory per platform per second), and at once when its own process enqueues.
+
+Per delivery, by the outlet's answer:
+
+| answer            | then                                                                      |
+|-------------------|---------------------------------------------------------------------------|
+| sent              | file removed                                                              |
+| `RetryAfter(d)`   | wait `d`, not counted as an attempt                                       |
+| `Transient`       | count an attempt; wait `retry_wait`, doubling up to `retry_cap`; after `max_delivery_attempts` dead-letter it |
+| `Unknown`         | set aside in `unknown/`, not re-sent — unless the outlet is idempotent or the delivery is an edit (repeating an edit is harmless), then as `Transient` |
+| `Rejected`        | dead-letter at once                                                       |
+
+A delivery blocks the ones behind it while it waits: order per platform is kept. Every
+wait ends at once on [`Outbox::quit`], and a transient wait ends early when the platform
+publishes a new outlet (it reconnected, so the failure was probably the outage).
+*/
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use super::DeliveryConfig;
+use super::store::{Claim, Park, Record, Store, unix_now};
+use crate::adapter::{Outlet, SendError};
+use crate::backoff;
+use crate::message::Outbound;
+use crate::text::{self, Limit};
+
+/// How often an idle worker lists its directory for deliveries queued by other processes.
+const SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// The durable outbox of every platform instance. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state_dir: PathBuf,
+    config: DeliveryConfig,
+    state: Mutex<State>,
+    /// Signalled on every change of `state`.
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    lanes: BTreeMap<String, Lane>,
+    quit: bool,
+    /// Worker threads still running.
+    workers: usize,
+}
+
+/// One platform instance.
+struct Lane {
+    store: Store,
+    limit: Limit,
+    outlet: Option<(u64, Arc<dyn Outlet>)>,
+    /// Stems of queued deliveries (files may have gone meanwhile; a claim tells).
+    queue: BTreeSet<String>,
+    /// A worker is sending the first delivery.
+    busy: bool,
+    worker: bool,
+    /// No send before `until`.
+    hold: Option<Hold>,
+}
+
+#[derive(Clone, Copy)]
+struct Hold {
+    until: Instant,
+    /// After a transient failure (a rate limit is not lifted by a reconnect).
+    transient: bool,
+}
+
+/// The next delivery for a worker.
+struct Job {
+    stem: String,
+    outlet: Arc<dyn Outlet>,
+    store: Store,
+}
+
+/// How one attempt ended.
+enum Verdict {
+    /// Sent, set aside, or gone: next delivery.
+    Done,
+    /// Try again after this wait (a failed attempt).
+    Retry(Duration),
+    /// The platform asked for this wait.
+    Wait(Duration),
+}
+
+impl Outbox {
+    /// Open the outbox of `platforms` (instance name, message limit) under `state_dir`,
+    /// tidying what an earlier run left ([`super::store`]). Starts no thread.
+    pub fn open(state_dir: &Path, config: DeliveryConfig, platforms: &[(String, Limit)]) -> io::Result<Outbox> {
+        let mut state = State::default();
+        for (name, limit) in platforms {
+            let store = Store::new(state_dir, name);
+            let queue = store.recover()?.into_iter().collect();
+            state.lanes.insert(name.clone(), Lane::new(store, *limit, queue));
+        }
+        let shared =
+            Shared { state_dir: state_dir.to_path_buf(), config, state: Mutex::new(state), wake: Condvar::new() };
+        Ok(Outbox { shared: Arc::new(shared) })
+    }
+
+    /// Queue `msg` for `platform`, split to its limit (an edit is truncated instead).
+    /// Every chunk is on disk when this returns. A blank text queues nothing.
+    pub fn enqueue(&self, platform: &str, msg: Outbound) -> io::Result<()> {
+        let (store, limit) = {
+            let state = self.shared.state.lock();
+            let lane = state.lanes.get(platform).ok_or_else(|| unknown_platform(platform))?;
+            (lane.store.clone(), lane.limit)
+        };
+        let stems = store.write(&records(msg, limit))?;
+        if let Some(lane) = self.shared.state.lock().lanes.get_mut(platform) {
+            lane.queue.extend(stems);
+        }
+        self.shared.wake.notify_all();
+        Ok(())
+    }
+
+    /// Make `outlet` the way to send to `name` (called once a generation connected).
+    pub fn publish(&self, name: &str, generation: u64, outlet: Arc<dyn Outlet>, limit: Limit) {
+        let mut state = self.shared.state.lock();
+        let lane = state.lanes.entry(name.to_string()).or_insert_with(|| {
+            // Not opened with the outbox (a test harness): it works, without recovery.
+            Lane::new(Store::new(&self.shared.state_dir, name), limit, BTreeSet::new())
+        });
+        lane.outlet = Some((generation, outlet));
+        lane.limit = limit;
+        if lane.hold.is_some_and(|h| h.transient) {
+            lane.hold = None;
+        }
+        drop(state);
+        self.shared.wake.notify_all();
+    }
+
+    /// Forget the outlet of `name` if `generation` published it (a newer one stays).
+    pub fn withdraw(&self, name: &str, generation: u64) {
+        let mut state = self.shared.state.lock();
+        if let Some(lane) = state.lanes.get_mut(name)
+            && lane.outlet.as_ref().is_some_and(|(g, _)| *g == generation)
+        {
+            lane.outlet = None;
+        }
+        drop(state);
+        self.shared.wake.notify_all();
+    }
+
+    /// The live outlet of `name`, for typing indicators and streamed previews.
+    pub fn outlet(&self, name: &str) -> Option<Arc<dyn Outlet>> {
+        self.shared.state.lock().lanes.get(name)?.outlet.as_ref().map(|(_, o)| o.clone())
+    }
+
+    /// Queued deliveries of `name`, the one being sent included.
+    pub fn pending(&self, name: &str) -> usize {
+        self.shared.state.lock().lanes.get(name).map_or(0, |l| l.queue.len())
+    }
+
+    /// Start one worker thread per platform that has none.
+    pub fn start_workers(&self) -> io::Result<()> {
+        let names: Vec<String> = {
+            let mut state = self.shared.state.lock();
+            let names: Vec<String> = state.lanes.iter().filter(|(_, l)| !l.worker).map(|(n, _)| n.clone()).collect();
+            for name in &names {
+                if let Some(lane) = state.lanes.get_mut(name) {
+                    lane.worker = true;
+                }
+            }
+            state.workers += names.len();
+            names
+        };
+        for (i, name) in names.iter().enumerate() {
+            let outbox = self.clone();
+            let worker = name.clone();
+            let spawned = thread::Builder::new().name(format!("outbox-{name}")).spawn(move || outbox.work(&worker));
+            if let Err(e) = spawned {
+                let mut state = self.shared.state.lock();
+                for name in &names[i..] {
+                    if let Some(lane) = state.lanes.get_mut(name) {
+                        lane.worker = false;
+                    }
+                }
+                state.workers -= names.len() - i;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait until nothing more can be sent now (every platform with an outlet has an
+    /// empty queue and no send in flight) or `deadline` passes. A platform with no outlet
+    /// cannot drain and is not waited for. Returns the deliveries still queued.
+    pub fn drain(&self, deadline: Instant) -> usize {
+        let mut state = self.shared.state.lock();
+        loop {
+            let sendable = |l: &Lane| l.busy || (l.worker && l.outlet.is_some() && !l.queue.is_empty());
+            if state.quit || !state.lanes.values().any(sendable) || self.wait(&mut state, deadline) {
+                return state.lanes.values().map(|l| l.queue.len()).sum();
+            }
+        }
+    }
+
+    /// Ask every worker to end: at once when it waits, after its current send when it
+    /// sends. Queued deliveries stay on disk for the next start.
+    pub fn quit(&self) {
+        self.shared.state.lock().quit = true;
+        self.shared.wake.notify_all();
+    }
+
+    /// Wait until every worker ended (after [`Outbox::quit`]) or `deadline` passes.
+    /// Returns whether they all did.
+    pub fn join(&self, deadline: Instant) -> bool {
+        let mut state = self.shared.state.lock();
+        while state.workers > 0 {
+            if self.wait(&mut state, deadline) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Wait for a change until `deadline`; true when it passed.
+    fn wait(&self, state: &mut MutexGuard<'_, State>, deadline: Instant) -> bool {
+        self.shared.wake.wait_until(state, deadline).timed_out()
+    }
+
+    /// The worker of `name`: take the first delivery once the platform has an outlet
+    /// and no wait is pending, try it, record the verdict.
+    fn work(&self, name: &str) {
+        let _running = Running { shared: &self.shared, name };
+        let mut next_scan = Instant::now() + SCAN_EVERY;
+        while let Some(job) = self.next_job(name, &mut next_scan) {
+            let verdict = self.attempt(name, &job);
+            let mut state = self.shared.state.lock();
+            if let Some(lane) = state.lanes.get_mut(name) {
+                lane.busy = false;
+                let now = Instant::now();
+                match verdict {
+                    Verdict::Done => {
+                        lane.queue.remove(&job.stem);
+                        lane.hold = None;
+                    }
+                    Verdict::Retry(d) => lane.hold = Some(Hold { until: now + d, transient: true }),
+                    Verdict::Wait(d) => lane.hold = Some(Hold { until: now + d, transient: false }),
+                }
+            }
+            drop(state);
+            self.shared.wake.notify_all();
+        }
+    }
+
+    /// Block until the first delivery of `name` may be sent; `None` on quit.
+    fn next_job(&self, name: &str, next_scan: &mut Instant) -> Option<Job> {
+        let mut state = self.shared.state.lock();
+        loop {
+            if state.quit {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= *next_scan {
+                let store = state.lanes.get(name)?.store.clone();
+                // Listing the directory needs no lock; enqueues go on meanwhile.
+                let found = MutexGuard::unlocked(&mut state, || store.scan());
+                match found {
+                    Ok(stems) => state.lanes.get_mut(name)?.queue.extend(stems),
+                    Err(e) => log::debug!("{name}: cannot list the outbox: {e}"),
+                }
+                *next_scan = Instant::now() + SCAN_EVERY;
+                continue;
+            }
+            let lane = state.lanes.get_mut(name)?;
+            let held = lane.hold.filter(|h| now < h.until);
+            if held.is_none()
+                && let (Some((_, outlet)), Some(stem)) = (&lane.outlet, lane.queue.first())
+            {
+                let job = Job { stem: stem.clone(), outlet: outlet.clone(), store: lane.store.clone() };
+                lane.busy = true;
+                return Some(job);
+            }
+            let wake = held.map_or(*next_scan, |h| h.until.min(*next_scan));
+            self.shared.wake.wait_until(&mut state, wake);
+        }
+    }
+
+    /// Claim, send and settle one delivery.
+    fn attempt(&self, name: &str, job: &Job) -> Verdict {
+        let (record, interrupted) = match job.store.claim(&job.stem) {
+            Ok(Claim::Fresh(record)) => (record, false),
+            Ok(Claim::Interrupted(record)) => (record, true),
+            Ok(Claim::Gone) => return Verdict::Done,
+            Err(e) => {
+                log::error!("{name}: cannot take {} from the outbox: {e}", job.stem);
+                return Verdict::Retry(self.shared.config.retry_wait);
+            }
+        };
+        // Editing a message to the same text twice does no harm.
+        let repeatable = job.outlet.idempotent() || record.outbound.edit_of.is_some();
+        if interrupted && !repeatable {
+            let why = "the gateway stopped while sending it: it may or may not have arrived";
+            return self.park(name, job, record, Park::Unknown, why.into());
+        }
+        match deliver(&*job.outlet, &record.outbound) {
+            Ok(()) => {
+                if let Err(e) = job.store.sent(&job.stem) {
+                    log::error!("{name}: sent {}, but cannot remove it from the outbox: {e}", job.stem);
+                }
+                Verdict::Done
+            }
+            Err(SendError::RetryAfter(wait)) => {
+                log::warn!("{name}: rate limited, waiting {wait:?} before the next send");
+                if let Err(e) = job.store.unclaim(&job.stem) {
+                    log::error!("{name}: cannot put {} back into the outbox: {e}", job.stem);
+                }
+                Verdict::Wait(wait)
+            }
+            Err(SendError::Transient(why)) => self.failed(name, job, record, why),
+            Err(SendError::Unknown(why)) if repeatable => self.failed(name, job, record, why),
+            Err(SendError::Unknown(why)) => self.park(name, job, record, Park::Unknown, why),
+            Err(SendError::Rejected(why)) => self.park(name, job, record, Park::Dead, why),
+        }
+    }
+
+    /// Count a failed attempt: retry later, or dead-letter after the last one.
+    fn failed(&self, name: &str, job: &Job, mut record: Record, why: String) -> Verdict {
+        let config = &self.shared.config;
+        record.attempts += 1;
+        if record.attempts >= config.max_delivery_attempts {
+            let why = format!("failed {} times, last: {why}", record.attempts);
+            return self.park(name, job, record, Park::Dead, why);
+        }
+        let wait = backoff::delay(record.attempts, config.retry_wait, config.retry_cap);
+        let (n, max) = (record.attempts, config.max_delivery_attempts);
+        log::warn!(
+            "{name}: delivery to chat {} failed ({n}/{max}): {why}; retrying in {wait:?}",
+            record.outbound.chat_id
+        );
+        record.last_error = Some(why);
+        if let Err(e) = job.store.release(&job.stem, &record) {
+            log::error!("{name}: cannot count the attempt on {}: {e}", job.stem);
+            let _ = job.store.unclaim(&job.stem);
+        }
+        Verdict::Retry(wait)
+    }
+
+    /// Set a delivery aside for good.
+    fn park(&self, name: &str, job: &Job, mut record: Record, park: Park, why: String) -> Verdict {
+        let chat = record.outbound.chat_id.clone();
+        match park {
+            Park::Unknown => log::warn!("{name}: delivery to chat {chat} has an unknown outcome ({why}); not re-sent"),
+            Park::Dead => {
+                log::error!("{name}: delivery to chat {chat} failed for good ({why}); moved to the dead letters")
+            }
+        }
+        record.last_error = Some(why);
+        record.parked_at = Some(unix_now());
+        if let Err(e) = job.store.park(&job.stem, &record, park) {
+            log::error!("{name}: cannot set {} aside: {e}", job.stem);
+        }
+        Verdict::Done
+    }
+}
+
+impl Lane {
+    fn new(store: Store, limit: Limit, queue: BTreeSet<String>) -> Lane {
+        Lane { store, limit, outlet: None, queue, busy: false, worker: false, hold: None }
+    }
+}
+
+/// Marks a worker as ended when its thread ends, even by a panic.
+struct Running<'a> {
+    shared: &'a Shared,
+    name: &'a str,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock();
+        state.workers -= 1;
+        if let Some(lane) = state.lanes.get_mut(self.name) {
+            lane.worker = false;
+            lane.busy = false;
+        }
+        drop(state);
+        self.shared.wake.notify_all();
+    }
+}
+
+/// The records `msg` becomes: one per chunk, the reply reference on the first only. An
+/// edit replaces one message, so it is truncated to fit rather than split.
+pub(super) fn records(msg: Outbound, limit: Limit) -> Vec<Record> {
+    if msg.text.trim().is_empty() {
+        // Nothing to say, and platforms refuse empty messages.
+        return Vec::new();
+    }
+    if msg.edit_of.is_some() {
+        let text = text::truncate(&msg.text, limit);
+        return vec![Record::new(Outbound { text, ..msg })];
+    }
+    let chunks = text::split(&msg.text, limit);
+    let mut out = Vec::with_capacity(chunks.len());
+    for (i, text) in chunks.into_iter().enumerate() {
+        let reply_to = if i == 0 { msg.reply_to.clone() } else { None };
+        out.push(Record::new(Outbound { text, reply_to, ..msg.clone() }));
+    }
+    out
+}
+
+fn deliver(outlet: &dyn Outlet, msg: &Outbound) -> Result<(), SendError> {
+    match &msg.edit_of {
+        Some(id) => outlet.edit(&msg.chat_id, id, &msg.text),
+        None => outlet.send(msg).map(drop),
+    }
+}
+
+fn unknown_platform(name: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no platform instance `{name}` in the outbox"))
+}

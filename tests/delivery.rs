@@ -1,0 +1,574 @@
+/*!
+The durable outbox: order, outages, restarts, the retry policy per send outcome, other
+processes queueing with `switchboard send`, splitting, and targets.
+
+Most tests drive an [`Outbox`] with a scripted [`TestOutlet`] that records what it is
+asked to send and fails on demand; the end-to-end ones send through the Telegram adapter
+to the fake Bot API. Every wait is a condition with a deadline.
+*/
+
+mod support;
+
+use std::collections::VecDeque;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::unbounded;
+use parking_lot::{Condvar, Mutex};
+
+use switchboard::adapter::{Context, Outlet, SendError};
+use switchboard::config::{self, Config};
+use switchboard::delivery::{self, DeliveryConfig, Outbox, Target, parse_target, send_command};
+use switchboard::message::Outbound;
+use switchboard::text::{Limit, Unit};
+
+use support::fake_telegram::{FakeTelegram, Fault, TOKEN};
+use support::{deadline, wait_until};
+
+const P: &str = "p";
+const SOON: Duration = Duration::from_secs(5);
+const LIMIT: Limit = Limit { max: 4096, unit: Unit::Utf16 };
+
+/// An outlet that records every call and answers from a script, then succeeds.
+#[derive(Default)]
+struct TestOutlet {
+    state: Mutex<Calls>,
+    changed: Condvar,
+    idempotent: bool,
+}
+
+#[derive(Default)]
+struct Calls {
+    /// Texts sent, in order.
+    sent: Vec<String>,
+    /// (chat, message id, text) of each edit.
+    edits: Vec<(String, String, String)>,
+    /// When each send or edit was attempted.
+    attempts: Vec<Instant>,
+    /// Answers to the next attempts (`None`: success); then `always`, or success.
+    script: VecDeque<Option<SendError>>,
+    always: Option<SendError>,
+}
+
+impl TestOutlet {
+    fn new() -> Arc<TestOutlet> {
+        Arc::new(TestOutlet::default())
+    }
+
+    fn idempotent() -> Arc<TestOutlet> {
+        Arc::new(TestOutlet { idempotent: true, ..TestOutlet::default() })
+    }
+
+    /// Answer the next attempts so (`None`: success).
+    fn script(&self, answers: impl IntoIterator<Item = Option<SendError>>) {
+        self.state.lock().script.extend(answers);
+    }
+
+    fn fail(&self, errors: impl IntoIterator<Item = SendError>) {
+        self.script(errors.into_iter().map(Some));
+    }
+
+    fn sent(&self) -> Vec<String> {
+        self.state.lock().sent.clone()
+    }
+
+    fn attempts(&self) -> Vec<Instant> {
+        self.state.lock().attempts.clone()
+    }
+
+    /// Wait until `cond` holds on the calls or `deadline` passes; returns whether it held.
+    fn wait(&self, deadline: Instant, cond: impl Fn(&Calls) -> bool) -> bool {
+        let mut state = self.state.lock();
+        while !cond(&state) {
+            if self.changed.wait_until(&mut state, deadline).timed_out() {
+                return cond(&state);
+            }
+        }
+        true
+    }
+
+    fn wait_sent(&self, n: usize) -> Vec<String> {
+        self.wait(deadline(SOON), |c| c.sent.len() >= n);
+        self.sent()
+    }
+
+    fn wait_attempts(&self, n: usize) -> Vec<Instant> {
+        self.wait(deadline(SOON), |c| c.attempts.len() >= n);
+        self.attempts()
+    }
+
+    /// Record an attempt and take its scripted answer.
+    fn answer(&self, record: impl FnOnce(&mut Calls)) -> Result<(), SendError> {
+        let mut state = self.state.lock();
+        state.attempts.push(Instant::now());
+        let answer = state.script.pop_front().unwrap_or_else(|| state.always.clone());
+        if answer.is_none() {
+            record(&mut state);
+        }
+        drop(state);
+        self.changed.notify_all();
+        answer.map_or(Ok(()), Err)
+    }
+}
+
+impl Outlet for TestOutlet {
+    fn send(&self, msg: &Outbound) -> Result<Option<String>, SendError> {
+        self.answer(|c| c.sent.push(msg.text.clone()))?;
+        Ok(Some(format!("m{}", self.sent().len())))
+    }
+
+    fn can_edit(&self) -> bool {
+        true
+    }
+
+    fn edit(&self, chat_id: &str, message_id: &str, text: &str) -> Result<(), SendError> {
+        self.answer(|c| c.edits.push((chat_id.into(), message_id.into(), text.into())))
+    }
+
+    fn idempotent(&self) -> bool {
+        self.idempotent
+    }
+}
+
+fn settings(max_attempts: u32) -> DeliveryConfig {
+    DeliveryConfig {
+        max_delivery_attempts: max_attempts,
+        retry_wait: Duration::from_millis(20),
+        retry_cap: Duration::from_millis(80),
+    }
+}
+
+/// An outbox for platform `P` under `dir`, workers running.
+fn open(dir: &Path, config: DeliveryConfig) -> Outbox {
+    let outbox = Outbox::open(dir, config, &[(P.to_string(), LIMIT)]).expect("open the outbox");
+    outbox.start_workers().expect("start the workers");
+    outbox
+}
+
+fn msg(text: &str) -> Outbound {
+    Outbound { chat_id: "42".into(), thread_id: None, reply_to: None, edit_of: None, text: text.into() }
+}
+
+/// Stop `outbox`'s workers and wait until they ended.
+fn stop(outbox: &Outbox) {
+    outbox.quit();
+    assert!(outbox.join(deadline(SOON)), "workers did not end");
+}
+
+/// The files in `dir` (not recursive), sorted.
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn queue_dir(state: &Path) -> PathBuf {
+    state.join("outbox").join(P)
+}
+
+#[test]
+fn kept_while_the_platform_is_down_then_sent_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path(), settings(10));
+    for text in ["one", "two", "three", "four"] {
+        outbox.enqueue(P, msg(text)).unwrap();
+    }
+    // Durable before enqueue returned, and waiting: there is no outlet yet.
+    assert_eq!(files(&queue_dir(dir.path())).len(), 4);
+    assert_eq!(outbox.pending(P), 4);
+    assert!(outbox.outlet(P).is_none());
+    let outlet = TestOutlet::new();
+    outbox.publish(P, 1, outlet.clone(), LIMIT);
+    assert_eq!(outlet.wait_sent(4), ["one", "two", "three", "four"]);
+    assert_eq!(outbox.drain(deadline(SOON)), 0);
+    assert!(files(&queue_dir(dir.path())).is_empty(), "confirmed sends are removed");
+    // A withdrawn outlet stops sending; only its own generation can withdraw it.
+    outbox.withdraw(P, 0);
+    assert!(outbox.outlet(P).is_some());
+    outbox.withdraw(P, 1);
+    outbox.enqueue(P, msg("five")).unwrap();
+    assert_eq!(outbox.drain(deadline(SOON)), 1, "a platform without outlet is not waited for");
+    outbox.publish(P, 2, outlet.clone(), LIMIT);
+    assert_eq!(outlet.wait_sent(5)[4], "five");
+    stop(&outbox);
+}
+
+#[test]
+fn a_restart_sends_what_the_last_run_left_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path(), settings(10));
+    for text in ["a", "b", "c"] {
+        first.enqueue(P, msg(text)).unwrap();
+    }
+    let before = TestOutlet::new();
+    // "a" goes out; then the platform asks for a long pause, and the gateway stops.
+    before.script([None, Some(SendError::RetryAfter(Duration::from_secs(60)))]);
+    first.publish(P, 1, before.clone(), LIMIT);
+    before.wait_attempts(2);
+    stop(&first);
+
+    let second = open(dir.path(), settings(10));
+    assert_eq!(second.pending(P), 2);
+    let after = TestOutlet::new();
+    second.publish(P, 1, after.clone(), LIMIT);
+    assert_eq!(after.wait_sent(2), ["b", "c"]);
+    assert_eq!(second.drain(deadline(SOON)), 0);
+    stop(&second);
+    assert_eq!(before.sent(), ["a"], "nothing is sent twice");
+}
+
+#[test]
+fn transient_failures_back_off_then_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path(), settings(3));
+    let outlet = TestOutlet::new();
+    outlet.fail((0..3).map(|i| SendError::Transient(format!("blip {i}"))));
+    outbox.enqueue(P, msg("doomed")).unwrap();
+    outbox.enqueue(P, msg("next")).unwrap();
+    outbox.publish(P, 1, outlet.clone(), LIMIT);
+    assert_eq!(outlet.wait_sent(1), ["next"], "the queue goes on after a dead letter");
+    let at = outlet.attempts();
+    assert_eq!(at.len(), 4, "three attempts, then the next message");
+    // retry_wait 20 ms, doubling.
+    assert!(at[1] - at[0] >= Duration::from_millis(20) && at[2] - at[1] >= Duration::from_millis(40), "{at:?}");
+    let dead = delivery::dead_letters(dir.path());
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!((dead[0].platform.as_str(), dead[0].chat_id.as_str(), dead[0].preview.as_str()), (P, "42", "doomed"));
+    let error = dead[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("failed 3 times") && error.contains("blip 2"), "{error}");
+    assert!(dead[0].file.starts_with(dir.path().join("deadletter").join(P)));
+    assert_eq!(dead[0].attempts, 3);
+    stop(&outbox);
+}
+
+#[test]
+fn rejected_is_dead_lettered_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path(), settings(10));
+    let outlet = TestOutlet::new();
+    outlet.fail([SendError::Rejected("chat not found".into())]);
+    outbox.enqueue(P, msg("nobody there")).unwrap();
+    outbox.enqueue(P, msg("fine")).unwrap();
+    outbox.publish(P, 1, outlet.clone(), LIMIT);
+    assert_eq!(outlet.wait_sent(1), ["fine"]);
+    assert_eq!(outlet.attempts().len(), 2);
+    let dead = delivery::dead_letters(dir.path());
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].error.as_deref(), Some("chat not found"));
+    assert!(dead[0].parked_at.is_some());
+    stop(&outbox);
+}
+
+#[test]
+fn an_unknown_outcome_is_set_aside_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path(), settings(10));
+    let outlet = TestOutlet::new();
+    outlet.fail([SendError::Unknown("timed out waiting for the answer".into())]);
+    outbox.enqueue(P, msg("maybe")).unwrap();
+    outbox.enqueue(P, msg("surely")).unwrap();
+    outbox.publish(P, 1, outlet.clone(), LIMIT);
+    assert_eq!(outlet.wait_sent(1), ["surely"]);
+    assert_eq!(outlet.attempts().len(), 2, "not re-sent");
+    let unknown = delivery::unknown_outcomes(dir.path());
+    assert_eq!(unknown.len(), 1);
+    assert_eq!(unknown[0].preview, "maybe");
+    assert!(unknown[0].file.starts_with(queue_dir(dir.path()).join("unknown")));
+    assert!(delivery::dead_letters(dir.path()).is_empty());
+    stop(&outbox);
+}
+
+#[test]
+fn an_unknown_outcome_is_sent_again_when_the_platform_deduplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path(), settings(10));
+    let outlet = TestOutlet::idempotent();
+    outlet.fail([SendError::Unknown("no answer".into())]);
+    outbox.enqueue(P, msg("again")).unwrap();
+    outbox.publish(P, 1, outlet.clone(), LIMIT);
+    assert_eq!(outlet.wait_sent(1), ["again"]);
+    assert_eq!(outlet.attempts().len(), 2);
+    assert!(delivery::unknown_outcomes(dir.path()).is_empty());
+    stop(&outbox);
+}
+
+#[test]
+fn a_send_interrupted_by_a_crash_is_unknown_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), settings(10), &[(P.to_string(), LIMIT)]).unwrap();
+    outbox.enqueue(P, msg("in flight")).unwrap();
+    outbox.enqueue(P, msg("queued")).unwrap();
+    // What a worker leaves when the process dies between sending and hearing back.
+    let queue = queue_dir(dir.path());
+    let first = files(&queue)[0].clone();
+    let stem = first.strip_suffix(".json").unwrap();
+    fs::rename(queue.join(&first), queue.join(format!("{stem}.sending"))).unwrap();
+
+    let restarted = open(dir.path(), settings(10));
+    let outlet = TestOutlet::new();
+    restarted.publish(P, 1, outlet.clone(), LIMIT);
+    assert_eq!(outlet.wait_sent(1), ["queued"]);
+    let unknown = delivery::unknown_outcomes(dir.path());
+    assert_eq!(unknown.len(), 1);
+    assert!(unknown[0].error.as_deref().unwrap_or_default().contains("stopped while sending"));
+    stop(&restarted);
+}
+
+#[test]
+fn rate_limits_are_waited_out_without_counting() {
+    let dir = tempfile::tempdir().unwrap();
+    // One failed attempt would dead-letter it: rate limits must not count.
+    let outbox = open(dir.path(), settings(1));
+    let outlet = TestOutlet::new();
+    outlet.fail([SendError::RetryAfter(Duration::from_millis(300)), SendError::RetryAfter(Duration::from_millis(100))]);
+    outbox.enqueue(P, msg("patience")).unwrap();
+    outbox.publish(P, 1, outlet.clone(), LIMIT);
+    assert_eq!(outlet.wait_sent(1), ["patience"]);
+    let at = outlet.attempts();
+    assert_eq!(at.len(), 3);
+    assert!(at[1] - at[0] >= Duration::from_millis(300), "{:?}", at[1] - at[0]);
+    assert!(at[2] - at[1] >= Duration::from_millis(100), "{:?}", at[2] - at[1]);
+    assert!(delivery::dead_letters(dir.path()).is_empty());
+    stop(&outbox);
+}
+
+#[test]
+fn quit_interrupts_a_long_wait_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let minute = Duration::from_secs(60);
+    let outbox = open(dir.path(), DeliveryConfig { retry_wait: minute, retry_cap: minute, ..settings(10) });
+    let outlet = TestOutlet::new();
+    outlet.fail([SendError::Transient("down".into())]);
+    outbox.enqueue(P, msg("later")).unwrap();
+    outbox.publish(P, 1, outlet.clone(), LIMIT);
+    outlet.wait_attempts(1);
+    // The worker now waits a minute; a drain with a short deadline gives up on it.
+    let asked = Instant::now();
+    assert_eq!(outbox.drain(asked + Duration::from_millis(100)), 1);
+    outbox.quit();
+    assert!(outbox.join(deadline(SOON)));
+    assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
+    // Still queued on disk for the next start, with the attempt counted.
+    let queued = files(&queue_dir(dir.path()));
+    assert_eq!(queued.len(), 1);
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(queue_dir(dir.path()).join(&queued[0])).unwrap()).unwrap();
+    assert_eq!((record["attempts"].as_u64(), record["last_error"].as_str()), (Some(1), Some("down")));
+    assert_eq!(delivery::queued(dir.path()), [(P.to_string(), 1)]);
+}
+
+#[test]
+fn edits_are_truncated_never_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = Limit { max: 20, unit: Unit::Chars };
+    let outbox = Outbox::open(dir.path(), settings(10), &[(P.to_string(), small)]).unwrap();
+    outbox.start_workers().unwrap();
+    let outlet = TestOutlet::new();
+    outbox.publish(P, 1, outlet.clone(), small);
+    let edit = Outbound { edit_of: Some("m7".into()), ..msg("a streamed reply that grew too long") };
+    outbox.enqueue(P, edit).unwrap();
+    assert!(outlet.wait(deadline(SOON), |c| !c.edits.is_empty()));
+    let edits = outlet.state.lock().edits.clone();
+    assert_eq!(edits, [("42".to_string(), "m7".to_string(), "a streamed reply th…".to_string())]);
+    assert!(outlet.sent().is_empty());
+    stop(&outbox);
+}
+
+#[test]
+fn corrupt_files_at_startup_are_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = queue_dir(dir.path());
+    fs::create_dir_all(&queue).unwrap();
+    fs::write(queue.join("00000000000000000001-0000000001-000000.json"), b"{\"outbound\": {\"chat_").unwrap();
+    fs::write(queue.join("00000000000000000002-0000000001-000000.json"), b"").unwrap();
+    fs::write(queue.join(".00000000000000000003-0000000001-000000.json.tmp.1"), b"half").unwrap();
+    let outbox = open(dir.path(), settings(10));
+    outbox.enqueue(P, msg("still works")).unwrap();
+    let outlet = TestOutlet::new();
+    outbox.publish(P, 1, outlet.clone(), LIMIT);
+    assert_eq!(outlet.wait_sent(1), ["still works"]);
+    let left = files(&queue);
+    assert_eq!(left.iter().filter(|f| f.ends_with(".corrupt")).count(), 2, "{left:?}");
+    assert!(!left.iter().any(|f| f.ends_with(".json")), "{left:?}");
+    stop(&outbox);
+}
+
+// ---------------------------------------------------------------------------------------
+// End to end, with the Telegram adapter and the fake Bot API
+
+/// A config with a Telegram instance `tg` on `fake`, home channel 42, state in `dir`.
+fn telegram_config(dir: &Path, fake: &FakeTelegram) -> Config {
+    let toml = format!(
+        "[gateway]\nstate_dir = \"{state}\"\nlock_dir = \"{locks}\"\n\
+         [delivery]\nretry_wait = \"20ms\"\n\
+         [platforms.tg]\nkind = \"telegram\"\ntoken = \"{TOKEN}\"\napi_base = \"{url}\"\nhome_channel = \"42\"\n\
+         poll_timeout = \"1s\"\nrequest_timeout = \"1s\"\n\
+         [platforms.off]\nkind = \"telegram\"\nenabled = false\ntoken = \"1:x\"\n",
+        state = dir.join("state").display(),
+        locks = dir.join("locks").display(),
+        url = fake.url(),
+    );
+    config::parse_str(&toml, Path::new("test.toml"), &|_| None).expect("a valid test config")
+}
+
+/// The gateway's side: an outbox with workers, and the `tg` adapter connected and its
+/// outlet published (as the harness does).
+fn gateway(config: &Config) -> Outbox {
+    let state_dir = &config.gateway.state_dir;
+    let outbox = Outbox::open(state_dir, config.delivery.clone(), &delivery::platform_limits(config)).unwrap();
+    outbox.start_workers().unwrap();
+    let instance = &config.platforms.iter().find(|p| p.name == "tg").unwrap();
+    let (inbound, _) = unbounded();
+    let (ctx, _stop) = Context::new("tg", state_dir.clone(), inbound);
+    let outlet = instance.spec.build().connect(&ctx).expect("connect to the fake");
+    outbox.publish("tg", 1, outlet, instance.spec.message_limit());
+    outbox
+}
+
+#[test]
+fn switchboard_send_from_another_process_is_picked_up_within_a_second() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = telegram_config(dir.path(), &fake);
+    let outbox = gateway(&config);
+    // What `switchboard send` does: write the file, with no outbox of its own.
+    let queued = Instant::now();
+    assert_eq!(send_command(&config, "tg", "to the home channel"), Ok("queued for tg:42".to_string()));
+    assert_eq!(fake.wait_sent(1, deadline(SOON)), [("42".to_string(), "to the home channel".to_string())]);
+    assert!(queued.elapsed() < Duration::from_millis(1500), "picked up after {:?}", queued.elapsed());
+    assert!(send_command(&config, "tg:-100:7", "in a topic").is_ok());
+    fake.wait_sent(2, deadline(SOON));
+    assert_eq!(fake.sent_params()[1]["message_thread_id"], 7);
+    // Errors the CLI reports.
+    assert!(send_command(&config, "origin", "x").unwrap_err().contains("origin"));
+    assert!(send_command(&config, "nope:1", "x").unwrap_err().contains("known: off, tg"));
+    assert!(send_command(&config, "off", "x").unwrap_err().contains("disabled"));
+    assert!(send_command(&config, "tg", "  ").unwrap_err().contains("empty"));
+    stop(&outbox);
+}
+
+#[test]
+fn send_works_while_no_gateway_runs() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = telegram_config(dir.path(), &fake);
+    assert!(send_command(&config, "tg:5", "queued offline").is_ok());
+    assert_eq!(delivery::queued(&config.gateway.state_dir), [("tg".to_string(), 1)]);
+    let outbox = gateway(&config);
+    assert_eq!(fake.wait_sent(1, deadline(SOON)), [("5".to_string(), "queued offline".to_string())]);
+    stop(&outbox);
+}
+
+#[test]
+fn a_long_reply_with_code_reaches_telegram_in_marked_chunks_with_balanced_fences() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = telegram_config(dir.path(), &fake);
+    let outbox = gateway(&config);
+    let code: String = (0..400).map(|i| format!("let x{i} = {i}; // 🦀\n")).collect();
+    let text = format!("Here you go:\n\n```rust\n{code}```\n\nThat is all.");
+    assert!(text.encode_utf16().count() > 2 * 4096);
+    let reply = Outbound { reply_to: Some("9".into()), ..msg(&text) };
+    outbox.enqueue("tg", reply).unwrap();
+    let files_now = files(&config.gateway.state_dir.join("outbox/tg"));
+    assert!(files_now.len() >= 3, "each chunk is its own file: {files_now:?}");
+    let n = files_now.len();
+    let sent = fake.wait_sent(n, deadline(SOON));
+    assert_eq!(sent.len(), n);
+    for (i, (chat, chunk)) in sent.iter().enumerate() {
+        assert_eq!(chat, "42");
+        assert!(chunk.encode_utf16().count() <= 4096);
+        assert!(chunk.ends_with(&format!(" ({}/{n})", i + 1)), "{chunk:.40}…");
+        assert_eq!(chunk.matches("```").count() % 2, 0, "unbalanced fences in chunk {}", i + 1);
+        if i > 0 && i < n - 1 {
+            assert!(chunk.starts_with("```rust\n"), "chunk {} does not reopen the block", i + 1);
+        }
+    }
+    let params = fake.sent_params();
+    assert_eq!(params[0]["reply_parameters"]["message_id"], 9, "the first chunk answers the question");
+    assert!(params[1].get("reply_parameters").is_none());
+    assert_eq!(outbox.drain(deadline(SOON)), 0);
+    stop(&outbox);
+}
+
+#[test]
+fn a_telegram_send_that_times_out_is_not_sent_twice() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = telegram_config(dir.path(), &fake);
+    let outbox = gateway(&config);
+    // The answer comes after the request timeout (1 s): the message arrives, we cannot know.
+    fake.inject("sendMessage", Fault::Hang(Duration::from_millis(1200)), 1);
+    outbox.enqueue("tg", msg("once")).unwrap();
+    outbox.enqueue("tg", msg("twice?")).unwrap();
+    // The fake records "once" when it finally answers, after "twice?".
+    let mut sent: Vec<String> = fake.wait_sent(2, deadline(SOON)).into_iter().map(|(_, t)| t).collect();
+    sent.sort();
+    assert_eq!(sent, ["once", "twice?"]);
+    assert!(wait_until(deadline(SOON), || delivery::unknown_outcomes(&config.gateway.state_dir).len() == 1));
+    assert!(!wait_until(deadline(Duration::from_millis(300)), || fake.sent().len() > 2), "re-sent");
+    stop(&outbox);
+}
+
+// ---------------------------------------------------------------------------------------
+// Targets
+
+#[test]
+fn target_parsing() {
+    let chat = |p: &str, c: &str, t: Option<&str>| Target::Chat {
+        platform: p.into(),
+        chat_id: c.into(),
+        thread_id: t.map(Into::into),
+    };
+    let ok = [
+        ("origin", Target::Origin),
+        ("telegram", Target::Home { platform: "telegram".into() }),
+        (" Telegram ", Target::Home { platform: "telegram".into() }),
+        ("telegram:12345", chat("telegram", "12345", None)),
+        ("telegram:-1001234:42", chat("telegram", "-1001234", Some("42"))),
+        ("tg-2:@channel", chat("tg-2", "@channel", None)),
+        // Ids keep their case; the instance name does not (hermes #11768).
+        ("Slack:C123ABC:Thread123", chat("slack", "C123ABC", Some("Thread123"))),
+        // Matrix ids contain `:`: quoted.
+        (r#"matrix:"!room:example.org""#, chat("matrix", "!room:example.org", None)),
+        (
+            r#"matrix:"!room:example.org":"$ev:example.org""#,
+            chat("matrix", "!room:example.org", Some("$ev:example.org")),
+        ),
+        (r#"matrix:"!room:example.org":t1"#, chat("matrix", "!room:example.org", Some("t1"))),
+        (r#"matrix:"!abc""#, chat("matrix", "!abc", None)),
+        // Only the bare word is the origin.
+        ("origin:5", chat("origin", "5", None)),
+    ];
+    for (text, want) in ok {
+        assert_eq!(parse_target(text), Ok(want.clone()), "{text}");
+        assert_eq!(parse_target(&want.to_string()), Ok(want), "round trip of {text}");
+    }
+    let bad = [
+        ("", "not a platform instance name"),
+        (":5", "not a platform instance name"),
+        ("tele gram:5", "not a platform instance name"),
+        ("telegram:", "empty"),
+        ("telegram::5", "empty"),
+        ("telegram:5:", "empty"),
+        // Unquoted, a Matrix room id would be misread: refused with the fix.
+        ("matrix:!room:example.org:t", r#"must be quoted: matrix:"!room:example.org""#),
+        (r#"matrix:"!room:example.org"#, "no closing"),
+        (r#"matrix:"!room"x"#, "expected `:`"),
+        (r#"matrix:"""#, "empty"),
+        (r#"matrix:ab"c"#, "may only open or close"),
+    ];
+    for (text, want) in bad {
+        let err = parse_target(text).unwrap_err();
+        assert!(err.contains(want), "{text}: {err}");
+    }
+}
