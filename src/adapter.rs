@@ -23,6 +23,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, select};
 
 use crate::config::PlatformInstance;
 use crate::delivery::Outbox;
+use crate::inbox::{Accepted, Inbox};
 use crate::lock::TokenLock;
 use crate::message::{Inbound, Outbound};
 
@@ -132,6 +133,10 @@ impl fmt::Display for SendError {
     }
 }
 
+/// First wait after a failed inbox write, doubling up to the cap.
+const JOURNAL_RETRY: Duration = Duration::from_secs(1);
+const JOURNAL_RETRY_CAP: Duration = Duration::from_secs(30);
+
 /// A stop was requested while waiting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stopped;
@@ -143,18 +148,20 @@ pub struct Context {
     pub generation: u64,
     /// Where the platform keeps its cursors (`state_dir`).
     pub state_dir: PathBuf,
-    inbound: Sender<Inbound>,
+    inbound: Sender<Accepted>,
+    /// The journal that makes a hand-over durable; `None` outside the gateway (tests).
+    inbox: Option<Arc<Inbox>>,
     /// Never sent on: the supervisor drops the sender to request a stop, which wakes
     /// every `select!` that includes this receiver.
     stop: Receiver<()>,
 }
 
 impl Context {
-    /// A context for driving a platform outside the supervisor (tests, tools). Dropping
-    /// the returned sender requests a stop.
-    pub fn new(name: &str, state_dir: PathBuf, inbound: Sender<Inbound>) -> (Context, Sender<()>) {
+    /// A context for driving a platform outside the supervisor (tests, tools), with no
+    /// inbox journal. Dropping the returned sender requests a stop.
+    pub fn new(name: &str, state_dir: PathBuf, inbound: Sender<Accepted>) -> (Context, Sender<()>) {
         let (stop_tx, stop) = bounded(0);
-        let ctx = Context { name: name.to_string(), generation: 0, state_dir, inbound, stop };
+        let ctx = Context { name: name.to_string(), generation: 0, state_dir, inbound, inbox: None, stop };
         (ctx, stop_tx)
     }
 
@@ -163,11 +170,36 @@ impl Context {
         matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected))
     }
 
-    /// Hand a received message to the router. Returns once it is accepted.
+    /// Hand a received message to the gateway. When this returns `Ok`, the message is
+    /// safe (journaled in the inbox, or recognised as one accepted before): only then
+    /// may the platform's cursor move past it. While the journal cannot be written (a
+    /// full disk) it waits and retries, so the cursor stays put and nothing is lost.
     pub fn deliver(&self, msg: Inbound) -> Result<(), Stopped> {
+        let accepted = match &self.inbox {
+            Some(inbox) => match self.journal(inbox, msg)? {
+                Some(accepted) => accepted,
+                None => return Ok(()),
+            },
+            None => Accepted { id: String::new(), msg },
+        };
         select! {
-            send(self.inbound, msg) -> res => res.map_err(|_| Stopped),
+            send(self.inbound, accepted) -> res => res.map_err(|_| Stopped),
             recv(self.stop) -> _ => Err(Stopped),
+        }
+    }
+
+    /// Write `msg` to the inbox, retrying with growing waits while that fails.
+    fn journal(&self, inbox: &Inbox, msg: Inbound) -> Result<Option<Accepted>, Stopped> {
+        let mut wait = JOURNAL_RETRY;
+        loop {
+            match inbox.accept(msg.clone()) {
+                Ok(accepted) => return Ok(accepted),
+                Err(e) => {
+                    log::error!("{}: cannot record an inbound message ({e}); retrying in {wait:?}", self.name);
+                    self.sleep(wait)?;
+                    wait = (wait * 2).min(JOURNAL_RETRY_CAP);
+                }
+            }
         }
     }
 
@@ -215,7 +247,9 @@ impl Context {
 #[derive(Clone)]
 pub struct Wiring {
     pub events: Sender<Event>,
-    pub inbound: Sender<Inbound>,
+    pub inbound: Sender<Accepted>,
+    /// Journals every inbound message before the adapter may acknowledge it.
+    pub inbox: Arc<Inbox>,
     /// Where outlets are published, and where replies are queued.
     pub outlets: Outbox,
     pub state_dir: PathBuf,
@@ -241,6 +275,7 @@ pub fn spawn(instance: &PlatformInstance, generation: u64, wiring: &Wiring) -> R
         generation,
         state_dir: wiring.state_dir.clone(),
         inbound: wiring.inbound.clone(),
+        inbox: Some(wiring.inbox.clone()),
         stop,
     };
     let events = wiring.events.clone();

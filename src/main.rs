@@ -1,34 +1,39 @@
 /*!
-The `switchboard` command line: `run`, `check`, `status`, `--version`.
+The `switchboard` command line: `run`, `check`, `status`, `send`, `pairing`,
+`--version`.
 
-`main` parses arguments, loads the config, starts logging and the gateway's threads,
-runs the supervisor and maps its decision to the exit code: 0 stopped cleanly, 78
-configuration or credentials unusable, 1 failure worth a restart.
+`main` parses arguments, loads the config and hands over: `run` starts logging and the
+gateway (`switchboard::gateway`) and maps its end to the exit code: 0 stopped cleanly,
+78 configuration or credentials unusable, 1 failure worth a restart.
 */
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, bounded, unbounded};
+use crossbeam_channel::{Receiver, unbounded};
 
-use switchboard::adapter::Wiring;
 use switchboard::config::{self, Config};
-use switchboard::delivery::{self, Outbox};
-use switchboard::directory::Directory;
-use switchboard::router::Router;
 use switchboard::status::{self, Status};
-use switchboard::supervisor::SupervisorLoop;
 use switchboard::supervisor::state::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
-use switchboard::{agent, fsutil, log as logging};
+use switchboard::{auth, delivery, fsutil, gateway, log as logging};
+
+/// Exit code of a command that failed for a reason other than the config.
+const EXIT_USAGE: i32 = 2;
 
 const USAGE: &str = "\
-usage: switchboard [--config PATH] [COMMAND]
+usage: switchboard [--config PATH] [COMMAND [ARGS]]
 
 commands:
-  run             start the gateway (the default)
-  check           validate the config and print a summary (exit 0, or 78 on errors)
-  status [--json] show the running gateway's status.json
+  run                      start the gateway (the default)
+  check                    validate the config and print a summary (exit 0, or 78 on errors)
+  status [--json]          show the gateway's status, undelivered and dead-lettered messages
+  send TARGET TEXT|-       queue a message (TEXT, or standard input for -), whether or not
+                           the gateway runs; TARGET is NAME (its home_channel),
+                           NAME:CHAT or NAME:CHAT:THREAD (quote ids with `:` as NAME:\"a:b\")
+  pairing list             pending pairing requests and approved users
+  pairing approve PLATFORM CODE
+  pairing revoke PLATFORM USER
 
 options:
   --config PATH   the config file (default: $SWITCHBOARD_CONFIG, else ./gateway.toml;
@@ -39,6 +44,8 @@ options:
 /// What the command line asked for.
 struct Cli {
     command: String,
+    /// What follows the command (`send`'s target and text, `pairing`'s words).
+    args: Vec<String>,
     /// `Some` when given with `--config` or `$SWITCHBOARD_CONFIG`: then it must exist.
     config: Option<PathBuf>,
     json: bool,
@@ -57,9 +64,11 @@ fn main() -> ExitCode {
         "run" => with_config(&cli, run),
         "check" => with_config(&cli, check),
         "status" => with_config(&cli, |c| show_status(c, cli.json)),
+        "send" => with_config(&cli, |c| send(c, &cli.args)),
+        "pairing" => with_config(&cli, |c| pairing(c, &cli.args)),
         other => {
             eprintln!("switchboard: unknown command `{other}`\n\n{USAGE}");
-            2
+            EXIT_USAGE
         }
     };
     ExitCode::from(code as u8)
@@ -67,8 +76,8 @@ fn main() -> ExitCode {
 
 fn parse_args() -> Result<Option<Cli>, lexopt::Error> {
     use lexopt::prelude::*;
-    let mut cli =
-        Cli { command: "run".into(), config: std::env::var_os("SWITCHBOARD_CONFIG").map(PathBuf::from), json: false };
+    let config = std::env::var_os("SWITCHBOARD_CONFIG").map(PathBuf::from);
+    let mut cli = Cli { command: "run".into(), args: vec![], config, json: false };
     let mut command = None;
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
@@ -84,6 +93,7 @@ fn parse_args() -> Result<Option<Cli>, lexopt::Error> {
                 return Ok(None);
             }
             Value(v) if command.is_none() => command = Some(v.string()?),
+            Value(v) => cli.args.push(v.string()?),
             _ => return Err(arg.unexpected()),
         }
     }
@@ -123,6 +133,7 @@ fn show_status(config: Config, json: bool) -> i32 {
         }
         Ok(s) => {
             print!("{}", s.render(status::pid_alive(s.pid), status::unix_now()));
+            print!("{}", delivery_report(dir));
             EXIT_OK
         }
         Err(e) => {
@@ -132,9 +143,35 @@ fn show_status(config: Config, json: bool) -> i32 {
     }
 }
 
-/// Start every thread and supervise until the gateway decides to exit.
+/// What waits in the outbox, and what was set aside: unknown outcomes (maybe
+/// delivered, not re-sent) and dead letters (given up on).
+fn delivery_report(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    for (platform, n) in delivery::queued(dir).into_iter().filter(|(_, n)| *n > 0) {
+        out.push_str(&format!("outbox: {n} message(s) queued for {platform}\n"));
+    }
+    let parked = [("unknown outcome", delivery::unknown_outcomes(dir)), ("dead letter", delivery::dead_letters(dir))];
+    for (what, list) in parked {
+        for p in list {
+            let error = p.error.as_deref().unwrap_or("no error recorded");
+            out.push_str(&format!(
+                "{what}: {}:{} \"{}\" ({error}) {}\n",
+                p.platform,
+                p.chat_id,
+                p.preview,
+                p.file.display()
+            ));
+        }
+    }
+    out
+}
+
+/// `switchboard run`
 fn run(config: Config) -> i32 {
-    let secrets = config.secrets().iter().map(|s| s.expose().to_string()).collect();
+    // Read before any thread exists: the local offset cannot be read safely later.
+    let utc_offset = time::UtcOffset::current_local_offset().map_or(0, |o| o.whole_seconds());
+    let mut secrets: Vec<String> = config.secrets().iter().map(|s| s.expose().to_string()).collect();
+    secrets.extend(config.agent.secrets().iter().map(|s| s.expose().to_string()));
     if let Err(e) = logging::init(config.gateway.log_level, config.gateway.log_file.as_deref(), secrets) {
         eprintln!("switchboard: cannot start logging: {e}");
         return EXIT_CONFIG;
@@ -142,61 +179,59 @@ fn run(config: Config) -> i32 {
     // A panicking adapter is caught and reported by the harness; the panic message
     // itself belongs in the log (and the log file), not only on standard error.
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
-    let state_dir = config.gateway.state_dir.clone();
-    if let Err(e) = fsutil::create_private_dir(&state_dir) {
+    let state_dir = &config.gateway.state_dir;
+    if let Err(e) = fsutil::create_private_dir(state_dir) {
         log::error!("cannot create state_dir {}: {e}", state_dir.display());
         return EXIT_CONFIG;
     }
-    match start(&config) {
-        Ok(code) => code,
-        Err(e) => {
-            log::error!("cannot start: {e}");
-            EXIT_FAILURE
-        }
-    }
-}
-
-fn start(config: &Config) -> std::io::Result<i32> {
-    let state_dir = config.gateway.state_dir.clone();
     log::info!(
         "switchboard {} starting (config {}, state {})",
         env!("CARGO_PKG_VERSION"),
         config.file.display(),
         state_dir.display()
     );
-    let (events_tx, events) = unbounded();
-    // Bounded: a flood of inbound messages slows the adapters instead of filling memory.
-    let (inbound_tx, inbound) = bounded(1024);
-    // Opening the outbox picks up what an earlier run (or `switchboard send`) queued.
-    let outlets = Outbox::open(&state_dir, config.delivery.clone(), &delivery::platform_limits(config))?;
-    let directory = Arc::new(Directory::load(&state_dir));
-    let router = Router::start(inbound, agent::build(&config.agent), outlets.clone(), directory.clone())?;
-    outlets.start_workers()?;
-    let wiring = Wiring {
-        events: events_tx,
-        inbound: inbound_tx,
-        outlets: outlets.clone(),
-        state_dir,
-        lock_dir: config.gateway.lock_dir.clone(),
+    let started = listen_for_signals().and_then(|shutdown| gateway::run(&config, utc_offset, shutdown));
+    started.unwrap_or_else(|e| {
+        log::error!("cannot start: {e}");
+        EXIT_FAILURE
+    })
+}
+
+/// `switchboard send TARGET TEXT|-`
+fn send(config: Config, args: &[String]) -> i32 {
+    let [target, text] = args else {
+        eprintln!("switchboard: usage: switchboard send TARGET TEXT (or - to read the text from standard input)");
+        return EXIT_USAGE;
     };
-    let shutdown = listen_for_signals()?;
-    let decision = SupervisorLoop::new(config, wiring, directory).run(events, shutdown, |deadline| {
-        if !router.drain(deadline) {
-            log::warn!("stopping with messages still unanswered");
+    let mut text = text.clone();
+    if text == "-" {
+        text.clear();
+        if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+            eprintln!("switchboard: cannot read standard input: {e}");
+            return EXIT_FAILURE;
         }
-        let left = outlets.drain(deadline);
-        if left > 0 {
-            log::warn!("stopping with {left} replies not delivered; they stay in the outbox for the next start");
-        }
-    });
-    outlets.quit();
-    // A send in flight when the process exits is found claimed on the next start and
-    // set aside as unknown-outcome: give it a moment to finish instead.
-    if !outlets.join(std::time::Instant::now() + std::time::Duration::from_secs(5)) {
-        log::warn!("stopping while a delivery is being sent; its outcome will be unknown");
     }
-    log::info!("stopped (exit code {})", decision.code);
-    Ok(decision.code)
+    report(delivery::send_command(&config, target, &text))
+}
+
+/// `switchboard pairing list | approve PLATFORM CODE | revoke PLATFORM USER`
+fn pairing(config: Config, args: &[String]) -> i32 {
+    let known: Vec<String> = config.platforms.iter().filter(|p| p.enabled).map(|p| p.name.clone()).collect();
+    report(auth::pairing_command(&config.gateway.state_dir, &known, args, std::time::SystemTime::now()))
+}
+
+/// Print a command's answer; its exit code.
+fn report(result: Result<String, String>) -> i32 {
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            EXIT_FAILURE
+        }
+    }
 }
 
 /// SIGINT and SIGTERM, forwarded into a channel the supervisor selects on.

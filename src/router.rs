@@ -1,96 +1,343 @@
 /*!
-The router: takes each inbound message from the adapters, records its chat in the
-channel directory, asks the agent for a reply and queues the reply for delivery to the
-platform instance it came from.
+The router: every accepted inbound message passes through here, in arrival order.
 
-One router thread handles messages in arrival order. It counts what it has taken but
-not finished, so a stopping gateway can [`Router::drain`] and answer every message it
-accepted before exiting.
+For each message it records the chat in the channel directory, checks access (a
+stranger in a DM gets a pairing code, in a group nothing), answers the gateway's own
+chat commands at once, and otherwise hands the message to a turn on the worker pool.
+
+At most one turn runs per session key. A message for a session that is busy waits in
+that session's queue (`busy = "queue"`) or interrupts the running turn and goes next
+(`busy = "interrupt"`); `/queue <text>` always waits. Sessions are independent: up to
+`workers` turns run at the same time.
+
+The router counts the messages it has accepted and not yet finished, so a stopping
+gateway can [`Router::drain`]: answer what it accepted before exiting. What it cannot
+finish stays in the inbox journal and is answered after the restart.
 */
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::{Receiver, Select, Sender, unbounded};
 use parking_lot::{Condvar, Mutex};
 
-use crate::agent::Agent;
-use crate::delivery::Outlets;
+use crate::agent::{Agent, BusyMode, Cancel};
+use crate::auth::{Auth, Decision};
+use crate::commands::{self, Command};
+use crate::delivery::Outbox;
 use crate::directory::Directory;
+use crate::inbox::{Accepted, Inbox};
 use crate::message::{Inbound, Outbound};
+use crate::session::{self, SessionStore};
+use crate::text::Limit;
+use crate::turn::{self, Work};
+use crate::typing::Typing;
 
-/// A handle on the running router thread.
+/// The router's settings, taken from the config once.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    pub workers: usize,
+    pub busy: BusyMode,
+    pub stream: bool,
+    pub edit_interval: Duration,
+    pub group_sessions_per_user: bool,
+    /// The message limit of each platform instance.
+    pub limits: HashMap<String, Limit>,
+    /// Enabled platform instances, for `/status`.
+    pub platforms: Vec<String>,
+}
+
+/// Everything a turn may use. Shared by the router thread and the workers.
+pub struct Services {
+    pub agent: Box<dyn Agent>,
+    pub sessions: Arc<SessionStore>,
+    pub auth: Auth,
+    pub outbox: Outbox,
+    pub directory: Arc<Directory>,
+    pub inbox: Arc<Inbox>,
+    pub typing: Typing,
+    pub config: RouterConfig,
+}
+
+impl Services {
+    /// Queue `text` as a reply to `msg`. A reply that cannot be stored (a full disk) is
+    /// logged: the message stays in the inbox and is answered again after a restart.
+    pub fn reply(&self, msg: &Inbound, text: String) -> bool {
+        match self.outbox.enqueue(&msg.source.platform, Outbound::reply_to(msg, text)) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("{}: cannot queue a reply to chat {}: {e}", msg.source.platform, msg.source.chat_id);
+                false
+            }
+        }
+    }
+}
+
+/// Counts accepted messages that are not finished yet, for [`Router::drain`].
+#[derive(Default)]
+struct OpenCount {
+    open: Mutex<usize>,
+    changed: Condvar,
+}
+
+impl OpenCount {
+    fn finish(&self) {
+        *self.open.lock() -= 1;
+        self.changed.notify_all();
+    }
+}
+
+/// A handle on the router thread.
 #[derive(Clone)]
 pub struct Router {
-    inbound: Receiver<Inbound>,
-    /// Messages taken from the channel and not yet answered.
-    busy: Arc<(Mutex<usize>, Condvar)>,
+    inbound: Receiver<Accepted>,
+    open: Arc<OpenCount>,
 }
 
 impl Router {
-    /// Start the router thread reading `inbound`.
-    pub fn start(
-        inbound: Receiver<Inbound>,
-        agent: Box<dyn Agent>,
-        outlets: Outlets,
-        directory: Arc<Directory>,
-    ) -> std::io::Result<Router> {
-        let router = Router { inbound, busy: Arc::default() };
-        let worker = router.clone();
-        thread::Builder::new().name("router".into()).spawn(move || worker.work(&*agent, &outlets, &directory))?;
+    /// Start the router and its workers. `replay` (the inbox's unfinished messages from
+    /// before a restart) is handled first, before anything from `inbound`.
+    pub fn start(inbound: Receiver<Accepted>, services: Services, replay: Vec<Accepted>) -> std::io::Result<Router> {
+        let services = Arc::new(services);
+        let open = Arc::new(OpenCount::default());
+        let (work_tx, work_rx) = unbounded::<Work>();
+        let (done_tx, done_rx) = unbounded::<Done>();
+        for n in 0..services.config.workers.max(1) {
+            let (services, work_rx, done_tx) = (services.clone(), work_rx.clone(), done_tx.clone());
+            thread::Builder::new().name(format!("turn-{n}")).spawn(move || {
+                for work in work_rx {
+                    turn::run(&services, &work);
+                    let _ = done_tx.send(Done { key: work.key, turn: work.turn });
+                }
+            })?;
+        }
+        let router = Router { inbound, open: open.clone() };
+        let mut dispatcher = Dispatcher { services, open, slots: HashMap::new(), work: work_tx, turns: 0 };
+        let inbound = router.inbound.clone();
+        thread::Builder::new().name("router".into()).spawn(move || dispatcher.run(replay, &inbound, &done_rx))?;
         Ok(router)
     }
 
-    /// Wait until every accepted message has been answered (its reply queued), or until
-    /// `deadline`. Returns whether it drained.
+    /// Wait until every accepted message is finished (answered, or found needing no
+    /// answer), or until `deadline`. Returns whether it drained.
     pub fn drain(&self, deadline: Instant) -> bool {
-        let (lock, cond) = &*self.busy;
-        let mut busy = lock.lock();
-        while *busy > 0 || !self.inbound.is_empty() {
-            if cond.wait_until(&mut busy, deadline).timed_out() {
+        let mut open = self.open.open.lock();
+        while *open > 0 || !self.inbound.is_empty() {
+            if self.open.changed.wait_until(&mut open, deadline).timed_out() {
                 return false;
             }
         }
         true
     }
-
-    fn work(&self, agent: &dyn Agent, outlets: &Outlets, directory: &Directory) {
-        let (lock, cond) = &*self.busy;
-        loop {
-            // Wait for a message without taking it, then take it under the lock, so
-            // `drain` never sees an empty channel while a message is between the two.
-            let mut ready = Select::new();
-            ready.recv(&self.inbound);
-            ready.ready();
-            let msg = {
-                let mut busy = lock.lock();
-                match self.inbound.try_recv() {
-                    Ok(msg) => {
-                        *busy += 1;
-                        msg
-                    }
-                    Err(e) if e.is_disconnected() => return,
-                    Err(_) => continue,
-                }
-            };
-            handle(&msg, agent, outlets, directory);
-            *lock.lock() -= 1;
-            cond.notify_all();
-        }
-    }
 }
 
-fn handle(msg: &Inbound, agent: &dyn Agent, outlets: &Outlets, directory: &Directory) {
-    directory.observe(&msg.source);
-    // Minimal adaptation to the new `Agent::reply`; the router rewrite replaces it.
-    let turn = crate::agent::Turn { text: &msg.text, session_key: "", history: &[], source: &msg.source };
-    let text = match agent.reply(&turn, &crate::agent::Cancel::new(), &mut |_| {}) {
-        Ok(reply) => reply.text,
-        Err(e) => {
-            log::warn!("{}: agent failed for chat {}: {e}", msg.source.platform, msg.source.chat_id);
-            e.user_message
+/// A worker finished a turn.
+struct Done {
+    key: String,
+    turn: u64,
+}
+
+/// The turn running for a session, and what waits behind it.
+#[derive(Default)]
+struct Slot {
+    running: Option<Running>,
+    queue: VecDeque<Accepted>,
+}
+
+struct Running {
+    turn: u64,
+    cancel: Cancel,
+    started: Instant,
+}
+
+/// The router thread's state.
+struct Dispatcher {
+    services: Arc<Services>,
+    open: Arc<OpenCount>,
+    slots: HashMap<String, Slot>,
+    work: Sender<Work>,
+    turns: u64,
+}
+
+impl Dispatcher {
+    fn run(&mut self, replay: Vec<Accepted>, inbound: &Receiver<Accepted>, done: &Receiver<Done>) {
+        if !replay.is_empty() {
+            log::info!("answering {} message(s) accepted before the last stop", replay.len());
         }
-    };
-    outlets.enqueue(&msg.source.platform, Outbound::reply_to(msg, text));
+        for accepted in replay {
+            *self.open.open.lock() += 1;
+            self.take(accepted);
+        }
+        loop {
+            let mut ready = Select::new();
+            let (inbound_index, done_index) = (ready.recv(inbound), ready.recv(done));
+            let index = ready.ready();
+            if index == done_index {
+                match done.try_recv() {
+                    Ok(d) => self.finished(d),
+                    Err(e) if e.is_disconnected() => return,
+                    Err(_) => {}
+                }
+            } else if index == inbound_index {
+                // Taken under the count's lock, so `drain` never sees the channel empty
+                // while a message is between the two.
+                let taken = {
+                    let mut open = self.open.open.lock();
+                    let taken = inbound.try_recv();
+                    if taken.is_ok() {
+                        *open += 1;
+                    }
+                    taken
+                };
+                match taken {
+                    Ok(accepted) => self.take(accepted),
+                    Err(e) if e.is_disconnected() => return,
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    /// One accepted message: access, command, or a turn.
+    fn take(&mut self, accepted: Accepted) {
+        let s = &self.services;
+        let source = &accepted.msg.source;
+        s.directory.observe(source);
+        match s.auth.check(source, SystemTime::now()) {
+            Decision::Allow => {}
+            Decision::Ignore => return self.finish(&accepted),
+            Decision::Reply(text) => {
+                if s.reply(&accepted.msg, text) {
+                    self.finish(&accepted);
+                }
+                return;
+            }
+        }
+        let key = session::session_key(source, s.config.group_sessions_per_user);
+        match commands::parse(&accepted.msg.text) {
+            Some(Command::Queue(text)) => {
+                let msg = Inbound { text, ..accepted.msg };
+                self.submit(key, Accepted { id: accepted.id, msg }, true);
+            }
+            Some(command) => self.command(command, &accepted, &key),
+            None => self.submit(key, accepted, false),
+        }
+    }
+
+    /// Start a turn for `accepted`, or queue it behind the running one.
+    fn submit(&mut self, key: String, accepted: Accepted, never_interrupt: bool) {
+        let interrupt = self.services.config.busy == BusyMode::Interrupt && !never_interrupt;
+        let Some(slot) = self.slots.get_mut(&key).filter(|s| s.running.is_some()) else {
+            return self.start(key, accepted);
+        };
+        if interrupt && let Some(running) = &slot.running {
+            log::debug!("{key}: a new message interrupts the running turn");
+            running.cancel.cancel();
+        }
+        slot.queue.push_back(accepted);
+    }
+
+    fn start(&mut self, key: String, accepted: Accepted) {
+        self.turns += 1;
+        let cancel = Cancel::new();
+        let running = Running { turn: self.turns, cancel: cancel.clone(), started: Instant::now() };
+        self.slots.entry(key.clone()).or_default().running = Some(running);
+        let work = Work { turn: self.turns, key, accepted, cancel };
+        // The workers live as long as the router: the channel cannot be closed here.
+        let _ = self.work.send(work);
+    }
+
+    /// A turn ended: its message is finished; the next one of the session may start.
+    fn finished(&mut self, done: Done) {
+        self.open.finish();
+        let Some(slot) = self.slots.get_mut(&done.key) else { return };
+        if slot.running.as_ref().is_some_and(|r| r.turn == done.turn) {
+            slot.running = None;
+        }
+        match slot.queue.pop_front() {
+            Some(next) => self.start(done.key, next),
+            None => {
+                self.slots.remove(&done.key);
+            }
+        }
+    }
+
+    /// A message needing no turn is finished: out of the inbox and the count.
+    fn finish(&self, accepted: &Accepted) {
+        self.services.inbox.complete(&accepted.id);
+        self.open.finish();
+    }
+
+    fn command(&mut self, command: Command, accepted: &Accepted, key: &str) {
+        let text = match command {
+            Command::Help => commands::HELP.to_string(),
+            Command::Stop => self.stop(key),
+            Command::New => self.new_session(accepted, key),
+            Command::Status => self.status(key),
+            Command::Queue(_) => unreachable!("/queue is submitted as a turn by `take`"),
+        };
+        if self.services.reply(&accepted.msg, text) {
+            self.finish(accepted);
+        } else {
+            self.open.finish();
+        }
+    }
+
+    fn stop(&mut self, key: &str) -> String {
+        match self.slots.get(key).and_then(|s| s.running.as_ref()) {
+            Some(running) => {
+                running.cancel.cancel();
+                "Stopped.".to_string()
+            }
+            None => "Nothing is running.".to_string(),
+        }
+    }
+
+    /// `/new`: cancel the running turn, drop what waits, start a fresh session.
+    fn new_session(&mut self, accepted: &Accepted, key: &str) -> String {
+        let mut dropped = vec![];
+        if let Some(slot) = self.slots.get_mut(key) {
+            if let Some(running) = &slot.running {
+                running.cancel.cancel();
+            }
+            dropped.extend(slot.queue.drain(..));
+        }
+        for queued in &dropped {
+            self.finish(queued);
+        }
+        match self.services.sessions.reset(&accepted.msg.source, SystemTime::now()) {
+            Ok(_) => "Started a new session.".to_string(),
+            Err(e) => {
+                log::error!("{key}: cannot start a new session: {e}");
+                "Sorry, I could not start a new session (the gateway could not write its state).".to_string()
+            }
+        }
+    }
+
+    fn status(&self, key: &str) -> String {
+        let s = &self.services;
+        let mut lines = vec![];
+        match s.sessions.get(key) {
+            Some(entry) => {
+                let age = crate::status::unix_now() - entry.created_at;
+                lines.push(format!("Session {} (started {} ago)", entry.session_id, crate::status::span(age)));
+                lines.push(format!("Tokens: {} in, {} out", entry.input_tokens, entry.output_tokens));
+            }
+            None => lines.push("No session yet.".to_string()),
+        }
+        let running = self.slots.get(key).and_then(|s| s.running.as_ref());
+        lines.push(match running {
+            Some(r) => format!("Answering for {}.", crate::status::span(r.started.elapsed().as_secs_f64())),
+            None => "Idle.".to_string(),
+        });
+        let connected: Vec<&str> =
+            s.config.platforms.iter().filter(|p| s.outbox.outlet(p).is_some()).map(String::as_str).collect();
+        lines.push(format!(
+            "Connected platforms: {}",
+            if connected.is_empty() { "none".into() } else { connected.join(", ") }
+        ));
+        lines.join("\n")
+    }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use support::fake_telegram::{FakeTelegram, Fault, TOKEN, api_error};
-use support::gateway::{Gateway, binary, reconnect, telegram};
+use support::gateway::{Gateway, OPEN_ACCESS, binary, reconnect, telegram};
 use support::{deadline, unused_url, wait_until};
 
 const SOON: Duration = Duration::from_secs(10);
@@ -49,7 +49,7 @@ fn echo_hello_prints_the_reply_and_exits_0_with_the_embedded_default() {
 fn telegram_round_trip_with_two_bots_of_one_kind() {
     let (a, b) = (FakeTelegram::start(TOKEN), FakeTelegram::start("999:other-bot"));
     let config = format!(
-        "{}{}{}",
+        "{}{OPEN_ACCESS}{}{}",
         reconnect(200, 20, 5000),
         telegram("bot_a", &a.url(), TOKEN),
         telegram("bot_b", &b.url(), "999:other-bot")
@@ -90,7 +90,7 @@ fn second_gateway_with_the_same_token_exits_78_naming_the_first_pid() {
 #[test]
 fn runtime_failure_is_queued_at_attempt_0_and_reconnects_after_base() {
     let fake = FakeTelegram::start(TOKEN);
-    let g = Gateway::start(&format!("{}{}", reconnect(300, 20, 5000), telegram("tg", &fake.url(), TOKEN)));
+    let g = Gateway::start(&format!("{}{OPEN_ACCESS}{}", reconnect(300, 20, 5000), telegram("tg", &fake.url(), TOKEN)));
     g.wait_platform("tg", "connected", SOON);
     fake.push_text(5, 5, "before");
     fake.wait_sent(1, deadline(SOON));
@@ -185,7 +185,7 @@ fn sigterm_stops_within_2_s_writes_stopped_and_frees_the_token() {
 fn a_restart_resumes_at_the_stored_offset_without_repeating_a_reply() {
     let fake = FakeTelegram::start(TOKEN);
     let dir = tempfile::tempdir().unwrap();
-    let config = format!("{}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
+    let config = format!("{}{OPEN_ACCESS}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
     let mut g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
     g.wait_platform("tg", "connected", SOON);
     let first = fake.push_text(1, 1, "one");

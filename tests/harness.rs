@@ -116,6 +116,7 @@ fn supervise(config: Config) -> (Sender<()>, Receiver<ExitDecision>) {
     let (events_tx, events) = unbounded();
     let (inbound, _inbound_rx) = bounded(16);
     let wiring = Wiring {
+        inbox: Arc::new(switchboard::inbox::Inbox::open(&state_dir).unwrap()),
         events: events_tx,
         inbound,
         outlets: Outbox::open(&state_dir, Default::default(), &[]).expect("open the outbox"),

@@ -21,6 +21,7 @@ use serde_json::json;
 use switchboard::adapter::{Context, Fatal, Outlet, SendError};
 use switchboard::config::{PlatformSpec, Secret};
 use switchboard::delivery::Outbox;
+use switchboard::inbox::Accepted;
 use switchboard::message::{ChatType, Inbound, Outbound};
 use switchboard::platforms::telegram::{TelegramSettings, TelegramSpec};
 
@@ -47,7 +48,7 @@ fn settings(fake: &FakeTelegram) -> TelegramSettings {
 /// A connected adapter whose `run` goes on on its own thread.
 struct Adapter {
     outlet: Arc<dyn Outlet>,
-    inbound: Receiver<Inbound>,
+    inbound: Receiver<Accepted>,
     stop: Sender<()>,
     done: Receiver<Result<(), Fatal>>,
 }
@@ -61,8 +62,8 @@ fn start(settings: TelegramSettings, state_dir: &Path) -> Result<Adapter, Fatal>
 fn start_with(
     settings: TelegramSettings,
     state_dir: &Path,
-    tx: Sender<Inbound>,
-    inbound: Receiver<Inbound>,
+    tx: Sender<Accepted>,
+    inbound: Receiver<Accepted>,
 ) -> Result<Adapter, Fatal> {
     let (ctx, stop) = Context::new(NAME, state_dir.to_path_buf(), tx);
     let mut platform = TelegramSpec::new(settings).build();
@@ -76,7 +77,7 @@ fn start_with(
 
 impl Adapter {
     fn recv(&self) -> Inbound {
-        self.inbound.recv_timeout(SOON).expect("an inbound message within 5 s")
+        self.inbound.recv_timeout(SOON).expect("an inbound message within 5 s").msg
     }
 
     /// How `run` ended, if it ended within `within`.

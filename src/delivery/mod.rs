@@ -33,10 +33,6 @@ use std::time::Duration;
 
 pub use outbox::Outbox;
 
-/// The name of the in-memory queue the outbox replaced, kept only so that `router.rs`
-/// builds until it moves to [`Outbox`] (whose `enqueue` returns an `io::Result` to
-/// handle). Remove it then.
-pub type Outlets = Outbox;
 pub use store::Parked;
 pub use target::{Address, Target, parse_target};
 

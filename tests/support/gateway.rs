@@ -24,6 +24,9 @@ pub fn reconnect(base_ms: u64, max_attempts: u32, connect_timeout_ms: u64) -> St
     )
 }
 
+/// `[access]` letting everyone talk to the bot, for tests not about access control.
+pub const OPEN_ACCESS: &str = "[access]\nallow_all = true\n";
+
 /// A `[platforms.NAME]` table for a Telegram bot on a fake Bot API server, with the
 /// in-adapter retries quick and few.
 pub fn telegram(name: &str, api_base: &str, token: &str) -> String {

@@ -1,0 +1,175 @@
+/*!
+One turn: a message in, the agent's answer out.
+
+A worker thread runs it: open (or rotate) the session, tell the user once if it was
+reset, load the history, ask the agent while a typing indicator shows, record both
+sides in the transcript, and queue the answer in the durable outbox. Only then is the
+message finished in the inbox; a turn cut short by a crash is answered after restart.
+
+With `stream = true`, an agent that streams, and a platform that can edit, the answer
+appears while it is written: a first message, then edits at most every `edit_interval`.
+The preview is best effort and sent directly; the final text goes through the outbox
+(as an edit of the preview) like every other reply, so it survives an outage.
+*/
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::adapter::Outlet;
+use crate::agent::{AgentErrorKind, Cancel, Turn};
+use crate::inbox::Accepted;
+use crate::message::{ChatMessage, Inbound, Outbound, Role};
+use crate::router::Services;
+use crate::text;
+use crate::typing::Chat;
+
+/// A turn for a worker.
+pub struct Work {
+    pub turn: u64,
+    pub key: String,
+    pub accepted: Accepted,
+    pub cancel: Cancel,
+}
+
+/// Run `work` to its end.
+pub fn run(s: &Services, work: &Work) {
+    let msg = &work.accepted.msg;
+    let chat = Chat {
+        platform: msg.source.platform.clone(),
+        chat_id: msg.source.chat_id.clone(),
+        thread_id: msg.source.thread_id.clone(),
+    };
+    s.typing.begin(work.turn, chat);
+    let finished = answer(s, work);
+    s.typing.end(work.turn);
+    if finished {
+        s.inbox.complete(&work.accepted.id);
+    }
+}
+
+/// Returns whether the message is finished: its answer (if it gets one) is stored.
+fn answer(s: &Services, work: &Work) -> bool {
+    let msg = &work.accepted.msg;
+    let begin = match s.sessions.begin_turn(&msg.source, SystemTime::now()) {
+        Ok(begin) => begin,
+        Err(e) => {
+            log::error!("{}: cannot open the session: {e}; the message waits for a restart", work.key);
+            return false;
+        }
+    };
+    if let Some(notice) = begin.notice {
+        s.reply(msg, notice);
+    }
+    let history = s.sessions.history(&begin.entry.session_id).unwrap_or_else(|e| {
+        log::warn!("{}: cannot read the history, answering without it: {e}", work.key);
+        Vec::new()
+    });
+    let turn = Turn { text: &msg.text, session_key: &work.key, history: &history, source: &msg.source };
+    let mut preview = Preview::new(s, msg);
+    let result = s.agent.reply(&turn, &work.cancel, &mut |delta| preview.push(delta));
+    match result {
+        Ok(reply) => {
+            let record =
+                [ChatMessage::new(Role::User, msg.text.clone()), ChatMessage::new(Role::Assistant, reply.text.clone())];
+            let now = SystemTime::now();
+            if let Err(e) = s.sessions.append(&work.key, &record, reply.input_tokens, reply.output_tokens, now) {
+                log::warn!("{}: cannot record the turn in the transcript: {e}", work.key);
+            }
+            preview.finish(reply.text)
+        }
+        // `/stop`, `/new` or an interrupting message: it already got its answer.
+        Err(e) if e.kind == AgentErrorKind::Cancelled => {
+            preview.finish_cancelled();
+            true
+        }
+        Err(e) => {
+            log::warn!("{}: the agent failed: {}", work.key, e.detail);
+            preview.finish(e.user_message)
+        }
+    }
+}
+
+/// The streamed preview of an answer.
+struct Preview<'a> {
+    s: &'a Services,
+    msg: &'a Inbound,
+    /// `None` when not previewing (not streaming, cannot edit, or an edit failed).
+    outlet: Option<Arc<dyn Outlet>>,
+    text: String,
+    shown_at: Option<Instant>,
+    message_id: Option<String>,
+}
+
+/// Shown after the preview text while the answer is still being written.
+const WRITING: &str = " …";
+
+impl<'a> Preview<'a> {
+    fn new(s: &'a Services, msg: &'a Inbound) -> Preview<'a> {
+        let outlet = (s.config.stream && s.agent.streams())
+            .then(|| s.outbox.outlet(&msg.source.platform))
+            .flatten()
+            .filter(|o| o.can_edit());
+        Preview { s, msg, outlet, text: String::new(), shown_at: None, message_id: None }
+    }
+
+    fn push(&mut self, delta: &str) {
+        self.text.push_str(delta);
+        let due = self.shown_at.is_none_or(|t| t.elapsed() >= self.s.config.edit_interval);
+        if self.outlet.is_some() && due && !self.text.trim().is_empty() {
+            self.show();
+        }
+    }
+
+    fn show(&mut self) {
+        let Some(outlet) = self.outlet.clone() else { return };
+        let shown = format!("{}{WRITING}", self.text);
+        if !self.fits(&shown) {
+            // Too long for one message: the final answer goes out split, as usual.
+            self.outlet = None;
+            return;
+        }
+        let result = match &self.message_id {
+            None => outlet.send(&Outbound::reply_to(self.msg, shown)).map(|id| self.message_id = id),
+            Some(id) => outlet.edit(&self.msg.source.chat_id, id, &shown),
+        };
+        if let Err(e) = result {
+            log::debug!("{}: preview stopped: {e}", self.msg.source.platform);
+            self.outlet = None;
+        }
+        self.shown_at = Some(Instant::now());
+    }
+
+    fn fits(&self, text: &str) -> bool {
+        let limit = self.s.config.limits.get(&self.msg.source.platform);
+        limit.is_none_or(|l| text::split(text, *l).len() <= 1)
+    }
+
+    /// Store the final text: as an edit of the preview when there is one and it fits,
+    /// else as a new reply. Returns whether it was stored.
+    fn finish(self, text: String) -> bool {
+        let Some(id) = self.message_id.clone() else { return self.s.reply(self.msg, text) };
+        if self.fits(&text) {
+            return self.edit(&id, text);
+        }
+        self.edit(&id, "(the full answer follows)".to_string()) && self.s.reply(self.msg, text)
+    }
+
+    /// A cancelled answer leaves its preview saying so.
+    fn finish_cancelled(self) {
+        if let Some(id) = self.message_id.clone() {
+            let text = format!("{} (stopped)", self.text.trim_end());
+            self.edit(&id, text);
+        }
+    }
+
+    fn edit(&self, id: &str, text: String) -> bool {
+        let edit = Outbound { edit_of: Some(id.to_string()), ..Outbound::reply_to(self.msg, text) };
+        match self.s.outbox.enqueue(&self.msg.source.platform, edit) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("{}: cannot queue the final answer: {e}", self.msg.source.platform);
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+/*!
+Conversations through the real binary: sessions, chat commands, access control and
+pairing, durable delivery across outages, restarts and `kill -9`. The agent is a local
+command (a small script) or a fake OpenAI-compatible server; the platform is the fake
+Telegram Bot API.
+*/
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use support::fake_telegram::{FakeTelegram, TOKEN};
+use support::gateway::{Gateway, OPEN_ACCESS, binary, reconnect, telegram};
+use support::{deadline, wait_until};
+
+const SOON: Duration = Duration::from_secs(10);
+
+/// `[agent]` running `script` (Python, reading the turn as JSON on stdin) as the agent.
+fn command_agent(dir: &Path, script: &str) -> String {
+    let path = dir.join("agent.py");
+    fs::write(&path, script).unwrap();
+    format!("[agent]\nbackend = \"command\"\ncommand = [\"python3\", \"{}\"]\ntimeout = \"30s\"\n", path.display())
+}
+
+/// An agent that writes `started` into its directory, waits `secs`, then answers.
+fn slow_agent(dir: &Path, secs: f64) -> String {
+    let marker = dir.join("started");
+    command_agent(
+        dir,
+        &format!(
+            "import json, sys, time\nturn = json.load(sys.stdin)\nopen({marker:?}, 'a').write(turn['text'] + '\\n')\n\
+             time.sleep({secs})\nprint('slow: ' + turn['text'])\n",
+            marker = marker.display().to_string()
+        ),
+    )
+}
+
+fn texts(sent: &[(String, String)]) -> Vec<&str> {
+    sent.iter().map(|(_, t)| t.as_str()).collect()
+}
+
+fn send_cli(dir: &Path, target: &str, text: &str) {
+    let out = Command::new(binary())
+        .args(["send", "--config", "gateway.toml", target, text])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "send failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_session_keeps_history_and_new_starts_afresh() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    // The agent answers with how many earlier messages it was given.
+    let agent = command_agent(
+        dir.path(),
+        "import json, sys\nturn = json.load(sys.stdin)\nprint(f\"{turn['text']} after {len(turn['history'])}\")\n",
+    );
+    let config = format!("{}{}{}{}", reconnect(200, 20, 5000), OPEN_ACCESS, agent, telegram("tg", &fake.url(), TOKEN));
+    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
+    g.wait_platform("tg", "connected", SOON);
+    for text in ["one", "two", "/new", "three"] {
+        let n = fake.sent().len();
+        fake.push_text(5, 5, text);
+        fake.wait_sent(n + 1, deadline(SOON));
+    }
+    assert_eq!(texts(&fake.sent()), ["one after 0", "two after 2", "Started a new session.", "three after 0"]);
+    let status_reply = {
+        fake.push_text(5, 5, "/status");
+        fake.wait_sent(5, deadline(SOON))[4].1.clone()
+    };
+    assert!(status_reply.contains("Session ") && status_reply.contains("Connected platforms: tg"), "{status_reply}");
+}
+
+#[test]
+fn stop_during_a_slow_turn_answers_within_a_second() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}{}{}",
+        reconnect(200, 20, 5000),
+        OPEN_ACCESS,
+        slow_agent(dir.path(), 20.0),
+        telegram("tg", &fake.url(), TOKEN)
+    );
+    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
+    g.wait_platform("tg", "connected", SOON);
+    fake.push_text(5, 5, "think hard");
+    assert!(wait_until(deadline(SOON), || dir.path().join("started").exists()), "the agent never started");
+    // Typing is shown while it runs.
+    assert!(fake.wait_count("sendChatAction", 1, deadline(SOON)) >= 1);
+    let asked = Instant::now();
+    fake.push_text(5, 5, "/stop");
+    let sent = fake.wait_sent(1, deadline(SOON));
+    assert_eq!(texts(&sent), ["Stopped."]);
+    assert!(asked.elapsed() < Duration::from_secs(1), "took {:?}", asked.elapsed());
+    // The session is free again at once.
+    fake.push_text(5, 5, "/help");
+    assert!(fake.wait_sent(2, deadline(SOON))[1].1.contains("/stop"));
+}
+
+#[test]
+fn messages_for_a_busy_session_wait_their_turn_and_other_sessions_do_not() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}{}{}",
+        reconnect(200, 20, 5000),
+        OPEN_ACCESS,
+        slow_agent(dir.path(), 0.5),
+        telegram("tg", &fake.url(), TOKEN)
+    );
+    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
+    g.wait_platform("tg", "connected", SOON);
+    fake.push_text(1, 1, "a1");
+    fake.push_text(1, 1, "a2");
+    fake.push_text(2, 2, "b1");
+    let sent = fake.wait_sent(3, deadline(SOON));
+    // b1 ran beside a1, a2 after a1.
+    let pos = |t: &str| sent.iter().position(|(_, s)| s == t).unwrap();
+    assert!(pos("slow: a1") < pos("slow: a2"));
+    assert!(pos("slow: b1") < pos("slow: a2"), "{sent:?}");
+}
+
+#[test]
+fn a_stranger_gets_a_pairing_code_and_after_approval_an_answer() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
+    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
+    g.wait_platform("tg", "connected", SOON);
+    fake.push_text(-100, 66, "hello group"); // groups: ignored silently
+    fake.push_text(66, 66, "hello");
+    let reply = fake.wait_sent(1, deadline(SOON))[0].clone();
+    assert_eq!(reply.0, "66");
+    let code = reply
+        .1
+        .split_whitespace()
+        .find(|w| w.len() == 8 && w.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+        .expect("a code")
+        .to_string();
+    assert!(!g.log().contains(&code), "the code reached the log");
+    let out = Command::new(binary())
+        .args(["pairing", "approve", "tg", &code.to_lowercase(), "--config", "gateway.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fake.push_text(66, 66, "hello again");
+    assert_eq!(fake.wait_sent(2, deadline(SOON))[1], ("66".to_string(), "echo: hello again".to_string()));
+    assert_eq!(fake.sent().len(), 2, "the group message got an answer");
+}
+
+#[test]
+fn a_backlog_sent_while_the_platform_was_down_arrives_in_order_after_reconnect() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}{}{}", reconnect(200, 0, 5000), OPEN_ACCESS, telegram("tg", &fake.url(), TOKEN));
+    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
+    g.wait_platform("tg", "connected", SOON);
+    fake.set_down(true);
+    g.wait_platform("tg", "retrying", SOON);
+    for n in 1..=5 {
+        send_cli(dir.path(), "tg:42", &format!("alert {n}"));
+    }
+    fake.set_down(false);
+    let sent = fake.wait_sent(5, deadline(SOON));
+    assert_eq!(texts(&sent), ["alert 1", "alert 2", "alert 3", "alert 4", "alert 5"]);
+}
+
+#[test]
+fn a_restart_with_a_full_outbox_delivers_each_message_exactly_once() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    let config = format!("{}{}{}", reconnect(200, 0, 5000), OPEN_ACCESS, telegram("tg", &fake.url(), TOKEN));
+    // Queued with no gateway running at all.
+    fs::write(
+        dir.path().join("gateway.toml"),
+        format!("[gateway]\nstate_dir = \"{}\"\n{config}", dir.path().join("state").display()),
+    )
+    .unwrap();
+    for n in 1..=3 {
+        send_cli(dir.path(), "tg:7", &format!("queued {n}"));
+    }
+    fake.set_down(true);
+    let mut g = Gateway::start_in(dir.path(), &locks, &config);
+    g.wait_platform("tg", "retrying", SOON);
+    g.signal("TERM");
+    assert_eq!(g.wait_exit(SOON), Some(0));
+    fake.set_down(false);
+    let g = Gateway::start_in(dir.path(), &locks, &config);
+    g.wait_platform("tg", "connected", SOON);
+    let sent = fake.wait_sent(3, deadline(SOON));
+    assert_eq!(texts(&sent), ["queued 1", "queued 2", "queued 3"]);
+    // Nothing more comes: wait for two more polls, then count again.
+    let polls = fake.count("getUpdates");
+    fake.wait_count("getUpdates", polls + 1, deadline(SOON));
+    assert_eq!(fake.sent().len(), 3);
+}
+
+#[test]
+fn kill_9_mid_turn_loses_nothing_and_corrupts_nothing() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    let config = format!(
+        "{}{}{}{}",
+        reconnect(200, 20, 5000),
+        OPEN_ACCESS,
+        slow_agent(dir.path(), 3.0),
+        telegram("tg", &fake.url(), TOKEN)
+    );
+    let mut g = Gateway::start_in(dir.path(), &locks, &config);
+    g.wait_platform("tg", "connected", SOON);
+    fake.push_text(9, 9, "do not lose me");
+    assert!(wait_until(deadline(SOON), || dir.path().join("started").exists()));
+    // Telegram got the offset past the message: only the gateway's own journal has it.
+    let id = fake.last_served().unwrap();
+    assert!(fake.wait_offset(id + 1, deadline(SOON)).is_some());
+    g.signal("KILL");
+    g.wait_exit(SOON);
+    assert!(fake.sent().is_empty());
+    for file in ["status.json", "directory.json", "sessions/index.json"] {
+        let path = g.state_dir.join(file);
+        if path.exists() {
+            serde_json::from_slice::<Value>(&fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+    let g = Gateway::start_in(dir.path(), &locks, &config);
+    g.wait_platform("tg", "connected", SOON);
+    let sent = fake.wait_sent(1, deadline(SOON));
+    assert_eq!(texts(&sent), ["slow: do not lose me"]);
+}
