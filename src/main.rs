@@ -210,6 +210,8 @@ fn send(config: Config, args: &[String]) -> i32 {
             eprintln!("switchboard: cannot read standard input: {e}");
             return EXIT_FAILURE;
         }
+        // `echo text | switchboard send T -` ends with a newline nobody meant to send.
+        text.truncate(text.trim_end_matches(['\n', '\r']).len());
     }
     report(delivery::send_command(&config, target, &text))
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use support::fake_openai::FakeOpenAi;
 use support::fake_telegram::{FakeTelegram, TOKEN};
 use support::gateway::{Gateway, OPEN_ACCESS, binary, reconnect, telegram};
 use support::{deadline, wait_until};
@@ -237,4 +238,129 @@ fn kill_9_mid_turn_loses_nothing_and_corrupts_nothing() {
     g.wait_platform("tg", "connected", SOON);
     let sent = fake.wait_sent(1, deadline(SOON));
     assert_eq!(texts(&sent), ["slow: do not lose me"]);
+}
+
+/// `[agent]` for the fake OpenAI-compatible server.
+fn openai_agent(url: &str, extra: &str) -> String {
+    format!(
+        "[agent]\nbackend = \"openai\"\nbase_url = \"{url}\"\nmodel = \"test-model\"\napi_key = \"sk-test-SECRET\"\n\
+         system_prompt = \"Be brief.\"\nretry_wait = \"10ms\"\n{extra}"
+    )
+}
+
+#[test]
+fn the_openai_backend_gets_the_session_history() {
+    let (fake, llm) = (FakeTelegram::start(TOKEN), FakeOpenAi::start());
+    llm.push_reply_with_usage("Hello, Ada.", 12, 4);
+    llm.push_reply("Your name is Ada.");
+    let config = format!(
+        "{}{OPEN_ACCESS}{}{}",
+        reconnect(200, 20, 5000),
+        openai_agent(&llm.url(), ""),
+        telegram("tg", &fake.url(), TOKEN)
+    );
+    let g = Gateway::start(&config);
+    g.wait_platform("tg", "connected", SOON);
+    fake.push_text(3, 3, "I am Ada");
+    fake.wait_sent(1, deadline(SOON));
+    fake.push_text(3, 3, "Who am I?");
+    assert_eq!(texts(&fake.wait_sent(2, deadline(SOON))), ["Hello, Ada.", "Your name is Ada."]);
+    let second = &llm.requests()[1];
+    let roles: Vec<&str> = second["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+    assert_eq!(second["messages"][3]["content"], "Who am I?");
+    assert_eq!(second["model"], "test-model");
+    assert!(!g.log().contains("sk-test-SECRET"));
+}
+
+#[test]
+fn a_refused_api_key_gives_the_user_a_short_safe_error() {
+    let (fake, llm) = (FakeTelegram::start(TOKEN), FakeOpenAi::start());
+    llm.fail_next(401, support::fake_openai::api_error("Incorrect API key provided: sk-test-SEC***", None), &[], 1);
+    let config = format!(
+        "{}{OPEN_ACCESS}{}{}",
+        reconnect(200, 20, 5000),
+        openai_agent(&llm.url(), ""),
+        telegram("tg", &fake.url(), TOKEN)
+    );
+    let g = Gateway::start(&config);
+    g.wait_platform("tg", "connected", SOON);
+    fake.push_text(3, 3, "hi");
+    let reply = fake.wait_sent(1, deadline(SOON))[0].1.clone();
+    assert!(reply.contains("API key was refused") && !reply.contains("sk-"), "{reply}");
+    assert!(wait_until(deadline(SOON), || g.log().contains("key")), "the log does not say the key is bad");
+}
+
+#[test]
+fn a_streamed_answer_is_edited_in_place() {
+    let (fake, llm) = (FakeTelegram::start(TOKEN), FakeOpenAi::start());
+    llm.push_stream(&["The ", "answer ", "is ", "forty-two."], Duration::from_millis(150));
+    let agent = openai_agent(&llm.url(), "stream = true\nedit_interval = \"100ms\"\n");
+    let config = format!("{}{OPEN_ACCESS}{agent}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
+    let g = Gateway::start(&config);
+    g.wait_platform("tg", "connected", SOON);
+    fake.push_text(3, 3, "question");
+    // The preview is sent once, then edited; the last edit is the whole answer.
+    let done = wait_until(deadline(SOON), || fake.edits().last().is_some_and(|e| e.2 == "The answer is forty-two."));
+    assert!(done, "edits: {:?}", fake.edits());
+    let sent = fake.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].1.starts_with("The "), "{sent:?}");
+    assert!(fake.edits().len() >= 2, "no edit while writing: {:?}", fake.edits());
+}
+
+#[test]
+fn in_interrupt_mode_a_new_message_replaces_the_running_turn_and_queue_never_does() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = slow_agent(dir.path(), 1.0).replace("[agent]\n", "[agent]\nbusy = \"interrupt\"\n");
+    let config = format!("{}{OPEN_ACCESS}{agent}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
+    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
+    g.wait_platform("tg", "connected", SOON);
+    let started = |n: usize| fs::read_to_string(dir.path().join("started")).map_or(0, |s| s.lines().count()) >= n;
+    fake.push_text(4, 4, "first");
+    assert!(wait_until(deadline(SOON), || started(1)));
+    fake.push_text(4, 4, "second");
+    assert!(wait_until(deadline(SOON), || started(2)));
+    fake.push_text(4, 4, "/queue third");
+    let sent = fake.wait_sent(2, deadline(SOON));
+    assert_eq!(texts(&sent), ["slow: second", "slow: third"]);
+    assert!(!wait_until(deadline(Duration::from_millis(300)), || fake.sent().len() > 2));
+}
+
+#[test]
+fn send_reads_standard_input_and_status_lists_dead_letters() {
+    let fake = FakeTelegram::start(TOKEN);
+    fake.fail_always(
+        "sendMessage",
+        Some(support::fake_telegram::Fault::Status(
+            400,
+            support::fake_telegram::api_error(400, "Bad Request: chat not found"),
+        )),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}{OPEN_ACCESS}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
+    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
+    g.wait_platform("tg", "connected", SOON);
+    let mut child = Command::new(binary())
+        .args(["--config", "gateway.toml", "send", "tg:999", "-"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"disk almost full on the router\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let status = || {
+        let out = Command::new(binary())
+            .args(["status", "--config", "gateway.toml"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed =
+        wait_until(deadline(SOON), || status().contains("dead letter: tg:999 \"disk almost full on the router\""));
+    assert!(listed, "{}", status());
+    assert!(status().contains("chat not found"));
 }
