@@ -1,14 +1,17 @@
 /*!
 The channel directory, `state_dir/directory.json`: every chat seen, per platform.
 
-It is how a person (or, later, `switchboard send`) finds the id of a chat to send to.
+It is how a person finds the id of a chat to send to (`switchboard send NAME:CHAT`).
 Telegram has no API to list a bot's chats, so the directory is built from the chats
-messages came from. A new chat is written at once; the whole file is rebuilt when a
-platform (re)connects, as the reference gateway does.
+messages came from. The whole file is rewritten when a platform (re)connects, as the
+reference gateway does, and when the gateway stops. A newly seen chat is written at
+most every [`WRITE_INTERVAL`]: a gateway meeting thousands of chats must not rewrite a
+growing file for each of them.
 */
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -32,11 +35,23 @@ pub struct DirectoryFile {
     pub platforms: BTreeMap<String, Vec<ChatEntry>>,
 }
 
+/// Least time between two writes caused by newly seen chats.
+pub const WRITE_INTERVAL: Duration = Duration::from_secs(5);
+
+type Chats = BTreeMap<String, BTreeMap<String, ChatEntry>>;
+
 /// The directory, shared by the router (which observes chats) and the supervisor
 /// (which rebuilds it after a reconnect).
 pub struct Directory {
     path: PathBuf,
-    chats: Mutex<BTreeMap<String, BTreeMap<String, ChatEntry>>>,
+    state: Mutex<State>,
+}
+
+struct State {
+    chats: Chats,
+    /// Chats seen since the last write.
+    dirty: bool,
+    written_at: Option<Instant>,
 }
 
 impl Directory {
@@ -55,24 +70,37 @@ impl Directory {
             .into_iter()
             .map(|(platform, list)| (platform, list.into_iter().map(|c| (c.id.clone(), c)).collect()))
             .collect();
-        Directory { path, chats: Mutex::new(chats) }
+        Directory { path, state: Mutex::new(State { chats, dirty: false, written_at: None }) }
     }
 
-    /// Record the chat `source` came from; write the file if it is new or renamed.
+    /// Record the chat `source` came from. A new or renamed chat is written with the
+    /// next write, which happens now unless one happened in the last [`WRITE_INTERVAL`].
     pub fn observe(&self, source: &Source) {
         let entry =
             ChatEntry { id: source.chat_id.clone(), name: source.chat_name.clone(), chat_type: source.chat_type };
-        let mut chats = self.chats.lock();
-        let known = chats.entry(source.platform.clone()).or_default();
+        let mut state = self.state.lock();
+        let known = state.chats.entry(source.platform.clone()).or_default();
         if known.get(&entry.id) != Some(&entry) {
             known.insert(entry.id.clone(), entry);
-            self.write(&chats);
+            state.dirty = true;
+        }
+        let due = state.written_at.is_none_or(|t| t.elapsed() >= WRITE_INTERVAL);
+        if state.dirty && due {
+            self.write(&mut state);
         }
     }
 
     /// Write the whole directory now.
     pub fn rebuild(&self) {
-        self.write(&self.chats.lock());
+        self.write(&mut self.state.lock());
+    }
+
+    /// Write what was seen since the last write, if anything (at shutdown).
+    pub fn flush(&self) {
+        let mut state = self.state.lock();
+        if state.dirty {
+            self.write(&mut state);
+        }
     }
 
     pub fn read(state_dir: &Path) -> std::io::Result<DirectoryFile> {
@@ -80,10 +108,12 @@ impl Directory {
         serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
-    fn write(&self, chats: &BTreeMap<String, BTreeMap<String, ChatEntry>>) {
+    fn write(&self, state: &mut State) {
+        state.dirty = false;
+        state.written_at = Some(Instant::now());
         let file = DirectoryFile {
             updated_at: unix_now(),
-            platforms: chats.iter().map(|(p, c)| (p.clone(), c.values().cloned().collect())).collect(),
+            platforms: state.chats.iter().map(|(p, c)| (p.clone(), c.values().cloned().collect())).collect(),
         };
         // Plain strings and numbers: serializing cannot fail.
         let json = serde_json::to_vec_pretty(&file).expect("directory serializes");
@@ -116,6 +146,9 @@ mod tests {
         d.observe(&source("tg", "-100"));
         d.observe(&source("tg", "-100"));
         d.observe(&source("bot2", "5"));
+        // The first chat was written at once; the second waits for the next write.
+        assert_eq!(Directory::read(dir.path()).unwrap().platforms.len(), 1);
+        d.flush();
         let file = Directory::read(dir.path()).unwrap();
         assert_eq!(file.platforms["tg"].len(), 1);
         assert_eq!(file.platforms["bot2"][0].id, "5");

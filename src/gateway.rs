@@ -72,7 +72,7 @@ pub fn run(config: &Config, utc_offset_secs: i32, shutdown: Receiver<()>) -> io:
         state_dir: state_dir.clone(),
         lock_dir: config.gateway.lock_dir.clone(),
     };
-    let decision = SupervisorLoop::new(config, wiring, directory).run(events, shutdown, |deadline| {
+    let decision = SupervisorLoop::new(config, wiring, directory.clone()).run(events, shutdown, |deadline| {
         if !router.drain(deadline) {
             log::warn!("stopping with messages unanswered; they are answered after the next start");
         }
@@ -88,6 +88,7 @@ pub fn run(config: &Config, utc_offset_secs: i32, shutdown: Receiver<()>) -> io:
     if let Err(e) = sessions.flush() {
         log::warn!("cannot write the session index: {e}");
     }
+    directory.flush();
     log::info!("stopped (exit code {})", decision.code);
     Ok(decision.code)
 }

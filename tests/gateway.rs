@@ -54,13 +54,16 @@ fn telegram_round_trip_with_two_bots_of_one_kind() {
         telegram("bot_a", &a.url(), TOKEN),
         telegram("bot_b", &b.url(), "999:other-bot")
     );
-    let g = Gateway::start(&config);
+    let mut g = Gateway::start(&config);
     g.wait_status("running", SOON, |s| s["state"] == "running");
     a.push_text(42, 7, "hi from a");
     b.push_text(-100, 8, "hi from b");
     assert_eq!(a.wait_sent(1, deadline(SOON)), [("42".to_string(), "echo: hi from a".to_string())]);
     assert_eq!(b.wait_sent(1, deadline(SOON)), [("-100".to_string(), "echo: hi from b".to_string())]);
-    // The channel directory lists each chat under the instance it came from.
+    // The channel directory lists each chat under the instance it came from (complete
+    // at the latest when the gateway stops).
+    g.signal("TERM");
+    assert_eq!(g.wait_exit(SOON), Some(0));
     let dir = fs::read_to_string(g.state_dir.join("directory.json")).unwrap();
     let dir: Value = serde_json::from_str(&dir).unwrap();
     assert_eq!(dir["platforms"]["bot_a"][0]["id"], "42");
