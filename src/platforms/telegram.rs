@@ -4,11 +4,13 @@ The Telegram Bot API platform: long polling with `getUpdates`, replies with `sen
 Connecting checks the token (`getMe`) and removes any webhook (`deleteWebhook`, keeping
 pending updates), because Telegram refuses `getUpdates` while a webhook is set. Then
 [`Platform::run`] long-polls. Telegram confirms ("acknowledges") every update below the
-`offset` of the next `getUpdates` call and never sends it again, so the offset is the
-only thing that stands between a crash and a lost message. It is advanced past an update
-only once the update was handed to the router, and it is written to
-`<state_dir>/cursors/telegram-<instance>.offset` atomically before the next poll. A
-restart resumes at the stored offset: nothing is lost, nothing is handled twice.
+`offset` of the next `getUpdates` call and never sends it again, so the offset may only
+move past an update once the update is safe: [`Context::deliver`] returned, which means
+it is journaled in the gateway's inbox. The offset is written to
+`<state_dir>/cursors/telegram-<instance>.offset` atomically once per batch, before the
+next poll. A restart resumes at the stored offset; an update Telegram sends again
+because a crash came between the journal and that write is recognised by the inbox
+(by message id) and dropped: nothing is lost, nothing is handled twice.
 
 Failures follow the Hermes gateway's Telegram handling, see
 `reference/hermes-gateway.md` §2.9 and `reference/protocols.md` §4:
@@ -556,6 +558,8 @@ struct Telegram {
     api: Api,
     /// The next `getUpdates` offset: one past the last update handled.
     offset: Option<i64>,
+    /// The offset last written to (or read from) `cursor`.
+    stored: Option<i64>,
     /// Where the offset is kept; set by `connect`, which knows the instance name.
     cursor: PathBuf,
 }
@@ -564,7 +568,7 @@ impl Telegram {
     fn new(settings: Arc<TelegramSettings>) -> Telegram {
         let agent = http::agent(settings.request_timeout, settings.request_timeout);
         let api = Api { agent, api_base: settings.api_base.clone(), token: settings.token.clone() };
-        Telegram { settings, api, offset: None, cursor: PathBuf::new() }
+        Telegram { settings, api, offset: None, stored: None, cursor: PathBuf::new() }
     }
 
     /// Call `method` until it succeeds, the retry policy gives up, or a stop is requested.
@@ -606,6 +610,7 @@ impl Telegram {
         self.offset = read_offset(&self.cursor).map_err(|e| {
             Halt::Fatal(Fatal::retryable(STATE_ERROR, format!("cannot read {}: {e}", self.cursor.display())))
         })?;
+        self.stored = self.offset;
         let bot = me.username.as_deref().unwrap_or("?");
         log::info!("{}: connected as @{bot}, resuming at offset {:?}", ctx.name, self.offset);
         Ok(())
@@ -618,13 +623,17 @@ impl Telegram {
             let body = get_updates_body(self.offset, &self.settings);
             // Each update stays raw until handled, so one bad update cannot spoil the batch.
             let updates: Vec<Value> = self.request(ctx, &mut retries, "getUpdates", &body)?;
-            for raw in updates {
-                self.handle(ctx, raw)?;
-            }
+            let handled = updates.into_iter().try_for_each(|raw| self.handle(ctx, raw));
+            // One write per batch: every update below the offset is already safe in the
+            // inbox, which also recognises an update Telegram sends again because a
+            // crash came before this write.
+            self.store_offset(ctx);
+            handled?;
         }
     }
 
-    /// Hand one update to the router, then advance the offset past it.
+    /// Hand one update to the gateway, then move the offset past it (in memory; the
+    /// file is written once per batch).
     fn handle(&mut self, ctx: &Context, raw: Value) -> Result<(), Stopped> {
         let Some(id) = update_id(&raw) else {
             // Without an id it cannot be acknowledged alone; the next update's offset will.
@@ -640,12 +649,13 @@ impl Telegram {
             Err(skip @ Skip::Malformed(_)) => log::warn!("{}: skipping update {id}: {skip}", ctx.name),
             Err(skip) => log::debug!("{}: skipping update {id}: {skip}", ctx.name),
         }
-        self.advance(ctx, id + 1);
+        self.offset = Some(id + 1);
         Ok(())
     }
 
-    fn advance(&mut self, ctx: &Context, next: i64) {
-        self.offset = Some(next);
+    fn store_offset(&mut self, ctx: &Context) {
+        let Some(next) = self.offset.filter(|next| Some(*next) != self.stored) else { return };
+        self.stored = Some(next);
         if let Err(e) = fsutil::write_atomic(&self.cursor, format!("{next}\n").as_bytes()) {
             // Going on is the lesser evil: the offset in memory still acknowledges the
             // update, so a restart may repeat messages, but a full disk must not silence
