@@ -175,24 +175,30 @@ impl Context {
     /// may the platform's cursor move past it. While the journal cannot be written (a
     /// full disk) it waits and retries, so the cursor stays put and nothing is lost.
     pub fn deliver(&self, msg: Inbound) -> Result<(), Stopped> {
-        let accepted = match &self.inbox {
-            Some(inbox) => match self.journal(inbox, msg)? {
-                Some(accepted) => accepted,
-                None => return Ok(()),
-            },
-            None => Accepted { id: String::new(), msg },
-        };
-        select! {
-            send(self.inbound, accepted) -> res => res.map_err(|_| Stopped),
-            recv(self.stop) -> _ => Err(Stopped),
-        }
+        self.deliver_batch(vec![msg])
     }
 
-    /// Write `msg` to the inbox, retrying with growing waits while that fails.
-    fn journal(&self, inbox: &Inbox, msg: Inbound) -> Result<Option<Accepted>, Stopped> {
+    /// [`Context::deliver`] for several messages at once (one disk sync for all): what
+    /// a platform that receives in batches (Telegram's `getUpdates`) should call.
+    pub fn deliver_batch(&self, msgs: Vec<Inbound>) -> Result<(), Stopped> {
+        let accepted = match &self.inbox {
+            Some(inbox) => self.journal(inbox, msgs)?,
+            None => msgs.into_iter().map(|msg| Accepted { id: String::new(), msg }).collect(),
+        };
+        for one in accepted {
+            select! {
+                send(self.inbound, one) -> res => res.map_err(|_| Stopped)?,
+                recv(self.stop) -> _ => return Err(Stopped),
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `msgs` to the inbox, retrying with growing waits while that fails.
+    fn journal(&self, inbox: &Inbox, msgs: Vec<Inbound>) -> Result<Vec<Accepted>, Stopped> {
         let mut wait = JOURNAL_RETRY;
         loop {
-            match inbox.accept(msg.clone()) {
+            match inbox.accept_batch(msgs.clone()) {
                 Ok(accepted) => return Ok(accepted),
                 Err(e) => {
                     log::error!("{}: cannot record an inbound message ({e}); retrying in {wait:?}", self.name);

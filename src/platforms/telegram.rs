@@ -623,33 +623,37 @@ impl Telegram {
             let body = get_updates_body(self.offset, &self.settings);
             // Each update stays raw until handled, so one bad update cannot spoil the batch.
             let updates: Vec<Value> = self.request(ctx, &mut retries, "getUpdates", &body)?;
-            let handled = updates.into_iter().try_for_each(|raw| self.handle(ctx, raw));
-            // One write per batch: every update below the offset is already safe in the
-            // inbox, which also recognises an update Telegram sends again because a
-            // crash came before this write.
-            self.store_offset(ctx);
-            handled?;
+            self.handle(ctx, updates)?;
         }
     }
 
-    /// Hand one update to the gateway, then move the offset past it (in memory; the
-    /// file is written once per batch).
-    fn handle(&mut self, ctx: &Context, raw: Value) -> Result<(), Stopped> {
-        let Some(id) = update_id(&raw) else {
-            // Without an id it cannot be acknowledged alone; the next update's offset will.
-            log::warn!("{}: skipping an update without update_id", ctx.name);
-            return Ok(());
-        };
-        if self.offset.is_some_and(|next| id < next) {
-            return Ok(()); // Already handled: a server that resends what it was told to drop.
+    /// Hand a batch of updates to the gateway (one inbox sync for all), then move the
+    /// offset past them and store it. On a stop the offset stays put, so the updates
+    /// come again after a restart, and the inbox recognises the ones it already has.
+    fn handle(&mut self, ctx: &Context, updates: Vec<Value>) -> Result<(), Stopped> {
+        let mut last = None;
+        let mut batch = Vec::with_capacity(updates.len());
+        for raw in updates {
+            let Some(id) = update_id(&raw) else {
+                // Without an id it cannot be acknowledged alone; the next update's offset will.
+                log::warn!("{}: skipping an update without update_id", ctx.name);
+                continue;
+            };
+            if self.offset.is_some_and(|next| id < next) {
+                continue; // Already handled: a server that resends what it was told to drop.
+            }
+            last = last.max(Some(id));
+            match parse_update(&ctx.name, raw) {
+                Ok(inbound) => batch.push(inbound),
+                Err(skip @ Skip::Malformed(_)) => log::warn!("{}: skipping update {id}: {skip}", ctx.name),
+                Err(skip) => log::debug!("{}: skipping update {id}: {skip}", ctx.name),
+            }
         }
-        match parse_update(&ctx.name, raw) {
-            // On a stop the offset stays put, so the update comes again after a restart.
-            Ok(inbound) => ctx.deliver(inbound)?,
-            Err(skip @ Skip::Malformed(_)) => log::warn!("{}: skipping update {id}: {skip}", ctx.name),
-            Err(skip) => log::debug!("{}: skipping update {id}: {skip}", ctx.name),
+        ctx.deliver_batch(batch)?;
+        if let Some(last) = last {
+            self.offset = Some(last + 1);
+            self.store_offset(ctx);
         }
-        self.offset = Some(id + 1);
         Ok(())
     }
 
