@@ -208,12 +208,7 @@ impl Dispatcher {
         match s.auth.check(source, SystemTime::now()) {
             Decision::Allow => {}
             Decision::Ignore => return self.finish(&accepted),
-            Decision::Reply(text) => {
-                if s.reply(&accepted.msg, text) {
-                    self.finish(&accepted);
-                }
-                return;
-            }
+            Decision::Reply(text) => return self.answer(&accepted, text),
         }
         let key = session::session_key(source, s.config.group_sessions_per_user);
         match commands::parse(&accepted.msg.text) {
@@ -278,6 +273,12 @@ impl Dispatcher {
             Command::Status => self.status(key),
             Command::Queue(_) => unreachable!("/queue is submitted as a turn by `take`"),
         };
+        self.answer(accepted, text);
+    }
+
+    /// Reply `text` to a message that needs no turn. A reply that cannot be stored
+    /// leaves the message in the inbox, to be handled again after a restart.
+    fn answer(&self, accepted: &Accepted, text: String) {
         if self.services.reply(&accepted.msg, text) {
             self.finish(accepted);
         } else {
