@@ -497,8 +497,9 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The time `secs` after the epoch; absurd values from a damaged file read as "now".
 fn time(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs)).unwrap_or_else(SystemTime::now)
 }
 
 /// `42s`, `5m`, `3h`, `2d`: for lists and messages, rounded down.

@@ -44,6 +44,9 @@ impl fmt::Display for ConfigError {
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
+/// Environment values at least this long never appear in an error message.
+const MIN_SCRUBBED: usize = 6;
+
 impl ConfigErrors {
     /// Sort by place in the file (problems without a place first), so the report reads
     /// top to bottom whatever order the sections were checked in.
@@ -51,6 +54,23 @@ impl ConfigErrors {
         errors.sort_by_key(|e| e.position);
         errors.dedup();
         ConfigErrors(errors)
+    }
+
+    /// Replace every environment value in the messages by its `${NAME}`. Values shorter
+    /// than [`MIN_SCRUBBED`] are left: they are no secrets, and replacing them would
+    /// garble ordinary words.
+    pub(crate) fn without_values(mut self, used: &[(String, String)]) -> ConfigErrors {
+        let mut used: Vec<&(String, String)> = used.iter().filter(|(_, v)| v.len() >= MIN_SCRUBBED).collect();
+        // Longest first, so a value that contains another is replaced whole.
+        used.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+        for error in &mut self.0 {
+            for (name, value) in &used {
+                if error.message.contains(value.as_str()) {
+                    error.message = error.message.replace(value.as_str(), &format!("${{{name}}}"));
+                }
+            }
+        }
+        self
     }
 
     /// One error about the file as a whole (unreadable, missing).

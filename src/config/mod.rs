@@ -22,6 +22,7 @@ mod section;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -204,6 +205,26 @@ pub(crate) fn parse_with_kinds(
     env: &dyn Fn(&str) -> Option<String>,
     kinds: &[Kind],
 ) -> Result<Config, ConfigErrors> {
+    // Every value taken from the environment is remembered, so that no error message can
+    // show one (a token put where a duration belongs would otherwise be quoted back).
+    let used: RefCell<Vec<(String, String)>> = RefCell::new(Vec::new());
+    let recording_env = |name: &str| {
+        let value = env(name);
+        if let Some(v) = &value {
+            used.borrow_mut().push((name.to_string(), v.clone()));
+        }
+        value
+    };
+    let result = parse_document(text, file, &recording_env, kinds);
+    result.map_err(|errors| errors.without_values(&used.into_inner()))
+}
+
+fn parse_document(
+    text: &str,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    kinds: &[Kind],
+) -> Result<Config, ConfigErrors> {
     let doc = Doc { file: file.display().to_string(), text, env };
     // The recovering parser reports every syntax error, not just the first. Only the
     // parser's message is used: the error's `Display` quotes the offending line, which
@@ -292,6 +313,11 @@ fn read_platforms(mut table: Section<'_>, kinds: &[Kind], errors: &mut Vec<Confi
         if !is_valid_name(&name) {
             let message = "invalid platform name: use only a-z, 0-9, `_` and `-` (it names files and threads)";
             table.key_error(&name, message);
+        } else if name == "origin" {
+            table.key_error(
+                &name,
+                "`origin` is a delivery target (the chat a message came from); name the platform otherwise",
+            );
         }
         let instance = read_platform(name.clone(), &mut section, kinds);
         if let Some(other) = instance.as_ref().and_then(|p| same_token(p, &out)) {

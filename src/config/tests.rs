@@ -472,3 +472,17 @@ fn missing_default_file_uses_the_embedded_default() {
     let config = load_or_default(&dir.path().join("gateway.toml"), false).unwrap();
     assert_eq!(config.file, Path::new(EMBEDDED_LABEL));
 }
+
+#[test]
+fn environment_values_never_appear_in_errors() {
+    let text = "[reconnect]\nbase = \"${TOKEN}\"\n[platforms.a]\nkind = \"${TOKEN}\"\n";
+    let e = errors(text);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e.iter().all(|e| !e.contains(SECRET) && e.contains("${TOKEN}")), "{e:?}");
+}
+
+#[test]
+fn a_platform_may_not_be_called_origin() {
+    let e = errors("[platforms.origin]\nkind = \"plain\"\n");
+    assert!(e[0].contains("platforms.origin: `origin` is a delivery target"), "{e:?}");
+}

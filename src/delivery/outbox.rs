@@ -343,7 +343,8 @@ impl Outbox {
     /// Count a failed attempt: retry later, or dead-letter after the last one.
     fn failed(&self, name: &str, job: &Job, mut record: Record, why: String) -> Verdict {
         let config = &self.shared.config;
-        record.attempts += 1;
+        // Saturating: the count comes from a file, which may hold anything.
+        record.attempts = record.attempts.saturating_add(1);
         if record.attempts >= config.max_delivery_attempts {
             let why = format!("failed {} times, last: {why}", record.attempts);
             return self.park(name, job, record, Park::Dead, why);

@@ -65,7 +65,9 @@ impl Address {
 /// Parse a target (see the module doc). Errors are one line for people.
 pub fn parse_target(text: &str) -> Result<Target, String> {
     let text = text.trim();
-    if text == "origin" {
+    // Names are case-insensitive, so `ORIGIN` is `origin` too (and no platform instance
+    // may be called that: the config refuses the name).
+    if text.eq_ignore_ascii_case("origin") {
         return Ok(Target::Origin);
     }
     let (name, rest) = match text.split_once(':') {
@@ -157,7 +159,10 @@ impl Target {
 impl fmt::Display for Target {
     /// The target as [`parse_target`] reads it back, quoting ids that need it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let id = |id: &str| if id.contains(':') || id.starts_with('"') { format!("\"{id}\"") } else { id.to_string() };
+        // Quoted: ids with `:`, a leading `"`, or whitespace at either end (which a bare
+        // id would lose to trimming).
+        let needs_quotes = |id: &str| id.contains(':') || id.starts_with('"') || id.trim() != id;
+        let id = |id: &str| if needs_quotes(id) { format!("\"{id}\"") } else { id.to_string() };
         match self {
             Target::Origin => f.write_str("origin"),
             Target::Home { platform } => f.write_str(platform),

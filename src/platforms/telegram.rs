@@ -651,7 +651,8 @@ impl Telegram {
         }
         ctx.deliver_batch(batch)?;
         if let Some(last) = last {
-            self.offset = Some(last + 1);
+            // A server sending i64::MAX must not overflow us; it simply has no successor.
+            self.offset = Some(last.saturating_add(1));
             self.store_offset(ctx);
         }
         Ok(())
