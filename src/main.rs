@@ -138,6 +138,8 @@ fn show_status(config: Config, json: bool) -> i32 {
         }
         Err(e) => {
             eprintln!("switchboard: no status in {} ({e}); has the gateway run with this config?", dir.display());
+            // What waits to be sent is on disk whether or not a gateway ever ran.
+            print!("{}", delivery_report(dir));
             EXIT_FAILURE
         }
     }

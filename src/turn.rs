@@ -13,7 +13,7 @@ The preview is best effort and sent directly; the final text goes through the ou
 */
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::adapter::Outlet;
 use crate::agent::{AgentErrorKind, Cancel, Turn};
@@ -22,6 +22,11 @@ use crate::message::{ChatMessage, Inbound, Outbound, Role};
 use crate::router::Services;
 use crate::text;
 use crate::typing::Chat;
+
+/// First wait before storing an answer again after a failure (a full disk), doubling up
+/// to the cap. The worker keeps trying: the message is accepted, so it must be answered.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+const STORE_RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// A turn for a worker.
 pub struct Work {
@@ -75,7 +80,7 @@ fn answer(s: &Services, work: &Work) -> bool {
             if let Err(e) = s.sessions.append(&work.key, &record, reply.input_tokens, reply.output_tokens, now) {
                 log::warn!("{}: cannot record the turn in the transcript: {e}", work.key);
             }
-            preview.finish(reply.text)
+            store(work, || preview.finish(&reply.text))
         }
         // `/stop`, `/new` or an interrupting message: it already got its answer.
         Err(e) if e.kind == AgentErrorKind::Cancelled => {
@@ -84,8 +89,25 @@ fn answer(s: &Services, work: &Work) -> bool {
         }
         Err(e) => {
             log::warn!("{}: the agent failed: {}", work.key, e.detail);
-            preview.finish(e.user_message)
+            store(work, || preview.finish(&e.user_message))
         }
+    }
+}
+
+/// Run `attempt` (storing the answer in the outbox) until it succeeds, waiting longer
+/// after each failure. Gives up only when the turn is cancelled (`/stop`, `/new`): the
+/// message then stays in the inbox and is answered after a restart.
+fn store(work: &Work, mut attempt: impl FnMut() -> bool) -> bool {
+    let mut wait = STORE_RETRY;
+    loop {
+        if attempt() {
+            return true;
+        }
+        log::warn!("{}: the answer is kept in memory and stored again in {wait:?}", work.key);
+        if work.cancel.wait(wait) {
+            return false;
+        }
+        wait = (wait * 2).min(STORE_RETRY_CAP);
     }
 }
 
@@ -146,12 +168,12 @@ impl<'a> Preview<'a> {
 
     /// Store the final text: as an edit of the preview when there is one and it fits,
     /// else as a new reply. Returns whether it was stored.
-    fn finish(self, text: String) -> bool {
-        let Some(id) = self.message_id.clone() else { return self.s.reply(self.msg, text) };
-        if self.fits(&text) {
-            return self.edit(&id, text);
+    fn finish(&self, text: &str) -> bool {
+        let Some(id) = self.message_id.as_deref() else { return self.s.reply(self.msg, text.to_string()) };
+        if self.fits(text) {
+            return self.edit(id, text.to_string());
         }
-        self.edit(&id, "(the full answer follows)".to_string()) && self.s.reply(self.msg, text)
+        self.edit(id, "(the full answer follows)".to_string()) && self.s.reply(self.msg, text.to_string())
     }
 
     /// A cancelled answer leaves its preview saying so.

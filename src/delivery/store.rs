@@ -106,11 +106,18 @@ impl Store {
         self.queue.join(format!("{stem}.{ext}"))
     }
 
-    /// Write `records` as new queued deliveries, in this order. Returns their stems.
+    /// Write `records` as new queued deliveries, in this order. Returns their stems. On
+    /// an error (a full disk) the ones already written are removed again: the caller
+    /// retries the whole message, which must not send its first chunks twice.
     pub fn write(&self, records: &[Record]) -> io::Result<Vec<String>> {
         let stems = new_stems(records.len());
-        for (stem, record) in stems.iter().zip(records) {
-            fsutil::write_atomic(&self.path(stem, "json"), &to_json(record))?;
+        for (n, (stem, record)) in stems.iter().zip(records).enumerate() {
+            if let Err(e) = fsutil::write_atomic(&self.path(stem, "json"), &to_json(record)) {
+                for written in &stems[..n] {
+                    let _ = fs::remove_file(self.path(written, "json"));
+                }
+                return Err(e);
+            }
         }
         Ok(stems)
     }

@@ -524,9 +524,10 @@ fn parse_offset(text: &str) -> Option<i64> {
 /// (edited by hand) is ignored with a warning: Telegram then resends what it still
 /// holds, which may repeat messages but loses none.
 fn read_offset(path: &Path) -> io::Result<Option<i64>> {
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            let offset = parse_offset(&text);
+    match fs::read(path) {
+        Ok(bytes) => {
+            // Bytes that are not even text (a damaged file) hold no offset either.
+            let offset = std::str::from_utf8(&bytes).ok().and_then(parse_offset);
             if offset.is_none() {
                 log::warn!("ignoring {}: it does not hold an offset", path.display());
             }
@@ -1005,6 +1006,8 @@ mod tests {
         assert_eq!(names.len(), 1, "no temporary file left behind: {names:?}");
         fs::write(&path, "garbage").unwrap();
         assert_eq!(read_offset(&path).unwrap(), None);
+        fs::write(&path, b"4\xff2").unwrap();
+        assert_eq!(read_offset(&path).unwrap(), None, "bytes that are not text hold no offset");
         assert_eq!(parse_offset(" 7\n"), Some(7));
     }
 }

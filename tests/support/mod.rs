@@ -6,6 +6,7 @@ different part of it, hence the `dead_code` allowance below.
 */
 #![allow(dead_code)]
 
+pub mod chaos_proxy;
 pub mod fake_openai;
 pub mod fake_telegram;
 pub mod gateway;
