@@ -13,7 +13,13 @@ cuts a text into chunks that each fit, following the reference gateway's rules
   character (so never between the two halves of a UTF-16 surrogate pair);
 - a cut never leaves inline code (`` `x` ``) open when a space before it allows;
 - a code fence open at a cut is closed at the end of the chunk and reopened, with its
-  language, at the start of the next, so every chunk renders on its own;
+  language, at the start of the next, so every chunk renders on its own. Only three
+  backticks that start a line of the text are a fence: a cut in the middle of a line may
+  start a chunk with inline ```` ``` ````, which stays inline code. The reopened line and the
+  closing fence never crowd out the text: a language longer than 32 characters or half the
+  room (minified JSON glued to the fence is no language) is dropped, so the block reopens
+  bare; and under about 26 units, where even that would leave too little room, blocks are
+  not balanced at all and the text is cut as plain text;
 - every chunk of a split text ends in ` (i/n)`, and room for it is reserved up front.
 
 Splitting happens when a delivery is queued, not when it is sent, so each chunk is its own
@@ -70,6 +76,10 @@ const INDICATOR_RESERVE: usize = 10;
 const FENCE: &str = "```";
 /// What closes a code block at the end of a chunk; its room is always reserved.
 const FENCE_CLOSE: &str = "\n```";
+/// The longest language a reopened block keeps. Real ones are short words (`rust`,
+/// `objective-c`); a longer "language" is text glued to the fence (minified JSON, say),
+/// not worth repeating at the start of every chunk.
+const MAX_LANGUAGE: usize = 32;
 /// What ends a truncated edit.
 const ELLIPSIS: &str = "…";
 
@@ -121,34 +131,42 @@ fn indicator(i: usize, n: usize) -> String {
 /// to spare.
 fn bodies(text: &str, limit: Limit, reserve: usize) -> Vec<String> {
     let unit = limit.unit;
+    let blocks = Blocks::new(limit.max.saturating_sub(reserve), unit);
     let mut out = Vec::new();
+    // Always a suffix of `text` (every cut below slices what it is given), which is how
+    // [`starts_line`] knows whether a chunk starts a line of the original.
     let mut rest = text;
     // The language of the code block the previous chunk ended inside, if any.
     let mut open: Option<String> = None;
     while !rest.trim().is_empty() {
-        let prefix = open.as_ref().map_or(String::new(), |lang| format!("{FENCE}{lang}\n"));
-        let room = limit.max.saturating_sub(reserve + unit.len(&prefix));
-        if unit.len(rest) <= room {
+        let prefix = blocks.reopening(open.as_deref());
+        let room = blocks.room.saturating_sub(unit.len(&prefix));
+        if fit(rest, room, unit) == rest.len() {
             out.push(prefix + rest.trim_end());
             break;
         }
+        let start = Start { open: open.take(), line: starts_line(text, rest) };
         let room = room.saturating_sub(unit.len(FENCE_CLOSE));
-        let (piece, next) = cut_outside_inline_code(rest, room, unit, open.is_some());
-        let (piece, next) = before_trailing_fence(rest, piece, next, &open);
-        let blank = piece.trim().is_empty();
-        let mut body = prefix + piece;
-        open = markup(piece, open).open;
+        let (piece, next) = cut_outside_inline_code(rest, room, unit, &start);
+        let (piece, next) = before_trailing_fence(rest, piece, next, &start);
+        open = markup(piece, &start).open;
         // Blank lines at a cut carry nothing; indentation after them does, so only line
         // breaks are dropped.
         rest = next.trim_start_matches(['\r', '\n']);
-        if open.is_some() {
+        let mut body = prefix + piece;
+        let mut blank = piece.trim().is_empty();
+        if open.is_some() && blocks.balance {
             body.push_str(FENCE_CLOSE);
             // When the block's own closing fence comes right after the cut, it is the one
             // just written: skip it rather than open an empty block in the next chunk.
-            if let Some(after) = closing_fence_line(rest) {
+            if let Some(after) = closing_fence_line(text, rest) {
                 rest = after;
                 open = None;
             }
+            // A piece that is only the opening fence line would be an empty block, and the
+            // next chunk starts with that very line anyway.
+            let only_opening = start.open.is_none() && open.is_some();
+            blank |= only_opening && piece.trim() == blocks.reopening(open.as_deref()).trim();
         }
         if !blank {
             out.push(body);
@@ -157,11 +175,56 @@ fn bodies(text: &str, limit: Limit, reserve: usize) -> Vec<String> {
     out
 }
 
+/// How code blocks are carried across cuts, for chunks with `room` units for their body.
+///
+/// A reopening line takes at most half the room, and a bare one with its closing fence
+/// too, so a chunk inside a block keeps at least a quarter of the room for the text (and
+/// at least 4 units: any character fits). Every chunk fits and a text needs at most a few
+/// times the chunks it would without code blocks, however long its fence lines. Where a
+/// bare block would take more than half (a limit under about 26 units), blocks are not
+/// balanced at all: the text is cut as plain text.
+struct Blocks {
+    room: usize,
+    unit: Unit,
+    /// Whether a block open at a cut is closed there and reopened in the next chunk.
+    balance: bool,
+}
+
+impl Blocks {
+    fn new(room: usize, unit: Unit) -> Blocks {
+        let bare = unit.len(FENCE) + 1 + unit.len(FENCE_CLOSE);
+        Blocks { room, unit, balance: bare <= room / 2 }
+    }
+
+    /// The line that starts a chunk continuing a block of language `open`: with that
+    /// language when it is a plausible one ([`MAX_LANGUAGE`]) that takes at most half the
+    /// room, else bare. Empty outside a block, or when blocks are not balanced.
+    fn reopening(&self, open: Option<&str>) -> String {
+        match open {
+            Some(lang) if self.balance => {
+                let line = format!("{FENCE}{lang}\n");
+                let keep = lang.chars().count() <= MAX_LANGUAGE && self.unit.len(&line) <= self.room / 2;
+                if keep { line } else { format!("{FENCE}\n") }
+            }
+            _ => String::new(),
+        }
+    }
+}
+
+/// Whether `rest`, a suffix of `text`, starts a line of `text` (possibly indented). A cut
+/// in the middle of a line starts a chunk but no line: backticks there are inline code,
+/// not a fence.
+fn starts_line(text: &str, rest: &str) -> bool {
+    let before = &text[..text.len() - rest.len()];
+    // Stops at the first non-blank character, so this does not rescan a long line.
+    before.chars().rev().take_while(|&c| c != '\n').all(char::is_whitespace)
+}
+
 /// [`cut`], moved back to a space before an inline code span the cut would leave open,
 /// when that space is not too early (past a quarter of the room), as the reference does.
-fn cut_outside_inline_code(text: &str, room: usize, unit: Unit, in_code: bool) -> (&str, &str) {
+fn cut_outside_inline_code<'a>(text: &'a str, room: usize, unit: Unit, start: &Start) -> (&'a str, &'a str) {
     let (piece, next) = cut(text, room, unit);
-    let Some(tick) = markup(piece, in_code.then(String::new)).odd_backtick else { return (piece, next) };
+    let Some(tick) = markup(piece, start).odd_backtick else { return (piece, next) };
     let space = text[..tick].char_indices().rev().find(|&(_, c)| c.is_whitespace()).map(|(i, _)| i);
     match space {
         Some(i) if unit.len(&text[..i]) > room / 4 => {
@@ -174,17 +237,13 @@ fn cut_outside_inline_code(text: &str, room: usize, unit: Unit, in_code: bool) -
 
 /// A piece whose last line opens a code block would end in an empty block: leave that
 /// line to the next chunk, unless nothing comes before it.
-fn before_trailing_fence<'a>(
-    text: &'a str,
-    piece: &'a str,
-    next: &'a str,
-    open: &Option<String>,
-) -> (&'a str, &'a str) {
-    let start = piece.rfind('\n').map_or(0, |i| i + 1);
-    let opens = piece[start..].trim_start().starts_with(FENCE) && markup(piece, open.clone()).open.is_some();
-    if opens && !piece[..start].trim().is_empty() {
-        // Pieces are prefixes of `text`, so `start` is a position in it too.
-        (piece[..start].trim_end(), &text[start..])
+fn before_trailing_fence<'a>(text: &'a str, piece: &'a str, next: &'a str, start: &Start) -> (&'a str, &'a str) {
+    // A piece of one line has nothing before its last line.
+    let Some(last) = piece.rfind('\n').map(|i| i + 1) else { return (piece, next) };
+    let opens = piece[last..].trim_start().starts_with(FENCE) && markup(piece, start).open.is_some();
+    if opens && !piece[..last].trim().is_empty() {
+        // Pieces are prefixes of `text`, so `last` is a position in it too.
+        (piece[..last].trim_end(), &text[last..])
     } else {
         (piece, next)
     }
@@ -232,6 +291,14 @@ fn fit(text: &str, room: usize, unit: Unit) -> usize {
     text.len()
 }
 
+/// Where a piece of the text starts.
+struct Start {
+    /// The language of the code block it starts inside (`""` for none given), if any.
+    open: Option<String>,
+    /// Whether it starts a line of the original text, rather than after a cut mid-line.
+    line: bool,
+}
+
 /// What a piece of Markdown leaves open at its end.
 struct Markup {
     /// The language of the fenced code block the piece ends inside (`""` for none given).
@@ -241,13 +308,16 @@ struct Markup {
     odd_backtick: Option<usize>,
 }
 
-/// Walk `piece` line by line, starting inside a code block of language `open` if given.
-/// A line starting with three backticks opens or closes a block (indented fences count,
-/// as in lists); the rest of an opening line names the language.
-fn markup(piece: &str, mut open: Option<String>) -> Markup {
+/// Walk `piece` line by line from `start`. A line of the original text starting with
+/// three backticks opens or closes a block (indented fences count, as in lists); the rest
+/// of an opening line names the language. The first line of a piece that starts mid-line
+/// is no such line, even though it starts a chunk.
+fn markup(piece: &str, start: &Start) -> Markup {
+    let mut open = start.open.clone();
     let (mut ticks, mut last, mut offset) = (0, None, 0);
     for line in piece.split_inclusive('\n') {
-        if let Some(info) = line.trim_start().strip_prefix(FENCE) {
+        let fence = line.trim_start().strip_prefix(FENCE).filter(|_| offset > 0 || start.line);
+        if let Some(info) = fence {
             open = match open {
                 Some(_) => None,
                 None => Some(info.trim_start_matches('`').split_whitespace().next().unwrap_or("").to_string()),
@@ -266,10 +336,11 @@ fn markup(piece: &str, mut open: Option<String>) -> Markup {
     Markup { open, odd_backtick: if ticks % 2 == 1 { last } else { None } }
 }
 
-/// When the first line of `text` is a bare closing fence, the text after that line.
-fn closing_fence_line(text: &str) -> Option<&str> {
-    let (line, after) = text.split_once('\n').unwrap_or((text, ""));
-    (line.trim() == FENCE).then_some(after)
+/// When `rest`, a suffix of `text`, starts with a bare closing fence line of `text`, what
+/// comes after that line.
+fn closing_fence_line<'a>(text: &str, rest: &'a str) -> Option<&'a str> {
+    let (line, after) = rest.split_once('\n').unwrap_or((rest, ""));
+    (line.trim() == FENCE && starts_line(text, rest)).then_some(after)
 }
 
 #[cfg(test)]
@@ -433,6 +504,116 @@ mod tests {
     fn tiny_limits_still_end() {
         let got = split("abc", chars(2));
         assert_eq!(got.len(), 3);
+    }
+
+    /// Every chunk fits `limit`, and no code block was balanced into a blow-up: at most a
+    /// few chunks per room's worth of text.
+    fn check_fit(text: &str, chunks: &[String], limit: Limit) {
+        for c in chunks {
+            assert!(limit.unit.len(c) <= limit.max, "{c:?} is over {limit:?}");
+        }
+        let room = limit.max - INDICATOR_RESERVE;
+        let most = 8 * limit.unit.len(text) / room + 4;
+        assert!(chunks.len() <= most, "{} chunks for {limit:?}: {chunks:?}", chunks.len());
+    }
+
+    #[test]
+    fn a_fence_line_longer_than_the_room_is_not_repeated() {
+        // Minified JSON right after the fence: its "language" is the whole 4.9 kB line. It
+        // used to be reopened in every chunk, each over the limit (8,824 of them).
+        let text = format!("```{}\n{}```\n", "{\"k\":1,".repeat(700), "line\n".repeat(2000));
+        let got = split(&text, utf16(4096));
+        check(&got, utf16(4096));
+        assert!(got.len() <= 4, "{} chunks", got.len());
+        assert!(got[1..].iter().all(|c| c.starts_with("```\n")), "reopened bare");
+        // The same at a small limit, the fence line still longer than the room.
+        let text = format!("```{}\n{}```\n", "{\"k\":1,".repeat(20), "line\n".repeat(30));
+        let got = split(&text, chars(60));
+        check(&got, chars(60));
+        check_fit(&text, &got, chars(60));
+    }
+
+    #[test]
+    fn a_long_language_is_dropped_when_reopening() {
+        let lang = "x".repeat(MAX_LANGUAGE + 1);
+        let text = format!("```{lang} y\n{}```", "line\n".repeat(40));
+        let got = split(&text, chars(100));
+        check(&got, chars(100));
+        assert!(got[0].starts_with(&format!("```{lang} y\nline")), "{got:?}");
+        assert!(got[1..].iter().all(|c| c.starts_with("```\nline")), "{got:?}");
+        // A short one is kept, unless it would take more than half the room.
+        let got = split(&format!("```rust\n{}```", "line\n".repeat(9)), chars(40));
+        assert!(got[1].starts_with("```rust\n"), "{got:?}");
+        let got = split(&format!("```typescript\n{}```", "line\n".repeat(9)), chars(34));
+        assert!(got[1].starts_with("```\nline"), "{got:?}");
+    }
+
+    #[test]
+    fn a_first_line_longer_than_the_room_does_not_make_an_empty_block() {
+        let text = format!("```sh\n{}\n```", "x".repeat(50));
+        let got = split(&text, chars(30));
+        check(&got, chars(30));
+        assert!(got.iter().all(|c| c.starts_with("```sh\nx")), "{got:?}");
+    }
+
+    #[test]
+    fn tiny_limits_with_code_blocks_still_fit() {
+        // Under 26 units a reopened block and its close would leave too little room: blocks
+        // are then not balanced, but every chunk still fits.
+        let text = "Intro text\n```rust\nlet x = 1; 😀😀\nlet y = 2;\n```\nOutro é ```";
+        for max in 14..40 {
+            for unit in [Unit::Chars, Unit::Utf16, Unit::Bytes] {
+                let limit = Limit { max, unit };
+                check_fit(text, &split(text, limit), limit);
+            }
+        }
+    }
+
+    #[test]
+    fn inline_backticks_after_a_cut_are_not_a_fence() {
+        // The cut before the second ```this``` put it at the start of chunk 2, where it was
+        // read as a fence: a block was closed at each cut that the text never had.
+        let text = "see ```this``` and ".repeat(10) + &"word ".repeat(30);
+        let got = split(&text, chars(60));
+        assert!(got.iter().all(|c| !c.contains("\n```")), "{got:#?}");
+        // Inside a block, the same backticks do not close it: it is closed and reopened.
+        let text = format!("```\n{}```", "a = ```b``` ".repeat(12));
+        let got = split(&text, chars(40));
+        assert!(got.len() > 2, "{got:?}");
+        assert!(got.iter().all(|c| c.starts_with("```\n")), "{got:#?}");
+        assert!(got[..got.len() - 1].iter().all(|c| c.contains("\n``` (")), "{got:#?}");
+        // Nor is a literal ```rust there, cut mid-line, taken for the block's opening line.
+        let line = format!("abcdefghijklmnop ```rust\n{}\n", "y".repeat(80));
+        let text = format!("```rust\n{}```", line.repeat(3));
+        let got = split(&text, chars(42));
+        let n = got.len();
+        let inner = |i: usize, c: &str| {
+            let c = c.strip_suffix(&indicator(i + 1, n)).and_then(|c| c.strip_prefix("```rust\n")).expect("reopened");
+            c.strip_suffix("\n```").expect("closed").to_string()
+        };
+        let inner: String = got.iter().enumerate().map(|(i, c)| inner(i, c)).collect();
+        let squeeze = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+        assert_eq!(squeeze(&inner), squeeze(&line.repeat(3)), "{got:#?}");
+    }
+
+    #[test]
+    fn awkward_texts_fit_at_every_limit() {
+        let texts = [
+            format!("```{}\n{}```\nafter", "{\"k\":1,".repeat(30), "line\n".repeat(30)),
+            format!("```{} y\nabc\n```", "é".repeat(200)),
+            format!("text\n```\n{}\n```", "😀".repeat(300)),
+            format!("a\n{}```rust\n{}\n```", " ".repeat(40), "b ".repeat(100)),
+            "x ```y``` ".repeat(60),
+            format!("```\n{}```", "a = ```b``` ".repeat(30)),
+        ];
+        for text in &texts {
+            for max in (14..=90).chain([300, 4096]) {
+                for unit in [Unit::Chars, Unit::Utf16, Unit::Bytes] {
+                    let limit = Limit { max, unit };
+                    check_fit(text, &split(text, limit), limit);
+                }
+            }
+        }
     }
 
     #[test]
