@@ -28,7 +28,8 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
-# Not part of `test`: about 3 minutes, most of it the 60 s idle window (BENCH_QUICK=1: 10 s).
+# Not part of `test`: about 2 minutes after the build, most of it the 60 s idle window
+# (BENCH_QUICK=1: 10 s).
 # Prints a table and writes bench/results.json; see "Benchmarks" in README.md.
 bench:
 	$(CARGO) build --release --locked

@@ -10,9 +10,9 @@ in the durable outbox), [`Inbox::complete`] appends a `done` record. After a cra
 every accepted message without a `done` record is answered again ([`Inbox::pending`]),
 so a `kill -9` mid-turn loses nothing.
 
-Each message is known by its platform's message id, so one the platform sends again (a
-crash between accepting it and storing the cursor) is recognised, pending or done, and
-dropped. Messages without an id (the console) get a unique one and are never taken for
+Each message is known by its platform, chat and message id, so one the platform sends
+again (a crash between accepting it and storing the cursor) is recognised, pending or
+done, and dropped. Messages without an id (the console) get a unique one and are never taken for
 each other. `done` records are not synced: losing one to a power cut means a message is
 answered twice, never that one is lost.
 
@@ -157,10 +157,11 @@ impl Inbox {
         found.into_iter().map(|(_, a)| a).collect()
     }
 
-    /// `<platform>--<message id>`, or a unique id for messages without one.
+    /// `<platform>--<chat>--m<message id>` (platforms number messages per chat, as
+    /// Telegram does), or a unique id for messages without one.
     fn entry_id(&self, msg: &Inbound) -> String {
         match &msg.message_id {
-            Some(id) => format!("{}--m{id}", msg.source.platform),
+            Some(id) => format!("{}--{}--m{id}", msg.source.platform, msg.source.chat_id),
             None => {
                 let n = self.counter.fetch_add(1, Ordering::Relaxed);
                 format!("{}--u{}-{}-{n}", msg.source.platform, (unix_now() * 1e6) as u64, std::process::id())
@@ -250,9 +251,13 @@ mod tests {
     use crate::message::{ChatType, Source};
 
     fn msg(id: Option<&str>, text: &str) -> Inbound {
+        msg_in("1", id, text)
+    }
+
+    fn msg_in(chat: &str, id: Option<&str>, text: &str) -> Inbound {
         let source = Source {
             platform: "tg".into(),
-            chat_id: "1".into(),
+            chat_id: chat.into(),
             chat_type: ChatType::Dm,
             chat_name: None,
             user_id: Some("7".into()),
@@ -294,6 +299,16 @@ mod tests {
         // Messages without an id are never taken for each other.
         assert!(again.accept(msg(None, "y")).unwrap().is_some());
         assert!(again.accept(msg(None, "y")).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_same_message_id_in_two_chats_is_two_messages() {
+        // Telegram numbers messages per chat: id 7 in one chat is not id 7 in another.
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = Inbox::open(dir.path()).unwrap();
+        assert!(inbox.accept(msg_in("1", Some("7"), "from one")).unwrap().is_some());
+        assert!(inbox.accept(msg_in("2", Some("7"), "from two")).unwrap().is_some());
+        assert_eq!(inbox.accept(msg_in("2", Some("7"), "from two")).unwrap(), None);
     }
 
     #[test]
