@@ -21,11 +21,13 @@ Dropping the fake releases held answers at once and stops the server.
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+use super::watched::{Closing, Watched};
 
 /// One scripted answer.
 #[derive(Clone, Debug)]
@@ -74,33 +76,11 @@ struct State {
     closing: bool,
 }
 
-struct Shared {
-    state: Mutex<State>,
-    changed: Condvar,
-}
+type Shared = Watched<State>;
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panicking handler thread must not hide the state from the test.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn change<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let result = f(&mut self.lock());
-        self.changed.notify_all();
-        result
-    }
-
-    fn wait_until(&self, deadline: Instant, mut done: impl FnMut(&State) -> bool) -> MutexGuard<'_, State> {
-        let mut state = self.lock();
-        while !done(&state) && !state.closing {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            state = self.changed.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
-        }
-        state
+impl Closing for State {
+    fn closing(&self) -> bool {
+        self.closing
     }
 }
 
@@ -116,7 +96,7 @@ impl FakeOpenAi {
     pub fn start() -> FakeOpenAi {
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind the fake OpenAI"));
         let port = server.server_addr().to_ip().expect("an IP listener").port();
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), changed: Condvar::new() });
+        let shared = Arc::new(Watched::new(State::default()));
         let (srv, sh) = (server.clone(), shared.clone());
         let accept = thread::Builder::new()
             .name("fake-openai".into())

@@ -34,11 +34,13 @@ it as well as tests of the adapter.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+
+use super::watched::{Closing, Watched};
 
 /// A token in Telegram's shape, for tests that need one.
 pub const TOKEN: &str = "123456789:AAH-fake_token-for-tests";
@@ -108,45 +110,22 @@ struct State {
     /// Answer every call with [`Fault::Garbage`], as a broken network would.
     down: bool,
     closing: bool,
-}
-
-struct Shared {
+    /// The bot token the fake answers to.
     token: String,
-    state: Mutex<State>,
-    changed: Condvar,
 }
 
-impl Shared {
-    /// The state, for reading. Every change goes through [`Shared::change`].
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panicking handler thread must not hide the state from the test.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
+type Shared = Watched<State>;
 
-    /// Change the state and wake every waiter, so no `wait_*` can miss a change.
-    fn change<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let result = f(&mut self.lock());
-        self.changed.notify_all();
-        result
-    }
-
-    /// Wait until `done` holds or `deadline` passes, and return the guard either way.
-    fn wait_until(&self, deadline: Instant, mut done: impl FnMut(&State) -> bool) -> MutexGuard<'_, State> {
-        let mut state = self.lock();
-        while !done(&state) && !state.closing {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            state = self.changed.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
-        }
-        state
+impl Closing for State {
+    fn closing(&self) -> bool {
+        self.closing
     }
 }
 
 /// A running fake Bot API. Dropping it stops the server.
 pub struct FakeTelegram {
     shared: Arc<Shared>,
+    token: String,
     server: Arc<tiny_http::Server>,
     url: String,
     accept: Option<JoinHandle<()>>,
@@ -158,7 +137,7 @@ impl FakeTelegram {
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind the fake Telegram"));
         let port = server.server_addr().to_ip().expect("an IP listener").port();
         let state = State { next_update_id: 1000, next_message_id: 1, ..State::default() };
-        let shared = Arc::new(Shared { token: token.to_string(), state: Mutex::new(state), changed: Condvar::new() });
+        let shared = Arc::new(Watched::new(State { token: token.to_string(), ..state }));
         let (srv, sh) = (server.clone(), shared.clone());
         let accept = thread::Builder::new()
             .name("fake-telegram".into())
@@ -170,7 +149,13 @@ impl FakeTelegram {
                 }
             })
             .expect("spawn the fake's accept thread");
-        FakeTelegram { shared, server, url: format!("http://127.0.0.1:{port}"), accept: Some(accept) }
+        FakeTelegram {
+            shared,
+            token: token.to_string(),
+            server,
+            url: format!("http://127.0.0.1:{port}"),
+            accept: Some(accept),
+        }
     }
 
     /// The `api_base` to give the bot: `http://127.0.0.1:PORT`.
@@ -180,7 +165,7 @@ impl FakeTelegram {
 
     /// The token this fake accepts.
     pub fn token(&self) -> &str {
-        &self.shared.token
+        &self.token
     }
 
     /// Queue a text message from user `user_id` in chat `chat_id` (a private chat when the
@@ -367,7 +352,8 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let params = read_params(&mut request, query);
-    let method = match route(path, &shared.token) {
+    let token = shared.lock().token.clone();
+    let method = match route(path, &token) {
         Ok(method) => method,
         Err((status, description)) => return respond(request, status, &api_error(status, description).to_string()),
     };
