@@ -23,8 +23,9 @@ use crate::status::Status;
 use state::{Action, ExitDecision, GatewayState, Input, Supervisor};
 
 /// After a signal, the whole stop (adapters, last replies) fits in this, so that the
-/// process is gone within 2 s of SIGTERM.
-const SIGNAL_BUDGET: Duration = Duration::from_millis(1800);
+/// process is gone within 2 s of SIGTERM: what follows (the last send's grace, the
+/// session index and directory written) gets the rest.
+const SIGNAL_BUDGET: Duration = Duration::from_millis(1600);
 
 /// After every platform ended by itself (console end of input), how long the last
 /// turns and replies may take before the process exits anyway.
