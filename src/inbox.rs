@@ -248,22 +248,14 @@ fn read_journal(path: &Path) -> io::Result<(Pending, HashMap<String, f64>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{ChatType, Source};
+    use crate::message::Source;
 
     fn msg(id: Option<&str>, text: &str) -> Inbound {
         msg_in("1", id, text)
     }
 
     fn msg_in(chat: &str, id: Option<&str>, text: &str) -> Inbound {
-        let source = Source {
-            platform: "tg".into(),
-            chat_id: chat.into(),
-            chat_type: ChatType::Dm,
-            chat_name: None,
-            user_id: Some("7".into()),
-            user_name: None,
-            thread_id: None,
-        };
+        let source = Source { user_id: Some("7".into()), ..Source::dm("tg", chat) };
         Inbound { source, message_id: id.map(str::to_string), text: text.into() }
     }
 

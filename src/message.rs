@@ -43,6 +43,22 @@ pub struct Source {
     pub thread_id: Option<String>,
 }
 
+impl Source {
+    /// A direct chat on `platform` with nothing else known (no names, no user): the
+    /// base that tests and tools fill in with `Source { user_id: …, ..Source::dm(…) }`.
+    pub fn dm(platform: &str, chat_id: &str) -> Source {
+        Source {
+            platform: platform.to_string(),
+            chat_id: chat_id.to_string(),
+            chat_type: ChatType::Dm,
+            chat_name: None,
+            user_id: None,
+            user_name: None,
+            thread_id: None,
+        }
+    }
+}
+
 /// A message received from a platform.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inbound {

@@ -21,7 +21,7 @@ use switchboard::agent::{
     Turn,
 };
 use switchboard::config::{self, Secret};
-use switchboard::message::{ChatMessage, ChatType, Role, Source};
+use switchboard::message::{ChatMessage, Role, Source};
 
 use support::fake_openai::{Answer, FakeOpenAi, api_error, context_length_exceeded};
 use support::{deadline, unused_url, wait_until};
@@ -30,15 +30,7 @@ const KEY: &str = "sk-test-0123456789abcdef";
 const SOON: Duration = Duration::from_secs(5);
 
 fn source() -> Source {
-    Source {
-        platform: "tg".into(),
-        chat_id: "42".into(),
-        chat_type: ChatType::Dm,
-        chat_name: None,
-        user_id: Some("7".into()),
-        user_name: Some("ann".into()),
-        thread_id: None,
-    }
+    Source { user_id: Some("7".into()), user_name: Some("ann".into()), ..Source::dm("tg", "42") }
 }
 
 /// Settings for `fake` with a key and millisecond retry waits.

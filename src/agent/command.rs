@@ -275,18 +275,10 @@ fn judge(program: &str, status: ExitStatus, stdout: &[u8]) -> Result<Reply, Agen
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{ChatMessage, ChatType, Role, Source};
+    use crate::message::{ChatMessage, Role, Source};
 
     fn source() -> Source {
-        Source {
-            platform: "tg".into(),
-            chat_id: "42".into(),
-            chat_type: ChatType::Dm,
-            chat_name: None,
-            user_id: Some("7".into()),
-            user_name: Some("ann".into()),
-            thread_id: None,
-        }
+        Source { user_id: Some("7".into()), user_name: Some("ann".into()), ..Source::dm("tg", "42") }
     }
 
     #[test]

@@ -465,18 +465,10 @@ fn excerpt(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::Secret;
-    use crate::message::{ChatMessage, ChatType, Role, Source};
+    use crate::message::{ChatMessage, Role, Source};
 
     fn source() -> Source {
-        Source {
-            platform: "tg".into(),
-            chat_id: "1".into(),
-            chat_type: ChatType::Dm,
-            chat_name: None,
-            user_id: None,
-            user_name: None,
-            thread_id: None,
-        }
+        Source::dm("tg", "1")
     }
 
     fn fail(verdict: Verdict) -> AgentError {

@@ -220,18 +220,9 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::ChatType;
 
     fn record(id: &str, tokens: u64) -> Record {
-        let origin = Source {
-            platform: "tg".into(),
-            chat_id: "1".into(),
-            chat_type: ChatType::Dm,
-            chat_name: None,
-            user_id: None,
-            user_name: None,
-            thread_id: None,
-        };
+        let origin = Source::dm("tg", "1");
         Record {
             session_id: id.into(),
             created_at: 1.0,
