@@ -33,6 +33,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     written
 }
 
+/// Open (creating, never truncating) a file that serves as an advisory lock, mode 0600.
+/// Its content, if any, belongs to whoever holds the lock.
+pub fn open_lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)
+}
+
 /// `create_dir_all` with mode 0700 for the directories it creates.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;

@@ -8,12 +8,12 @@ advisory `flock` and writes its PID in it. The kernel drops the lock when the pr
 dies, so a crashed gateway never blocks the next start; the raw token never touches disk.
 */
 
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::adapter::Fatal;
+use crate::fsutil;
 
 /// A held token lock; released when dropped.
 #[derive(Debug)]
@@ -30,14 +30,7 @@ impl TokenLock {
             Fatal::retryable("lock_dir_error", format!("cannot use lock file {}: {e}", path.display()))
         };
         fs::create_dir_all(lock_dir).map_err(io_fatal)?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_fatal)?;
+        let mut file = fsutil::open_lock_file(&path).map_err(io_fatal)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(held_by(read_pid(&mut file), kind)),

@@ -29,9 +29,8 @@ change, and a platform's state never depends on another file being consistent wi
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -420,14 +419,7 @@ impl Pairing {
     fn lock(&self) -> Result<File, PairingError> {
         let path = self.dir.join(".lock");
         fsutil::create_private_dir(&self.dir).map_err(|e| self.io_error(&self.dir, e))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| self.io_error(&path, e))?;
+        let file = fsutil::open_lock_file(&path).map_err(|e| self.io_error(&path, e))?;
         file.lock().map_err(|e| self.io_error(&path, e))?;
         Ok(file)
     }
