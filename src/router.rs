@@ -239,7 +239,7 @@ impl Dispatcher {
         let cancel = Cancel::new();
         let running = Running { turn: self.turns, cancel: cancel.clone(), started: Instant::now() };
         self.slots.entry(key.clone()).or_default().running = Some(running);
-        let work = Work { turn: self.turns, key, accepted, cancel };
+        let work = Work { turn: self.turns, key, accepted, cancel, known_answer: None };
         // The workers live as long as the router: the channel cannot be closed here.
         let _ = self.work.send(work);
     }
@@ -276,14 +276,19 @@ impl Dispatcher {
         self.answer(accepted, text);
     }
 
-    /// Reply `text` to a message that needs no turn. A reply that cannot be stored
-    /// leaves the message in the inbox, to be handled again after a restart.
-    fn answer(&self, accepted: &Accepted, text: String) {
-        if self.services.reply(&accepted.msg, text) {
-            self.finish(accepted);
-        } else {
-            self.open.finish();
+    /// Reply `text` to a message that needs no turn. A reply that cannot be stored (a
+    /// full disk) goes to a worker, which keeps trying without holding up the router.
+    fn answer(&mut self, accepted: &Accepted, text: String) {
+        if self.services.reply(&accepted.msg, text.clone()) {
+            return self.finish(accepted);
         }
+        self.turns += 1;
+        // A key of its own: no session waits for it, and `finished` finds no slot.
+        let key = format!("reply:{}", accepted.id);
+        let work =
+            Work { turn: self.turns, key, accepted: accepted.clone(), cancel: Cancel::new(), known_answer: Some(text) };
+        // The workers live as long as the router: the channel cannot be closed here.
+        let _ = self.work.send(work);
     }
 
     fn stop(&mut self, key: &str) -> String {

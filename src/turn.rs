@@ -34,10 +34,19 @@ pub struct Work {
     pub key: String,
     pub accepted: Accepted,
     pub cancel: Cancel,
+    /// The answer is known already (a command's, a pairing code) and only has to be
+    /// stored: the router could not, because the disk was full.
+    pub known_answer: Option<String>,
 }
 
 /// Run `work` to its end.
 pub fn run(s: &Services, work: &Work) {
+    if let Some(text) = &work.known_answer {
+        if store(work, || s.reply(&work.accepted.msg, text.clone())) {
+            s.inbox.complete(&work.accepted.id);
+        }
+        return;
+    }
     let msg = &work.accepted.msg;
     let chat = Chat {
         platform: msg.source.platform.clone(),
