@@ -593,18 +593,10 @@ fn f(v: &Value) -> f64 {
 // ---------------------------------------------------------------------------------------
 // Where and when
 
-/// Today as `YYYY-MM-DD` (UTC), from the days since the epoch (Hinnant's civil_from_days).
+/// Today as `YYYY-MM-DD` (UTC).
 fn today() -> String {
     let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("after 1970").as_secs() as i64;
-    let z = secs.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = switchboard::session::civil_from_days(secs.div_euclid(86_400));
     format!("{year:04}-{month:02}-{day:02}")
 }
 

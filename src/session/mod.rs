@@ -51,6 +51,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{ResetMode, SessionConfig, parse_config};
 pub use key::session_key;
+pub use policy::civil_from_days;
 
 use crate::fsutil;
 use crate::message::{ChatMessage, Source};
