@@ -41,6 +41,15 @@ fn slow_agent(dir: &Path, secs: f64) -> String {
     )
 }
 
+/// A gateway in `dir` with one Telegram bot `tg` on `fake`, open to everyone, answered by
+/// `agent` (an `[agent]` table, or "" for echo); returned once the bot is connected.
+fn open_bot(dir: &Path, fake: &FakeTelegram, agent: &str) -> Gateway {
+    let config = format!("{}{OPEN_ACCESS}{agent}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
+    let g = Gateway::start_in(dir, &dir.join("locks"), &config);
+    g.wait_platform("tg", "connected", SOON);
+    g
+}
+
 fn texts(sent: &[(String, String)]) -> Vec<&str> {
     sent.iter().map(|(_, t)| t.as_str()).collect()
 }
@@ -63,9 +72,7 @@ fn the_session_keeps_history_and_new_starts_afresh() {
         dir.path(),
         "import json, sys\nturn = json.load(sys.stdin)\nprint(f\"{turn['text']} after {len(turn['history'])}\")\n",
     );
-    let config = format!("{}{}{}{}", reconnect(200, 20, 5000), OPEN_ACCESS, agent, telegram("tg", &fake.url(), TOKEN));
-    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
-    g.wait_platform("tg", "connected", SOON);
+    let _gateway = open_bot(dir.path(), &fake, &agent);
     for text in ["one", "two", "/new", "three"] {
         let n = fake.sent().len();
         fake.push_text(5, 5, text);
@@ -83,15 +90,7 @@ fn the_session_keeps_history_and_new_starts_afresh() {
 fn stop_during_a_slow_turn_answers_within_a_second() {
     let fake = FakeTelegram::start(TOKEN);
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "{}{}{}{}",
-        reconnect(200, 20, 5000),
-        OPEN_ACCESS,
-        slow_agent(dir.path(), 20.0),
-        telegram("tg", &fake.url(), TOKEN)
-    );
-    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
-    g.wait_platform("tg", "connected", SOON);
+    let _gateway = open_bot(dir.path(), &fake, &slow_agent(dir.path(), 20.0));
     fake.push_text(5, 5, "think hard");
     assert!(wait_until(deadline(SOON), || dir.path().join("started").exists()), "the agent never started");
     // Typing is shown while it runs.
@@ -110,15 +109,7 @@ fn stop_during_a_slow_turn_answers_within_a_second() {
 fn messages_for_a_busy_session_wait_their_turn_and_other_sessions_do_not() {
     let fake = FakeTelegram::start(TOKEN);
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "{}{}{}{}",
-        reconnect(200, 20, 5000),
-        OPEN_ACCESS,
-        slow_agent(dir.path(), 0.5),
-        telegram("tg", &fake.url(), TOKEN)
-    );
-    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
-    g.wait_platform("tg", "connected", SOON);
+    let _gateway = open_bot(dir.path(), &fake, &slow_agent(dir.path(), 0.5));
     fake.push_text(1, 1, "a1");
     fake.push_text(1, 1, "a2");
     fake.push_text(2, 2, "b1");
@@ -253,14 +244,8 @@ fn the_openai_backend_gets_the_session_history() {
     let (fake, llm) = (FakeTelegram::start(TOKEN), FakeOpenAi::start());
     llm.push_reply_with_usage("Hello, Ada.", 12, 4);
     llm.push_reply("Your name is Ada.");
-    let config = format!(
-        "{}{OPEN_ACCESS}{}{}",
-        reconnect(200, 20, 5000),
-        openai_agent(&llm.url(), ""),
-        telegram("tg", &fake.url(), TOKEN)
-    );
-    let g = Gateway::start(&config);
-    g.wait_platform("tg", "connected", SOON);
+    let dir = tempfile::tempdir().unwrap();
+    let g = open_bot(dir.path(), &fake, &openai_agent(&llm.url(), ""));
     fake.push_text(3, 3, "I am Ada");
     fake.wait_sent(1, deadline(SOON));
     fake.push_text(3, 3, "Who am I?");
@@ -277,14 +262,8 @@ fn the_openai_backend_gets_the_session_history() {
 fn a_refused_api_key_gives_the_user_a_short_safe_error() {
     let (fake, llm) = (FakeTelegram::start(TOKEN), FakeOpenAi::start());
     llm.fail_next(401, support::fake_openai::api_error("Incorrect API key provided: sk-test-SEC***", None), &[], 1);
-    let config = format!(
-        "{}{OPEN_ACCESS}{}{}",
-        reconnect(200, 20, 5000),
-        openai_agent(&llm.url(), ""),
-        telegram("tg", &fake.url(), TOKEN)
-    );
-    let g = Gateway::start(&config);
-    g.wait_platform("tg", "connected", SOON);
+    let dir = tempfile::tempdir().unwrap();
+    let g = open_bot(dir.path(), &fake, &openai_agent(&llm.url(), ""));
     fake.push_text(3, 3, "hi");
     let reply = fake.wait_sent(1, deadline(SOON))[0].1.clone();
     assert!(reply.contains("API key was refused") && !reply.contains("sk-"), "{reply}");
@@ -296,9 +275,8 @@ fn a_streamed_answer_is_edited_in_place() {
     let (fake, llm) = (FakeTelegram::start(TOKEN), FakeOpenAi::start());
     llm.push_stream(&["The ", "answer ", "is ", "forty-two."], Duration::from_millis(150));
     let agent = openai_agent(&llm.url(), "stream = true\nedit_interval = \"100ms\"\n");
-    let config = format!("{}{OPEN_ACCESS}{agent}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
-    let g = Gateway::start(&config);
-    g.wait_platform("tg", "connected", SOON);
+    let dir = tempfile::tempdir().unwrap();
+    let _gateway = open_bot(dir.path(), &fake, &agent);
     fake.push_text(3, 3, "question");
     // The preview is sent once, then edited; the last edit is the whole answer.
     let done = wait_until(deadline(SOON), || fake.edits().last().is_some_and(|e| e.2 == "The answer is forty-two."));
@@ -314,9 +292,7 @@ fn in_interrupt_mode_a_new_message_replaces_the_running_turn_and_queue_never_doe
     let fake = FakeTelegram::start(TOKEN);
     let dir = tempfile::tempdir().unwrap();
     let agent = slow_agent(dir.path(), 1.0).replace("[agent]\n", "[agent]\nbusy = \"interrupt\"\n");
-    let config = format!("{}{OPEN_ACCESS}{agent}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
-    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
-    g.wait_platform("tg", "connected", SOON);
+    let _gateway = open_bot(dir.path(), &fake, &agent);
     let started = |n: usize| fs::read_to_string(dir.path().join("started")).map_or(0, |s| s.lines().count()) >= n;
     fake.push_text(4, 4, "first");
     assert!(wait_until(deadline(SOON), || started(1)));
@@ -339,9 +315,7 @@ fn send_reads_standard_input_and_status_lists_dead_letters() {
         )),
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = format!("{}{OPEN_ACCESS}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
-    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
-    g.wait_platform("tg", "connected", SOON);
+    let _gateway = open_bot(dir.path(), &fake, "");
     let mut child = Command::new(binary())
         .args(["--config", "gateway.toml", "send", "tg:999", "-"])
         .current_dir(dir.path())
