@@ -44,12 +44,12 @@ fn settings(fake: &FakeOpenAi) -> OpenAiSettings {
 }
 
 fn openai(settings: OpenAiSettings, stream: bool) -> Box<dyn Agent> {
-    agent::build(&AgentConfig { backend: AgentBackend::OpenAi(settings), stream, ..AgentConfig::default() })
+    agent::build(&AgentConfig { backend: AgentBackend::OpenAi(settings), stream, ..AgentConfig::default() }, &[])
 }
 
 fn command(argv: &[&str], timeout: Duration) -> Box<dyn Agent> {
     let settings = CommandSettings { timeout, ..CommandSettings::new(argv) };
-    agent::build(&AgentConfig { backend: AgentBackend::Command(settings), ..AgentConfig::default() })
+    agent::build(&AgentConfig { backend: AgentBackend::Command(settings), ..AgentConfig::default() }, &[])
 }
 
 /// One turn saying `text` with a short history, no cancel, deltas ignored.
@@ -431,7 +431,7 @@ fn cancel_kills_the_command_at_once() {
 
 #[test]
 fn echo_still_echoes() {
-    assert_eq!(ask(&*agent::build(&AgentConfig::default()), "ping").unwrap().text, "echo: ping");
+    assert_eq!(ask(&*agent::build(&AgentConfig::default(), &[]), "ping").unwrap().text, "echo: ping");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -462,8 +462,8 @@ fn config_of_each_backend() {
     assert_eq!(
         c.agent.backend,
         AgentBackend::Command(CommandSettings {
-            command: vec!["./bot".into(), "-q".into()],
-            timeout: Duration::from_secs(9)
+            timeout: Duration::from_secs(9),
+            ..CommandSettings::new(&["./bot", "-q"])
         })
     );
     assert_eq!(c.agent.workers, 2);
@@ -478,4 +478,79 @@ fn keys_of_the_other_backend_are_rejected() {
     assert!(e.contains("agent.command: unknown key"), "{e}");
     let e = load("[agent]\nbackend = \"openai\"\n").unwrap_err();
     assert!(e.contains("agent.base_url: required") && e.contains("agent.model: required"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 7
+
+/// Kills the gateway it holds when dropped, so a failed assertion leaves no process.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 7, section 5: the command agent inherited the whole environment, so `sh -c env`
+/// as the command answered with the bot token. Now it gets only `[agent] env`, and not
+/// even a listed variable that holds one of the config's secrets.
+#[test]
+fn issue7_command_env_is_an_allowlist_without_secrets() {
+    let fake = support::fake_telegram::FakeTelegram::start(support::fake_telegram::TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let config = format!(
+        "[gateway]\nstate_dir = \"{}\"\n{}{}[platforms.tg]\nkind = \"telegram\"\ntoken = \"${{SB_TEST_TG_TOKEN}}\"\n\
+         api_base = \"{}\"\npoll_timeout = \"2s\"\nrequest_timeout = \"2s\"\n\
+         [agent]\nbackend = \"command\"\ncommand = [\"sh\", \"-c\", \"env\"]\n\
+         env = [\"PATH\", \"SB_TEST_TG_TOKEN\", \"SB_TEST_COPY\", \"SB_TEST_FINE\"]\n",
+        state_dir.display(),
+        support::gateway::reconnect(200, 20, 5000),
+        support::gateway::OPEN_ACCESS,
+        fake.url(),
+    );
+    fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    let token = support::fake_telegram::TOKEN;
+    let child = std::process::Command::new(support::gateway::binary())
+        .args(["--config", "gateway.toml", "run"])
+        .current_dir(dir.path())
+        .env("SWITCHBOARD_LOCK_DIR", dir.path().join("locks"))
+        .env("SB_TEST_TG_TOKEN", token)
+        .env("SB_TEST_COPY", format!("bot{token}"))
+        .env("SB_TEST_FINE", "fine")
+        .env("SB_TEST_UNLISTED", "unlisted")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .spawn()
+        .expect("start switchboard");
+    let _gateway = KillOnDrop(child);
+
+    fake.push_text(5, 5, "what is your environment?");
+    let sent = fake.wait_sent(1, deadline(Duration::from_secs(20)));
+    let log = || fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+    let answer: String = sent.iter().map(|(_, text)| text.as_str()).collect();
+    assert!(answer.contains("PATH=") && answer.contains("SB_TEST_FINE=fine"), "{answer}\nlog:\n{}", log());
+    assert!(!answer.contains(token) && !answer.contains("SB_TEST_TG_TOKEN"), "the token leaked: {answer}");
+    assert!(!answer.contains("SB_TEST_COPY") && !answer.contains("SB_TEST_UNLISTED"), "{answer}");
+    let log = log();
+    assert!(log.contains("`SB_TEST_TG_TOKEN` holds a secret") && log.contains("`SB_TEST_COPY` holds"), "{log}");
+    assert!(!log.contains(token), "the token is in the log");
+}
+
+/// Issue 7, section 9: a background child holding stdout made `sh -c '(sleep 30)& echo
+/// quick'` "take too long" and its answer was thrown away. The answer is complete when
+/// the command exits; the background child is killed with its process group.
+#[test]
+fn issue7_command_answer_is_complete_when_the_command_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"sleep 30 & echo $! > "$1/background.pid"; echo quick"#;
+    assert_eq!(ask(&*sh(script, dir.path(), SOON), "hi").unwrap().text, "quick");
+    let pid = read_pid(&dir.path().join("background.pid"));
+    assert!(wait_until(deadline(SOON), || process_gone(&pid)), "the background child {pid} still runs");
+    // The shape the issue quotes, output on both sides of the background job.
+    let agent = command(&["sh", "-c", "echo one; (sleep 30)& echo two"], SOON);
+    assert_eq!(ask(&*agent, "hi").unwrap().text, "one\ntwo");
 }

@@ -34,8 +34,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use parking_lot::Mutex;
 
-pub use config::{AgentBackend, AgentConfig, BusyMode, CommandSettings, OpenAiSettings, parse_config};
+pub use config::{AgentBackend, AgentConfig, BusyMode, CommandSettings, DEFAULT_ENV, OpenAiSettings, parse_config};
 
+use crate::config::Secret;
 use crate::message::{ChatMessage, Source};
 
 /// One turn of a conversation, as the agent sees it.
@@ -176,12 +177,17 @@ pub trait Agent: Send + Sync {
     }
 }
 
-/// The agent `[agent]` configures.
-pub fn build(config: &AgentConfig) -> Box<dyn Agent> {
+/// The agent `[agent]` configures. `secrets` are the rest of the configuration's
+/// credentials (the platforms' tokens, `Config::secrets`); with the agent's own they
+/// are kept from the `command` backend's program.
+pub fn build(config: &AgentConfig, secrets: &[Secret]) -> Box<dyn Agent> {
     match &config.backend {
         AgentBackend::Echo => Box::new(echo::Echo),
         AgentBackend::OpenAi(settings) => Box::new(openai::OpenAi::new(settings.clone(), config.stream)),
-        AgentBackend::Command(settings) => Box::new(command::CommandAgent::new(settings.clone())),
+        AgentBackend::Command(settings) => {
+            let all: Vec<Secret> = secrets.iter().cloned().chain(config.secrets()).collect();
+            Box::new(command::CommandAgent::new(settings.clone(), &all))
+        }
     }
 }
 
