@@ -236,15 +236,49 @@ fn streamed_pieces_arrive_in_order_as_they_are_sent() {
     assert_eq!(fake.requests()[0]["stream"], json!(true));
 }
 
+/// Issue 7, section 8: `timeout` bounds the whole turn, so even a stream that keeps
+/// flowing ends when it passes (a per-read timer let it run on).
 #[test]
-fn a_flowing_stream_may_outlast_the_timeout() {
+fn issue7_agent_timeout_cuts_a_flowing_stream() {
     let fake = FakeOpenAi::start();
     let pieces = ["a", "b", "c", "d", "e", "f", "g", "h"];
     fake.push_stream(&pieces, Duration::from_millis(80));
     let agent = openai(OpenAiSettings { timeout: Duration::from_millis(300), ..settings(&fake) }, true);
-    let start = Instant::now();
-    assert_eq!(ask(&*agent, "hi").unwrap().text, pieces.concat());
-    assert!(start.elapsed() > Duration::from_millis(300), "the stream was not longer than the timeout");
+    let e = ask(&*agent, "hi").unwrap_err();
+    assert_eq!((e.kind, e.user_message.as_str()), (AgentErrorKind::Timeout, "The assistant took too long to answer."));
+}
+
+/// Run a turn saying "hi" on a thread; its result arrives on the receiver (so a turn
+/// that never ends fails the test at the receiver's deadline instead of hanging it).
+fn ask_on_thread(agent: Box<dyn Agent>) -> crossbeam_channel::Receiver<Result<Reply, AgentError>> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    thread::spawn(move || {
+        let _ = tx.send(ask(&*agent, "hi"));
+    });
+    rx
+}
+
+/// Issue 7, section 8: SSE keep-alive comments reset the read timer, so a server sending
+/// nothing else held the turn forever. Now the turn ends at `timeout`, and the
+/// connection is closed.
+#[test]
+fn issue7_agent_timeout_bounds_a_stream_of_keep_alives() {
+    let fake = FakeOpenAi::start();
+    fake.push(Answer::KeepAlive { every: Duration::from_millis(20) });
+    let agent = openai(OpenAiSettings { timeout: Duration::from_millis(500), ..settings(&fake) }, true);
+    let result = ask_on_thread(agent).recv_timeout(Duration::from_secs(20)).expect("the turn ends");
+    assert_eq!(result.unwrap_err().kind, AgentErrorKind::Timeout);
+    assert_eq!(fake.wait_hangups(1, deadline(SOON)), 1, "the connection was left open");
+}
+
+/// Issue 7, section 8: a stream that stalls after its first piece ends at `timeout`.
+#[test]
+fn issue7_agent_timeout_bounds_a_stalled_stream() {
+    let fake = FakeOpenAi::start();
+    fake.push(Answer::Stall { pieces: vec!["half an ans".into()] });
+    let agent = openai(OpenAiSettings { timeout: Duration::from_millis(500), ..settings(&fake) }, true);
+    let result = ask_on_thread(agent).recv_timeout(Duration::from_secs(20)).expect("the turn ends");
+    assert_eq!(result.unwrap_err().kind, AgentErrorKind::Timeout);
 }
 
 #[test]
@@ -315,6 +349,19 @@ fn cancel_stops_a_stream_at_once() {
     let (result, took) = cancel_when(openai(settings(&fake), true), || fake.wait_requests(1, deadline(SOON)) == 1);
     assert_eq!(result.unwrap_err().kind, AgentErrorKind::Cancelled);
     assert!(took < Duration::from_secs(1), "cancel took {took:?}");
+}
+
+/// Issue 7, section 8: `/stop` was noticed only at the next data event, and the stream
+/// read on in the background. Now the turn's socket is closed at once: the fake, still
+/// sending keep-alives, sees the client hang up.
+#[test]
+fn issue7_stop_closes_the_stream_socket() {
+    let fake = FakeOpenAi::start();
+    fake.push(Answer::KeepAlive { every: Duration::from_millis(20) });
+    let agent = openai(OpenAiSettings { timeout: Duration::from_secs(60), ..settings(&fake) }, true);
+    let (result, _) = cancel_when(agent, || fake.wait_requests(1, deadline(SOON)) == 1);
+    assert_eq!(result.unwrap_err().kind, AgentErrorKind::Cancelled);
+    assert_eq!(fake.wait_hangups(1, deadline(SOON)), 1, "the stream's connection is still open");
 }
 
 #[test]

@@ -43,7 +43,7 @@ use crossbeam_channel::{Receiver, bounded, select};
 use parking_lot::Mutex;
 use serde_json::json;
 
-use super::{Agent, AgentError, AgentErrorKind, Cancel, CommandSettings, Reply, Turn};
+use super::{Agent, AgentError, AgentErrorKind, Cancel, CommandSettings, Reply, Turn, deadline_after};
 use crate::config::Secret;
 
 /// How often the exit of a running command is checked.
@@ -119,7 +119,7 @@ impl Agent for CommandAgent {
         let mut running = self.spawn(turn_input(turn)).map_err(|e| {
             AgentError::new(AgentErrorKind::Failed, USER_NO_START, format!("cannot run `{program}`: {e}"))
         })?;
-        let deadline = Instant::now() + self.settings.timeout;
+        let deadline = deadline_after(self.settings.timeout);
         let outcome = supervise(&mut running.child, cancel, deadline);
         // Exited or not, what it started goes with it (module doc); this also reaps it.
         let status = kill_tree(&mut running.child);

@@ -171,7 +171,7 @@ pub struct OpenAiSettings {
     pub api_key: Option<Secret>,
     pub model: String,
     pub system_prompt: Option<String>,
-    /// `timeout`: the limit on one request; when streaming, on each wait for data.
+    /// `timeout`: the limit on the whole turn (requests, retry waits, the stream).
     pub timeout: Duration,
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,

@@ -29,7 +29,7 @@ mod sse;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use parking_lot::Mutex;
@@ -177,6 +177,13 @@ pub trait Agent: Send + Sync {
     }
 }
 
+/// `d` from now: the deadline of a turn. A `timeout` too large to add is as good as
+/// none (a century), rather than a panic.
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400))).unwrap_or(now)
+}
+
 /// The agent `[agent]` configures. `secrets` are the rest of the configuration's
 /// credentials (the platforms' tokens, `Config::secrets`); with the agent's own they
 /// are kept from the `command` backend's program.
@@ -194,7 +201,6 @@ pub fn build(config: &AgentConfig, secrets: &[Secret]) -> Box<dyn Agent> {
 #[cfg(test)]
 mod tests {
     use std::thread;
-    use std::time::Instant;
 
     use super::*;
 
@@ -218,6 +224,12 @@ mod tests {
         assert!(cancel.is_cancelled());
         cancel.cancel();
         assert!(cancel.wait(Duration::from_secs(10)), "a cancelled token returns at once");
+    }
+
+    #[test]
+    fn a_huge_timeout_is_a_far_deadline_not_a_panic() {
+        assert!(deadline_after(Duration::MAX) > Instant::now() + Duration::from_secs(365 * 86_400));
+        assert!(deadline_after(Duration::from_secs(1)) <= Instant::now() + Duration::from_secs(1));
     }
 
     #[test]
