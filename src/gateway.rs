@@ -50,7 +50,7 @@ pub fn run(config: &Config, utc_offset_secs: i32, shutdown: Receiver<()>) -> io:
         log::warn!("{warning}");
     }
     let services = Services {
-        agent: agent::build(&config.agent),
+        agent: agent::build(&config.agent, &config.secrets()),
         sessions: sessions.clone(),
         auth,
         outbox: outbox.clone(),

@@ -44,12 +44,12 @@ fn settings(fake: &FakeOpenAi) -> OpenAiSettings {
 }
 
 fn openai(settings: OpenAiSettings, stream: bool) -> Box<dyn Agent> {
-    agent::build(&AgentConfig { backend: AgentBackend::OpenAi(settings), stream, ..AgentConfig::default() })
+    agent::build(&AgentConfig { backend: AgentBackend::OpenAi(settings), stream, ..AgentConfig::default() }, &[])
 }
 
 fn command(argv: &[&str], timeout: Duration) -> Box<dyn Agent> {
     let settings = CommandSettings { timeout, ..CommandSettings::new(argv) };
-    agent::build(&AgentConfig { backend: AgentBackend::Command(settings), ..AgentConfig::default() })
+    agent::build(&AgentConfig { backend: AgentBackend::Command(settings), ..AgentConfig::default() }, &[])
 }
 
 /// One turn saying `text` with a short history, no cancel, deltas ignored.
@@ -236,15 +236,49 @@ fn streamed_pieces_arrive_in_order_as_they_are_sent() {
     assert_eq!(fake.requests()[0]["stream"], json!(true));
 }
 
+/// Issue 7, section 8: `timeout` bounds the whole turn, so even a stream that keeps
+/// flowing ends when it passes (a per-read timer let it run on).
 #[test]
-fn a_flowing_stream_may_outlast_the_timeout() {
+fn issue7_agent_timeout_cuts_a_flowing_stream() {
     let fake = FakeOpenAi::start();
     let pieces = ["a", "b", "c", "d", "e", "f", "g", "h"];
     fake.push_stream(&pieces, Duration::from_millis(80));
     let agent = openai(OpenAiSettings { timeout: Duration::from_millis(300), ..settings(&fake) }, true);
-    let start = Instant::now();
-    assert_eq!(ask(&*agent, "hi").unwrap().text, pieces.concat());
-    assert!(start.elapsed() > Duration::from_millis(300), "the stream was not longer than the timeout");
+    let e = ask(&*agent, "hi").unwrap_err();
+    assert_eq!((e.kind, e.user_message.as_str()), (AgentErrorKind::Timeout, "The assistant took too long to answer."));
+}
+
+/// Run a turn saying "hi" on a thread; its result arrives on the receiver (so a turn
+/// that never ends fails the test at the receiver's deadline instead of hanging it).
+fn ask_on_thread(agent: Box<dyn Agent>) -> crossbeam_channel::Receiver<Result<Reply, AgentError>> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    thread::spawn(move || {
+        let _ = tx.send(ask(&*agent, "hi"));
+    });
+    rx
+}
+
+/// Issue 7, section 8: SSE keep-alive comments reset the read timer, so a server sending
+/// nothing else held the turn forever. Now the turn ends at `timeout`, and the
+/// connection is closed.
+#[test]
+fn issue7_agent_timeout_bounds_a_stream_of_keep_alives() {
+    let fake = FakeOpenAi::start();
+    fake.push(Answer::KeepAlive { every: Duration::from_millis(20) });
+    let agent = openai(OpenAiSettings { timeout: Duration::from_millis(500), ..settings(&fake) }, true);
+    let result = ask_on_thread(agent).recv_timeout(Duration::from_secs(20)).expect("the turn ends");
+    assert_eq!(result.unwrap_err().kind, AgentErrorKind::Timeout);
+    assert_eq!(fake.wait_hangups(1, deadline(SOON)), 1, "the connection was left open");
+}
+
+/// Issue 7, section 8: a stream that stalls after its first piece ends at `timeout`.
+#[test]
+fn issue7_agent_timeout_bounds_a_stalled_stream() {
+    let fake = FakeOpenAi::start();
+    fake.push(Answer::Stall { pieces: vec!["half an ans".into()] });
+    let agent = openai(OpenAiSettings { timeout: Duration::from_millis(500), ..settings(&fake) }, true);
+    let result = ask_on_thread(agent).recv_timeout(Duration::from_secs(20)).expect("the turn ends");
+    assert_eq!(result.unwrap_err().kind, AgentErrorKind::Timeout);
 }
 
 #[test]
@@ -315,6 +349,19 @@ fn cancel_stops_a_stream_at_once() {
     let (result, took) = cancel_when(openai(settings(&fake), true), || fake.wait_requests(1, deadline(SOON)) == 1);
     assert_eq!(result.unwrap_err().kind, AgentErrorKind::Cancelled);
     assert!(took < Duration::from_secs(1), "cancel took {took:?}");
+}
+
+/// Issue 7, section 8: `/stop` was noticed only at the next data event, and the stream
+/// read on in the background. Now the turn's socket is closed at once: the fake, still
+/// sending keep-alives, sees the client hang up.
+#[test]
+fn issue7_stop_closes_the_stream_socket() {
+    let fake = FakeOpenAi::start();
+    fake.push(Answer::KeepAlive { every: Duration::from_millis(20) });
+    let agent = openai(OpenAiSettings { timeout: Duration::from_secs(60), ..settings(&fake) }, true);
+    let (result, _) = cancel_when(agent, || fake.wait_requests(1, deadline(SOON)) == 1);
+    assert_eq!(result.unwrap_err().kind, AgentErrorKind::Cancelled);
+    assert_eq!(fake.wait_hangups(1, deadline(SOON)), 1, "the stream's connection is still open");
 }
 
 #[test]
@@ -431,7 +478,7 @@ fn cancel_kills_the_command_at_once() {
 
 #[test]
 fn echo_still_echoes() {
-    assert_eq!(ask(&*agent::build(&AgentConfig::default()), "ping").unwrap().text, "echo: ping");
+    assert_eq!(ask(&*agent::build(&AgentConfig::default(), &[]), "ping").unwrap().text, "echo: ping");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -462,8 +509,8 @@ fn config_of_each_backend() {
     assert_eq!(
         c.agent.backend,
         AgentBackend::Command(CommandSettings {
-            command: vec!["./bot".into(), "-q".into()],
-            timeout: Duration::from_secs(9)
+            timeout: Duration::from_secs(9),
+            ..CommandSettings::new(&["./bot", "-q"])
         })
     );
     assert_eq!(c.agent.workers, 2);
@@ -478,4 +525,79 @@ fn keys_of_the_other_backend_are_rejected() {
     assert!(e.contains("agent.command: unknown key"), "{e}");
     let e = load("[agent]\nbackend = \"openai\"\n").unwrap_err();
     assert!(e.contains("agent.base_url: required") && e.contains("agent.model: required"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 7
+
+/// Kills the gateway it holds when dropped, so a failed assertion leaves no process.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 7, section 5: the command agent inherited the whole environment, so `sh -c env`
+/// as the command answered with the bot token. Now it gets only `[agent] env`, and not
+/// even a listed variable that holds one of the config's secrets.
+#[test]
+fn issue7_command_env_is_an_allowlist_without_secrets() {
+    let fake = support::fake_telegram::FakeTelegram::start(support::fake_telegram::TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let config = format!(
+        "[gateway]\nstate_dir = \"{}\"\n{}{}[platforms.tg]\nkind = \"telegram\"\ntoken = \"${{SB_TEST_TG_TOKEN}}\"\n\
+         api_base = \"{}\"\npoll_timeout = \"2s\"\nrequest_timeout = \"2s\"\n\
+         [agent]\nbackend = \"command\"\ncommand = [\"sh\", \"-c\", \"env\"]\n\
+         env = [\"PATH\", \"SB_TEST_TG_TOKEN\", \"SB_TEST_COPY\", \"SB_TEST_FINE\"]\n",
+        state_dir.display(),
+        support::gateway::reconnect(200, 20, 5000),
+        support::gateway::OPEN_ACCESS,
+        fake.url(),
+    );
+    fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    let token = support::fake_telegram::TOKEN;
+    let child = std::process::Command::new(support::gateway::binary())
+        .args(["--config", "gateway.toml", "run"])
+        .current_dir(dir.path())
+        .env("SWITCHBOARD_LOCK_DIR", dir.path().join("locks"))
+        .env("SB_TEST_TG_TOKEN", token)
+        .env("SB_TEST_COPY", format!("bot{token}"))
+        .env("SB_TEST_FINE", "fine")
+        .env("SB_TEST_UNLISTED", "unlisted")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .spawn()
+        .expect("start switchboard");
+    let _gateway = KillOnDrop(child);
+
+    fake.push_text(5, 5, "what is your environment?");
+    let sent = fake.wait_sent(1, deadline(Duration::from_secs(20)));
+    let log = || fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+    let answer: String = sent.iter().map(|(_, text)| text.as_str()).collect();
+    assert!(answer.contains("PATH=") && answer.contains("SB_TEST_FINE=fine"), "{answer}\nlog:\n{}", log());
+    assert!(!answer.contains(token) && !answer.contains("SB_TEST_TG_TOKEN"), "the token leaked: {answer}");
+    assert!(!answer.contains("SB_TEST_COPY") && !answer.contains("SB_TEST_UNLISTED"), "{answer}");
+    let log = log();
+    assert!(log.contains("`SB_TEST_TG_TOKEN` holds a secret") && log.contains("`SB_TEST_COPY` holds"), "{log}");
+    assert!(!log.contains(token), "the token is in the log");
+}
+
+/// Issue 7, section 9: a background child holding stdout made `sh -c '(sleep 30)& echo
+/// quick'` "take too long" and its answer was thrown away. The answer is complete when
+/// the command exits; the background child is killed with its process group.
+#[test]
+fn issue7_command_answer_is_complete_when_the_command_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"sleep 30 & echo $! > "$1/background.pid"; echo quick"#;
+    assert_eq!(ask(&*sh(script, dir.path(), SOON), "hi").unwrap().text, "quick");
+    let pid = read_pid(&dir.path().join("background.pid"));
+    assert!(wait_until(deadline(SOON), || process_gone(&pid)), "the background child {pid} still runs");
+    // The shape the issue quotes, output on both sides of the background job.
+    let agent = command(&["sh", "-c", "echo one; (sleep 30)& echo two"], SOON);
+    assert_eq!(ask(&*agent, "hi").unwrap().text, "one\ntwo");
 }

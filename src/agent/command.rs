@@ -7,37 +7,54 @@ object on stdin, `{"text", "session_key", "history": [{"role", "content"}…], "
 Anything that can answer a chat message from a script (a wrapper around a CLI agent, a
 retrieval pipeline) plugs in this way without a server.
 
+The program gets a cleared environment with only the variables `[agent] env` names
+([`child_env`]): the gateway's own environment holds the bot tokens and API keys its
+config expands, and a program with tools could print them into a chat. A listed
+variable whose value holds one of the config's secrets is withheld too, with a warning
+naming the variable (never the value). The environment is read once, when the agent is
+built.
+
 Pipes deadlock when one side waits for the other, so stdin is written and stdout and
 stderr are read on helper threads, each reader draining its pipe to the end even past
-what it keeps. The calling thread waits for the exit and the end of stdout, checking
-the exit every [`TICK`] (std offers no blocking wait that can be interrupted) and
-waking at once on cancel. A background process that keeps stdout open keeps the turn
-running until the `timeout` kills it: the reply is not complete before stdout ends.
+what it keeps. The calling thread checks for the exit every [`TICK`] (std offers no
+blocking wait that can be interrupted) and wakes at once on cancel.
 
-A timeout or a cancel kills the whole process group, not only the child: the child is
-started as the leader of a new group, so a script's own children (the model runner it
-started) die with it instead of running on and holding the stdout pipe open. std has no
-`killpg` and the crate takes no libc dependency, so the group is signalled through the
-shell's `kill` builtin, with `Child::kill` as the fallback.
+The answer is complete when the program exits, not when stdout ends: a background
+process it started may hold stdout open for as long as it runs. So once the program has
+exited (seen with `waitid(WNOWAIT)`, which leaves it unreaped), its whole process group
+is killed, and what the reader has is the answer; the reader gets [`GRACE`] to reach the
+end of the pipe, which it normally does at once, since the kill closed every other
+holder. A timeout or a cancel kills the group too, so a script's own children (the model
+runner it started) die with it instead of running on. The child is started as the
+leader of a new group, and the group is signalled while the child is still unreaped, so
+its id cannot have been reused by anyone else.
 */
 
+use std::ffi::OsString;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, bounded, never, select};
+use crossbeam_channel::{Receiver, bounded, select};
+use parking_lot::Mutex;
 use serde_json::json;
 
-use super::{Agent, AgentError, AgentErrorKind, Cancel, CommandSettings, Reply, Turn};
+use super::{Agent, AgentError, AgentErrorKind, Cancel, CommandSettings, Reply, Turn, deadline_after};
+use crate::config::Secret;
 
 /// How often the exit of a running command is checked.
 const TICK: Duration = Duration::from_millis(10);
+/// How long after the exit (and the group kill) a reader may take to reach the end of
+/// its pipe before its bytes so far are taken as they are.
+const GRACE: Duration = Duration::from_millis(200);
 /// The most of stdout kept as the reply; a chat message is far shorter.
-const MAX_STDOUT: u64 = 1024 * 1024;
+const MAX_STDOUT: usize = 1024 * 1024;
 /// The most of stderr kept for the log per turn.
-const MAX_STDERR: u64 = 4 * 1024;
+const MAX_STDERR: usize = 4 * 1024;
 
 const USER_NO_START: &str = "The assistant could not be started.";
 const USER_TIMEOUT: &str = "The assistant took too long and was stopped.";
@@ -46,11 +63,18 @@ const USER_FAILED: &str = "The assistant failed to answer.";
 
 pub struct CommandAgent {
     settings: CommandSettings,
+    /// The variables the program gets, read once at build time.
+    env: Vec<(OsString, OsString)>,
 }
 
 impl CommandAgent {
-    pub fn new(settings: CommandSettings) -> CommandAgent {
-        CommandAgent { settings }
+    /// `secrets`: every credential of the configuration; no variable holding one is
+    /// passed on.
+    pub fn new(settings: CommandSettings, secrets: &[Secret]) -> CommandAgent {
+        let env = child_env(&settings.env, std::env::vars_os(), secrets, |name| {
+            log::warn!("agent command: `{name}` holds a secret of the configuration and is not passed on");
+        });
+        CommandAgent { settings, env }
     }
 
     /// The program's name, for messages.
@@ -67,6 +91,8 @@ impl CommandAgent {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the command is empty"))?;
         let mut child = Command::new(program)
             .args(args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -77,7 +103,7 @@ impl CommandAgent {
         match serve_pipes(&mut child, input) {
             Ok((stdout, stderr)) => Ok(Running { child, stdout, stderr }),
             Err(e) => {
-                kill_tree(&mut child);
+                let _ = kill_tree(&mut child);
                 Err(e)
             }
         }
@@ -93,35 +119,41 @@ impl Agent for CommandAgent {
         let mut running = self.spawn(turn_input(turn)).map_err(|e| {
             AgentError::new(AgentErrorKind::Failed, USER_NO_START, format!("cannot run `{program}`: {e}"))
         })?;
-        let deadline = Instant::now() + self.settings.timeout;
-        let outcome = supervise(&mut running, cancel, deadline);
-        if outcome.is_err() {
-            kill_tree(&mut running.child);
+        let deadline = deadline_after(self.settings.timeout);
+        let outcome = supervise(&mut running.child, cancel, deadline);
+        // Exited or not, what it started goes with it (module doc); this also reaps it.
+        let status = kill_tree(&mut running.child);
+        let stdout = running.stdout.collect(GRACE);
+        if stdout.truncated {
+            log::warn!("agent command: the answer exceeds {MAX_STDOUT} bytes; the rest is dropped");
         }
-        let ok = matches!(&outcome, Ok((status, _)) if status.success());
+        let ok = outcome.is_ok() && status.as_ref().is_ok_and(ExitStatus::success);
         log_stderr(program, &running.stderr, ok);
         match outcome {
-            Ok((status, stdout)) => judge(program, status, &stdout),
+            Ok(()) => match status {
+                Ok(status) => judge(program, status, &stdout.bytes),
+                Err(e) => Err(wait_failed(program, e)),
+            },
             Err(Stop::Cancelled) => Err(AgentError::cancelled()),
             Err(Stop::Timeout) => Err(AgentError::new(
                 AgentErrorKind::Timeout,
                 USER_TIMEOUT,
                 format!("`{program}` ran longer than {:?} and was killed", self.settings.timeout),
             )),
-            Err(Stop::Wait(e)) => Err(AgentError::new(
-                AgentErrorKind::Failed,
-                USER_FAILED,
-                format!("waiting for `{program}` failed: {e}"),
-            )),
+            Err(Stop::Wait(e)) => Err(wait_failed(program, e)),
         }
     }
 }
 
-/// A started command and the ends of its output pipes.
+fn wait_failed(program: &str, e: io::Error) -> AgentError {
+    AgentError::new(AgentErrorKind::Failed, USER_FAILED, format!("waiting for `{program}` failed: {e}"))
+}
+
+/// A started command and its output pipes' readers.
 struct Running {
     child: Child,
-    stdout: Receiver<Captured>,
-    stderr: Receiver<Captured>,
+    stdout: Capture,
+    stderr: Capture,
 }
 
 /// What a reader thread kept of one pipe.
@@ -130,6 +162,21 @@ struct Captured {
     bytes: Vec<u8>,
     /// More came than was kept.
     truncated: bool,
+}
+
+/// A pipe being read on a thread: what it kept so far, and the end of the pipe.
+struct Capture {
+    kept: Arc<Mutex<Captured>>,
+    /// Disconnected once the reader reached the end of the pipe.
+    end: Receiver<()>,
+}
+
+impl Capture {
+    /// What was read, once the pipe ended or, at the latest, after `grace`.
+    fn collect(&self, grace: Duration) -> Captured {
+        let _ = self.end.recv_timeout(grace);
+        std::mem::take(&mut *self.kept.lock())
+    }
 }
 
 /// Why a run ended before the command did.
@@ -141,7 +188,7 @@ enum Stop {
 }
 
 /// Write `input` to the child's stdin and read its stdout and stderr, each on a thread.
-fn serve_pipes(child: &mut Child, input: Vec<u8>) -> io::Result<(Receiver<Captured>, Receiver<Captured>)> {
+fn serve_pipes(child: &mut Child, input: Vec<u8>) -> io::Result<(Capture, Capture)> {
     let missing = || io::Error::other("a pipe of the child is missing");
     let mut stdin = child.stdin.take().ok_or_else(missing)?;
     let stdout = child.stdout.take().ok_or_else(missing)?;
@@ -155,74 +202,92 @@ fn serve_pipes(child: &mut Child, input: Vec<u8>) -> io::Result<(Receiver<Captur
     Ok((capture(stdout, MAX_STDOUT, "agent-cmd-stdout")?, capture(stderr, MAX_STDERR, "agent-cmd-stderr")?))
 }
 
-/// Read `pipe` to its end on a thread, keeping the first `limit` bytes.
-fn capture(mut pipe: impl Read + Send + 'static, limit: u64, name: &str) -> io::Result<Receiver<Captured>> {
-    let (tx, rx) = bounded(1);
+/// Read `pipe` to its end on a thread, keeping the first `limit` bytes where
+/// [`Capture::collect`] finds them at any time.
+fn capture(mut pipe: impl Read + Send + 'static, limit: usize, name: &str) -> io::Result<Capture> {
+    let kept = Arc::new(Mutex::new(Captured::default()));
+    let (end_tx, end) = bounded::<()>(0);
+    let shared = kept.clone();
     thread::Builder::new().name(name.into()).spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = (&mut pipe).take(limit).read_to_end(&mut bytes);
-        // Drain the rest: a program blocked on a full pipe would never exit.
-        let rest = io::copy(&mut pipe, &mut io::sink()).unwrap_or(0);
-        let _ = tx.send(Captured { bytes, truncated: rest > 0 });
+        let _end = end_tx; // dropped at the end of the pipe, which disconnects `end`
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = match pipe.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            // Past the limit the rest is drained, not kept: a program blocked on a
+            // full pipe would never exit.
+            let mut kept = shared.lock();
+            let room = limit.saturating_sub(kept.bytes.len());
+            kept.bytes.extend_from_slice(&buf[..n.min(room)]);
+            kept.truncated |= n > room;
+        }
     })?;
-    Ok(rx)
+    Ok(Capture { kept, end })
 }
 
-/// Wait until the command has exited and closed its stdout, `deadline` passes, or
+/// Wait until the command has exited (leaving it unreaped), `deadline` passes, or
 /// `cancel` fires.
-fn supervise(running: &mut Running, cancel: &Cancel, deadline: Instant) -> Result<(ExitStatus, Vec<u8>), Stop> {
-    let (mut status, mut stdout) = (None, None);
-    let closed = never();
+fn supervise(child: &mut Child, cancel: &Cancel, deadline: Instant) -> Result<(), Stop> {
     loop {
-        if status.is_none() {
-            status = running.child.try_wait().map_err(Stop::Wait)?;
-        }
-        if let (Some(status), Some(out)) = (status, &mut stdout) {
-            return Ok((status, std::mem::take(out)));
+        if has_exited(child).map_err(Stop::Wait)? {
+            return Ok(());
         }
         let now = Instant::now();
         if now >= deadline {
             return Err(Stop::Timeout);
         }
-        // Once it has exited, only stdout is awaited, and that wait can block.
-        let wait = if status.is_none() { TICK.min(deadline - now) } else { deadline - now };
-        let pipe = if stdout.is_none() { &running.stdout } else { &closed };
         select! {
-            recv(pipe) -> captured => {
-                let captured: Captured = captured.unwrap_or_default();
-                if captured.truncated {
-                    log::warn!("agent command: the answer exceeds {MAX_STDOUT} bytes; the rest is dropped");
-                }
-                stdout = Some(captured.bytes);
-            }
             recv(cancel.receiver()) -> _ => return Err(Stop::Cancelled),
-            default(wait) => {}
+            default(TICK.min(deadline - now)) => {}
         }
     }
 }
 
-/// Kill the child's process group (so its descendants too), then reap the child.
-fn kill_tree(child: &mut Child) {
-    // `process_group(0)` made the child's pid its group id, and the pid stays reserved
-    // until the `wait` below, so the group cannot be someone else's.
-    let group = format!("-{}", child.id());
-    let _ = Command::new("/bin/sh")
-        .args(["-c", "kill -s KILL -- \"$1\"", "sh", &group])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    // Should the shell be missing, at least the child itself goes.
+/// Whether the child has exited, without reaping it: until it is reaped its pid (the id
+/// of its process group) stays reserved, so [`kill_tree`] cannot hit a stranger.
+fn has_exited(child: &Child) -> io::Result<bool> {
+    let pid = libc::id_t::from(child.id());
+    // SAFETY: waitid only writes into `info`, a plain C struct for which all zeroes is
+    // a valid value; WNOWAIT leaves the child waitable for `Child::wait`.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        // SAFETY: as above; `info` outlives the call.
+        if unsafe { libc::waitid(libc::P_PID, pid, &mut info, flags) } == 0 {
+            // SAFETY: waitid filled `info` (or left it zeroed: si_pid 0, still running).
+            return Ok(unsafe { info.si_pid() } != 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Kill the child's process group (so its descendants too), then reap the child; its
+/// exit status.
+fn kill_tree(child: &mut Child) -> io::Result<ExitStatus> {
+    // `process_group(0)` made the child's pid its group id, and the child is not reaped
+    // yet (the `wait` below does that), so the group cannot be someone else's.
+    if let Ok(group) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: killpg has no memory effects; a group that is already gone is ESRCH.
+        unsafe { libc::killpg(group, libc::SIGKILL) };
+    }
+    // Should the group be gone, at least the child itself goes.
     let _ = child.kill();
-    let _ = child.wait();
+    child.wait()
 }
 
 /// Log what the command wrote to stderr, if anything: as a warning when the turn
 /// failed, where it most likely says why.
-fn log_stderr(program: &str, stderr: &Receiver<Captured>, ok: bool) {
+fn log_stderr(program: &str, stderr: &Capture, ok: bool) {
     // The reader has normally finished with the exit; a descendant still holding the
     // pipe must not delay the reply.
-    let Ok(captured) = stderr.recv_timeout(Duration::from_millis(50)) else { return };
+    let captured = stderr.collect(Duration::from_millis(50));
     let text = String::from_utf8_lossy(&captured.bytes);
     let text = text.trim();
     if text.is_empty() {
@@ -235,6 +300,31 @@ fn log_stderr(program: &str, stderr: &Receiver<Captured>, ok: bool) {
 
 // ---------------------------------------------------------------------------------------
 // Pure parts
+
+/// The variables of `vars` that `allow` names, without those whose value holds a
+/// secret; `withheld` hears the name of each one left out for that reason.
+fn child_env(
+    allow: &[String],
+    vars: impl Iterator<Item = (OsString, OsString)>,
+    secrets: &[Secret],
+    mut withheld: impl FnMut(&str),
+) -> Vec<(OsString, OsString)> {
+    let secrets: Vec<&[u8]> = secrets.iter().map(|s| s.expose().as_bytes()).filter(|s| !s.is_empty()).collect();
+    let holds_secret = |value: &OsString| {
+        let value = value.as_bytes();
+        secrets.iter().any(|secret| value.windows(secret.len()).any(|w| w == *secret))
+    };
+    let mut env = Vec::new();
+    for (name, value) in vars {
+        let Some(listed) = allow.iter().find(|a| name.as_bytes() == a.as_bytes()) else { continue };
+        if holds_secret(&value) {
+            withheld(listed);
+        } else {
+            env.push((name, value));
+        }
+    }
+    env
+}
 
 /// The turn as the command reads it on stdin: one JSON object.
 fn turn_input(turn: &Turn<'_>) -> Vec<u8> {
@@ -297,6 +387,19 @@ mod tests {
         );
         assert_eq!(value["source"]["chat_id"], "42");
         assert_eq!(value["source"]["chat_type"], "dm");
+    }
+
+    #[test]
+    fn the_child_env_holds_only_listed_variables_without_secrets() {
+        let vars = [("PATH", "/bin"), ("TG_TOKEN", "123:abc"), ("HOME", "/h"), ("URL", "https://x/bot123:abc/")];
+        let vars = vars.map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let allow: Vec<String> = ["PATH", "URL", "TG_TOKEN", "LANG"].map(String::from).to_vec();
+        let mut withheld = Vec::new();
+        let env = child_env(&allow, vars.into_iter(), &[Secret::new("123:abc"), Secret::new("")], |n| {
+            withheld.push(n.to_string())
+        });
+        assert_eq!(env, [(OsString::from("PATH"), OsString::from("/bin"))]);
+        assert_eq!(withheld, ["TG_TOKEN", "URL"]);
     }
 
     #[test]

@@ -18,12 +18,17 @@ about).
 | `api_key`       | openai   | none      | sent as `Authorization: Bearer`; local servers need none  |
 | `model`         | openai   | required  | the model name the endpoint knows                         |
 | `system_prompt` | openai   | none      | sent first in every request                               |
-| `timeout`       | openai, command | `"120s"` | per request (streaming: per wait for data) / per run |
+| `timeout`       | openai, command | `"120s"` | the whole turn: every request, retry wait and streamed piece / the run |
 | `temperature`   | openai   | server's  | a number from 0 to 2                                      |
 | `max_tokens`    | openai   | server's  | the longest answer, in tokens                             |
 | `max_retries`   | openai   | 3         | retries of 429, 5xx and network failures                  |
 | `retry_wait`    | openai   | `"1s"`    | first wait between retries, doubling (a `Retry-After` wins) |
 | `command`       | command  | required  | `["program", "arg", …]`, run without a shell              |
+| `env`           | command  | `["PATH", "HOME", "LANG", "TZ", "USER"]` | the only variables the program gets |
+
+`env` is an allowlist because the gateway's own environment holds the bot tokens and API
+keys the config expands: a program with tools could print them into a chat. Even a listed
+variable is withheld when its value holds one of the config's secrets (`command.rs`).
 */
 
 use std::time::Duration;
@@ -150,7 +155,9 @@ impl AgentBackend {
                     s.max_retries
                 )
             }
-            AgentBackend::Command(s) => format!("command: {} (timeout {:?})", s.command.join(" "), s.timeout),
+            AgentBackend::Command(s) => {
+                format!("command: {} (timeout {:?}, env {})", s.command.join(" "), s.timeout, s.env.join(" "))
+            }
         }
     }
 }
@@ -164,7 +171,7 @@ pub struct OpenAiSettings {
     pub api_key: Option<Secret>,
     pub model: String,
     pub system_prompt: Option<String>,
-    /// `timeout`: the limit on one request; when streaming, on each wait for data.
+    /// `timeout`: the limit on the whole turn (requests, retry waits, the stream).
     pub timeout: Duration,
     pub temperature: Option<f64>,
     pub max_tokens: Option<u32>,
@@ -200,11 +207,21 @@ pub struct CommandSettings {
     pub command: Vec<String>,
     /// `timeout`: after this the program (and everything it started) is killed.
     pub timeout: Duration,
+    /// `env`: the names of the variables passed on to the program; nothing else is.
+    pub env: Vec<String>,
 }
 
+/// `env` when absent: what a program needs to find its tools and speak the user's language.
+pub const DEFAULT_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ", "USER"];
+
 impl CommandSettings {
+    /// The defaults, for `command`.
     pub fn new(command: &[&str]) -> CommandSettings {
-        CommandSettings { command: command.iter().map(|s| s.to_string()).collect(), timeout: Duration::from_secs(120) }
+        CommandSettings {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            timeout: Duration::from_secs(120),
+            env: DEFAULT_ENV.iter().map(|s| s.to_string()).collect(),
+        }
     }
 }
 
@@ -258,7 +275,29 @@ fn parse_command(s: &mut Section<'_>) -> CommandSettings {
         s.invalid("command", "required for backend \"command\": a non-empty list like [\"program\", \"arg\"]");
     }
     let timeout = positive_duration(s, "timeout", Duration::from_secs(120));
-    CommandSettings { command, timeout }
+    CommandSettings { command, timeout, env: env_allowlist(s) }
+}
+
+/// `env = ["PATH", …]`: variable names, each once; a bad name is an error naming it.
+fn env_allowlist(s: &mut Section<'_>) -> Vec<String> {
+    let Some(names) = s.string_list("env") else { return CommandSettings::new(&[]).env };
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        if !is_variable_name(&name) {
+            let hint = "is not a variable name (letters, digits and `_`, not starting with a digit)";
+            s.invalid("env", &format!("{name:?} {hint}"));
+        } else if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// A portable environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_variable_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// A string the backend cannot work without; empty (and an error) when missing.
@@ -413,14 +452,36 @@ mod tests {
     fn command_backend() {
         let config = ok("backend = \"command\"\ncommand = [\"./agent.sh\", \"--fast\"]\ntimeout = \"5s\"\n");
         let want =
-            CommandSettings { command: vec!["./agent.sh".into(), "--fast".into()], timeout: Duration::from_secs(5) };
+            CommandSettings { timeout: Duration::from_secs(5), ..CommandSettings::new(&["./agent.sh", "--fast"]) };
+        assert_eq!(want.env, ["PATH", "HOME", "LANG", "TZ", "USER"]);
         assert_eq!(config.backend, AgentBackend::Command(want));
-        assert!(config.describe().starts_with("command: ./agent.sh --fast (timeout 5s)"), "{}", config.describe());
+        let shown = config.describe();
+        assert!(shown.starts_with("command: ./agent.sh --fast (timeout 5s, env PATH HOME LANG TZ USER)"), "{shown}");
         for text in ["backend = \"command\"\n", "backend = \"command\"\ncommand = []\n"] {
             let (_, errors) = parse(text, &[]);
             assert_eq!(errors.len(), 1, "{errors:?}");
             assert!(errors[0].contains("test.command: required"), "{errors:?}");
         }
+    }
+
+    #[test]
+    fn command_env_is_an_allowlist_of_names() {
+        let config = ok("backend = \"command\"\ncommand = [\"x\"]\nenv = [\"PATH\", \"LC_ALL\", \"PATH\", \"_X1\"]\n");
+        let AgentBackend::Command(s) = &config.backend else { panic!("{config:?}") };
+        assert_eq!(s.env, ["PATH", "LC_ALL", "_X1"]);
+        let config = ok("backend = \"command\"\ncommand = [\"x\"]\nenv = []\n");
+        let AgentBackend::Command(s) = &config.backend else { panic!("{config:?}") };
+        assert!(s.env.is_empty());
+        let (_, errors) =
+            parse("backend = \"command\"\ncommand = [\"x\"]\nenv = [\"A=b\", \"\", \"1X\", \"OK\"]\n", &[]);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("test.env: \"A=b\" is not a variable name"), "{errors:?}");
+        assert!(errors[1].contains("test.env: \"\" is not a variable name"), "{errors:?}");
+        assert!(errors[2].contains("test.env: \"1X\" is not a variable name"), "{errors:?}");
+        let (_, errors) = parse("backend = \"command\"\ncommand = [\"x\"]\nenv = \"PATH\"\n", &[]);
+        assert!(errors[0].contains("test.env: expected a list of strings"), "{errors:?}");
+        let (_, errors) = parse("env = [\"PATH\"]\n", &[]);
+        assert!(errors[0].contains("test.env: unknown key"), "{errors:?}");
     }
 
     #[test]

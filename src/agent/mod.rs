@@ -29,13 +29,14 @@ mod sse;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use parking_lot::Mutex;
 
-pub use config::{AgentBackend, AgentConfig, BusyMode, CommandSettings, OpenAiSettings, parse_config};
+pub use config::{AgentBackend, AgentConfig, BusyMode, CommandSettings, DEFAULT_ENV, OpenAiSettings, parse_config};
 
+use crate::config::Secret;
 use crate::message::{ChatMessage, Source};
 
 /// One turn of a conversation, as the agent sees it.
@@ -176,19 +177,30 @@ pub trait Agent: Send + Sync {
     }
 }
 
-/// The agent `[agent]` configures.
-pub fn build(config: &AgentConfig) -> Box<dyn Agent> {
+/// `d` from now: the deadline of a turn. A `timeout` too large to add is as good as
+/// none (a century), rather than a panic.
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400))).unwrap_or(now)
+}
+
+/// The agent `[agent]` configures. `secrets` are the rest of the configuration's
+/// credentials (the platforms' tokens, `Config::secrets`); with the agent's own they
+/// are kept from the `command` backend's program.
+pub fn build(config: &AgentConfig, secrets: &[Secret]) -> Box<dyn Agent> {
     match &config.backend {
         AgentBackend::Echo => Box::new(echo::Echo),
         AgentBackend::OpenAi(settings) => Box::new(openai::OpenAi::new(settings.clone(), config.stream)),
-        AgentBackend::Command(settings) => Box::new(command::CommandAgent::new(settings.clone())),
+        AgentBackend::Command(settings) => {
+            let all: Vec<Secret> = secrets.iter().cloned().chain(config.secrets()).collect();
+            Box::new(command::CommandAgent::new(settings.clone(), &all))
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::thread;
-    use std::time::Instant;
 
     use super::*;
 
@@ -212,6 +224,12 @@ mod tests {
         assert!(cancel.is_cancelled());
         cancel.cancel();
         assert!(cancel.wait(Duration::from_secs(10)), "a cancelled token returns at once");
+    }
+
+    #[test]
+    fn a_huge_timeout_is_a_far_deadline_not_a_panic() {
+        assert!(deadline_after(Duration::MAX) > Instant::now() + Duration::from_secs(365 * 86_400));
+        assert!(deadline_after(Duration::from_secs(1)) <= Instant::now() + Duration::from_secs(1));
     }
 
     #[test]

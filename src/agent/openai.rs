@@ -10,14 +10,20 @@ piece goes to `on_delta` as it comes.
 Failures are sorted by what helps ([`judge_status`], [`judge_network`]): a refused key
 (401/403) and a context that no longer fits (400) are final and say what to do; 429, 5xx
 and network failures are retried up to `max_retries` times, waiting `retry_wait`
-doubling, or what `Retry-After` asks; a timeout is final, since waiting the whole
-`timeout` again would keep the user waiting minutes. Once streamed text has reached the
-user, nothing is retried (the text would be shown twice).
+doubling, or what `Retry-After` asks; a timeout is final. Once streamed text has reached
+the user, nothing is retried (the text would be shown twice).
+
+`timeout` bounds the whole turn: every request, every wait between retries and every
+streamed piece fall within it. A per-read timer would not do, since a server's SSE
+keep-alive comments reset it forever.
 
 The exchange runs on a helper thread per request and reports over a channel, while the
-caller waits on that channel and on the cancel token. A blocked socket read cannot be
-interrupted, so on cancel the caller returns at once and the helper is abandoned: it ends
-when the exchange ends or times out, and its result is dropped unread.
+caller waits on that channel, on the cancel token and on the turn's deadline. Each
+request gets its own `ureq::Agent`, so that [`Exchange`]'s drop can `shutdown()` exactly
+that request's connection: on cancel or deadline the caller returns at once, and the
+socket is closed under the helper's blocked read (which then ends) instead of staying
+open until the server finishes. A turn takes seconds, so giving up connection reuse
+costs little.
 
 The pure parts ([`request_body`], [`parse_reply`], [`parse_chunk`], the judges) are kept
 apart from the I/O so they are unit-tested on values.
@@ -25,13 +31,13 @@ apart from the I/O so they are unit-tested on values.
 
 use std::ops::ControlFlow;
 use std::thread;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, select, unbounded};
+use crossbeam_channel::{Receiver, Sender, at, select, unbounded};
 use serde_json::{Value, json};
 
 use super::sse;
-use super::{Agent, AgentError, AgentErrorKind, Cancel, OpenAiSettings, Reply, Turn};
+use super::{Agent, AgentError, AgentErrorKind, Cancel, OpenAiSettings, Reply, Turn, deadline_after};
 use crate::net::http::{self, Failure, scrub};
 
 const USER_UNAUTHORIZED: &str = "The assistant is unavailable: the gateway's API key was refused.";
@@ -52,21 +58,27 @@ const MAX_STREAMED: usize = 1024 * 1024;
 /// The most of a server's error text kept for the log.
 const MAX_DETAIL: usize = 300;
 
+/// The longest a connection may take to set up; the model's thinking is what `timeout`
+/// is for.
+const MAX_CONNECT: Duration = Duration::from_secs(10);
+
 /// An OpenAI-compatible endpoint.
 pub struct OpenAi {
     settings: OpenAiSettings,
     stream: bool,
     url: String,
-    http: ureq::Agent,
 }
 
 impl OpenAi {
     pub fn new(settings: OpenAiSettings, stream: bool) -> OpenAi {
-        // Connecting is quick or not at all; the model's thinking is what `timeout` is for.
-        let connect = settings.timeout.min(Duration::from_secs(10));
-        let http = http::agent(connect, settings.timeout);
         let url = format!("{}/chat/completions", settings.base_url.trim_end_matches('/'));
-        OpenAi { settings, stream, url, http }
+        OpenAi { settings, stream, url }
+    }
+
+    /// The final error of a turn that reached its deadline.
+    fn timed_out(&self) -> AgentError {
+        let detail = format!("no complete answer within the timeout of {:?}", self.settings.timeout);
+        AgentError::new(AgentErrorKind::Timeout, USER_TIMEOUT, detail)
     }
 
     /// The wait before retry `attempt` (1-based): what the server asked, else the backoff.
@@ -84,21 +96,26 @@ impl OpenAi {
         AgentError { detail: self.clean(&error.detail), user_message: self.clean(&error.user_message), ..error }
     }
 
-    /// One request: start the exchange and follow it until it ends or `cancel` fires.
-    /// `streamed` is set once any text went to `on_delta`.
+    /// One request: start the exchange and follow it until it ends, `cancel` fires or
+    /// `deadline` passes. `streamed` is set once any text went to `on_delta`.
     fn attempt(
         &self,
         body: &[u8],
+        deadline: Instant,
         cancel: &Cancel,
         on_delta: &mut dyn FnMut(&str),
         streamed: &mut bool,
     ) -> Result<Reply, Verdict> {
-        let events = self.start(body.to_vec()).map_err(|e| Verdict::Fail(failed(format!("no helper thread: {e}"))))?;
+        let exchange =
+            self.start(body.to_vec(), deadline).map_err(|e| Verdict::Fail(failed(format!("no helper thread: {e}"))))?;
+        let timer = at(deadline);
         let mut reply = Reply::default();
         loop {
+            // Returning drops `exchange`, which closes the connection (module doc).
             let event = select! {
-                recv(events) -> event => event,
+                recv(exchange.events) -> event => event,
                 recv(cancel.receiver()) -> _ => return Err(Verdict::Fail(AgentError::cancelled())),
+                recv(timer) -> _ => return Err(Verdict::Fail(self.timed_out())),
             };
             let Ok(event) = event else {
                 return Err(Verdict::Fail(failed("the request thread ended without an answer".into())));
@@ -130,22 +147,33 @@ impl OpenAi {
         }
     }
 
-    /// Run the exchange on a helper thread; its events arrive on the returned channel.
-    fn start(&self, body: Vec<u8>) -> std::io::Result<Receiver<Event>> {
-        let (tx, rx) = unbounded();
-        let mut request = self.http.post(&self.url).header("Content-Type", "application/json");
+    /// Run the exchange on a helper thread, on a connection of its own that ends by
+    /// `deadline` at the latest.
+    fn start(&self, body: Vec<u8>, deadline: Instant) -> std::io::Result<Exchange> {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let http = http::agent(left.min(MAX_CONNECT), left);
+        let (tx, events) = unbounded();
+        let mut request = http.post(&self.url).header("Content-Type", "application/json");
         if let Some(key) = &self.settings.api_key {
             request = request.header("Authorization", format!("Bearer {}", key.expose()));
         }
-        if self.stream {
-            // A streamed answer may rightly take longer than `timeout` in all; what
-            // must not happen is silence for that long, before or between pieces.
-            let t = Some(self.settings.timeout);
-            request = request.config().timeout_global(None).timeout_recv_response(t).timeout_per_read(t).build();
-        }
         let stream = self.stream;
         thread::Builder::new().name("agent-openai".into()).spawn(move || exchange(request, &body, stream, &tx))?;
-        Ok(rx)
+        Ok(Exchange { http, events })
+    }
+}
+
+/// A request in flight on its helper thread. Dropping it closes its connection, which
+/// wakes the helper from any blocked read or write.
+struct Exchange {
+    /// The request's own agent: shutting it down closes exactly this connection.
+    http: ureq::Agent,
+    events: Receiver<Event>,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.http.clone().shutdown();
     }
 }
 
@@ -155,11 +183,13 @@ impl Agent for OpenAi {
             return Err(AgentError::cancelled());
         }
         let body = request_body(&self.settings, turn, self.stream).to_string().into_bytes();
+        let deadline = deadline_after(self.settings.timeout);
         let mut streamed = false;
         let mut attempt = 0;
         loop {
             // Servers may quote what they were sent; the key must not reach the log.
-            let outcome = self.attempt(&body, cancel, on_delta, &mut streamed).map_err(|v| v.map(|e| self.cleaned(e)));
+            let outcome =
+                self.attempt(&body, deadline, cancel, on_delta, &mut streamed).map_err(|v| v.map(|e| self.cleaned(e)));
             let wait = match outcome {
                 Ok(reply) => return Ok(reply),
                 Err(Verdict::Fail(error)) => return Err(error),
@@ -171,6 +201,11 @@ impl Agent for OpenAi {
                     let wait = self.retry_wait(attempt, after);
                     if after.is_some_and(|asked| asked > MAX_RETRY_AFTER) {
                         let detail = format!("{} (the server asked to wait {wait:?}; not retried)", error.detail);
+                        return Err(AgentError { detail, ..error });
+                    }
+                    if Instant::now().checked_add(wait).is_none_or(|retry_at| retry_at >= deadline) {
+                        let detail =
+                            format!("{} (a retry in {wait:?} would pass the timeout; not retried)", error.detail);
                         return Err(AgentError { detail, ..error });
                     }
                     log::warn!("agent: {}; retry {attempt}/{} in {wait:?}", error.detail, self.settings.max_retries);

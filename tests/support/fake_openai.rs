@@ -41,6 +41,12 @@ pub enum Answer {
     /// A streamed completion: each piece as one `data:` event after `delay`, then
     /// `data: [DONE]` (unless `done` is false, when the stream just ends).
     Stream { pieces: Vec<String>, delay: Duration, done: bool },
+    /// A stream that sends its first event and then only `: keep-alive` comments, one
+    /// every `every`, until the client hangs up (or the fake is dropped).
+    KeepAlive { every: Duration },
+    /// A stream that sends `pieces` and then nothing, holding the connection open until
+    /// the fake is dropped.
+    Stall { pieces: Vec<String> },
 }
 
 /// An OpenAI-style error body.
@@ -73,6 +79,8 @@ struct State {
     script: VecDeque<Answer>,
     default: Option<Answer>,
     calls: Vec<Call>,
+    /// Streams whose client hung up: a write to it failed.
+    hangups: usize,
     closing: bool,
 }
 
@@ -165,6 +173,12 @@ impl FakeOpenAi {
         self.shared.lock().calls.clone()
     }
 
+    /// Wait until at least `n` clients hung up on a stream or `deadline` passes; returns
+    /// the count.
+    pub fn wait_hangups(&self, n: usize, deadline: Instant) -> usize {
+        self.shared.wait_until(deadline, |s| s.hangups >= n).hangups
+    }
+
     /// Wait until at least `n` requests arrived or `deadline` passes; returns the count.
     pub fn wait_requests(&self, n: usize, deadline: Instant) -> usize {
         self.shared.wait_until(deadline, |s| s.calls.len() >= n).calls.len()
@@ -215,6 +229,56 @@ fn serve(shared: &Shared, request: tiny_http::Request, answer: Answer, stream: b
             serve(shared, request, *answer, stream);
         }
         Answer::Stream { pieces, delay, done } => write_stream(shared, request, &pieces, delay, done, None),
+        Answer::KeepAlive { every } => keep_alive(shared, request, every),
+        Answer::Stall { pieces } => {
+            let Some(_writer) = start_stream(shared, request, &pieces) else { return };
+            drop(shared.wait_until(Instant::now() + Duration::from_secs(3600), |_| false));
+        }
+    }
+}
+
+/// The response head of an event stream.
+const STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+/// `bytes` as one chunk of a chunked body, written and flushed at once.
+fn write_chunk(writer: &mut dyn Write, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(format!("{:x}\r\n", bytes.len()).as_bytes())?;
+    writer.write_all(bytes)?;
+    writer.write_all(b"\r\n")?;
+    writer.flush()
+}
+
+/// A piece of text as one `data:` event.
+fn piece_event(piece: &str) -> String {
+    let event = json!({ "choices": [{ "index": 0, "delta": { "content": piece } }] });
+    format!("data: {event}\n\n")
+}
+
+/// Send the head, the role event and `pieces`; the writer, or `None` when the client hung up.
+fn start_stream(shared: &Shared, request: tiny_http::Request, pieces: &[String]) -> Option<Box<dyn Write + Send>> {
+    let mut writer = request.into_writer();
+    let role = json!({ "choices": [{ "index": 0, "delta": { "role": "assistant" } }] });
+    let mut ok = writer.write_all(STREAM_HEAD.as_bytes()).is_ok();
+    for event in std::iter::once(format!("data: {role}\n\n")).chain(pieces.iter().map(|p| piece_event(p))) {
+        ok = ok && write_chunk(&mut *writer, event.as_bytes()).is_ok();
+    }
+    if !ok {
+        shared.change(|s| s.hangups += 1);
+    }
+    ok.then_some(writer)
+}
+
+/// [`Answer::KeepAlive`]: comments until a write fails (a hang-up) or the fake closes.
+fn keep_alive(shared: &Shared, request: tiny_http::Request, every: Duration) {
+    let Some(mut writer) = start_stream(shared, request, &[]) else { return };
+    loop {
+        if shared.wait_until(Instant::now() + every, |s| s.closing).closing {
+            return;
+        }
+        if write_chunk(&mut *writer, b": keep-alive\n\n").is_err() {
+            shared.change(|s| s.hangups += 1);
+            return;
+        }
     }
 }
 
@@ -254,7 +318,7 @@ fn write_stream(
     usage: Option<(u64, u64)>,
 ) {
     let mut writer = request.into_writer();
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let head = STREAM_HEAD;
     let mut events: Vec<String> =
         vec![json!({ "choices": [{ "index": 0, "delta": { "role": "assistant" } }] }).to_string()];
     events.extend(pieces.iter().map(|p| json!({ "choices": [{ "index": 0, "delta": { "content": p } }] }).to_string()));
@@ -267,8 +331,9 @@ fn write_stream(
         events.push("[DONE]".to_string());
     }
     let mut write = |bytes: &[u8]| writer.write_all(bytes).and_then(|_| writer.flush());
+    let hung_up = || shared.change(|s| s.hangups += 1);
     if write(head.as_bytes()).is_err() {
-        return;
+        return hung_up();
     }
     for (i, event) in events.iter().enumerate() {
         // The first event (the role) goes at once; each piece waits its delay.
@@ -277,7 +342,7 @@ fn write_stream(
         }
         let data = format!("data: {event}\n\n");
         if write(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes()).is_err() {
-            return; // the client hung up
+            return hung_up();
         }
     }
     let _ = write(b"0\r\n\r\n");
