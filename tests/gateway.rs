@@ -285,3 +285,46 @@ fn status_command_shows_the_next_retry_and_notices_a_dead_pid() {
     g.wait_exit(SOON);
     assert!(status(false).contains("no longer running"));
 }
+
+#[test]
+fn unknown_missing_or_extra_arguments_exit_2_with_the_usage_for_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[&[&str]] = &[
+        &["run", "extra"],
+        &["check", "extra"],
+        &["status", "extra"],
+        &["send", "console"],
+        &["send", "console", "text", "extra"],
+        &["pairing"],
+        &["pairing", "approve", "tg"],
+        &["pairing", "list", "extra"],
+        &["pairing", "revoke", "tg", "1", "2"],
+        &["run", "--json"],
+        &["send", "--json", "console", "text"],
+        &["bogus"],
+        &["--bogus"],
+        &["status", "--config"],
+    ];
+    for args in cases {
+        let out = Command::new(binary())
+            .args(*args)
+            .current_dir(dir.path())
+            .env_remove("SWITCHBOARD_CONFIG")
+            .env("SWITCHBOARD_LOCK_DIR", dir.path().join("locks"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("usage: switchboard"), "{args:?}: {stderr}");
+    }
+    assert!(!dir.path().join("state").exists(), "a refused command line started something");
+    // What fits still runs: `status --json` with no gateway ever run is "no status" (1), not usage.
+    let out = Command::new(binary())
+        .args(["status", "--json"])
+        .current_dir(dir.path())
+        .env_remove("SWITCHBOARD_CONFIG")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
