@@ -381,3 +381,25 @@ fn a_command_addressed_to_another_bot_is_not_ours() {
     assert_eq!(texts(&sent)[..2], ["one after 0", "/new@otherbot after 2"], "{sent:?}");
     assert!(sent[2].1.starts_with("Commands:"), "a command with our own name is ours: {sent:?}");
 }
+
+#[test]
+fn an_answer_beyond_max_message_bytes_is_cut_with_a_marker_not_split_into_hundreds() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    // 2 MB of answer: about 500 Telegram messages uncut.
+    let agent = command_agent(dir.path(), "import sys\nsys.stdout.write('x' * 2_000_000)\n");
+    let g = open_bot(dir.path(), &fake, &agent);
+    fake.push_text(5, 5, "write a lot");
+    let marker = "truncated: longer than the gateway's max_message_bytes]";
+    assert!(wait_until(deadline(SOON), || fake.sent().iter().any(|(_, t)| t.contains(marker))), "no marker");
+    // Nothing follows the marker: the outbox is empty, and 64 KiB made a few messages.
+    let queued = || {
+        let files = fs::read_dir(g.state_dir.join("outbox/tg")).unwrap().map(|e| e.unwrap().path());
+        files.filter(|p| p.extension().is_some_and(|e| e == "json" || e == "sending")).count()
+    };
+    assert!(wait_until(deadline(SOON), || queued() == 0));
+    let sent = fake.sent();
+    assert!(sent.len() < 20, "{} messages", sent.len());
+    assert!(sent.last().unwrap().1.contains(marker), "the marker is not at the end");
+    assert!(g.log().contains("longer than [delivery] max_message_bytes (65536)"), "no warning");
+}

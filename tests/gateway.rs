@@ -375,3 +375,35 @@ fn unknown_missing_or_extra_arguments_exit_2_with_the_usage_for_every_command() 
         .unwrap();
     assert_ne!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn send_refuses_a_text_beyond_max_message_bytes_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[gateway]\nstate_dir = \"state\"\n[delivery]\nmax_message_bytes = 2048\n{}",
+        telegram("tg", "http://127.0.0.1:9", TOKEN)
+    );
+    fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    let send = |text: &str| {
+        let mut child = Command::new(binary())
+            .args(["--config", "gateway.toml", "send", "tg:42", "-"])
+            .current_dir(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closing stdin ends the text; the write may fail if the command already gave up.
+        let _ = child.stdin.take().unwrap().write_all(text.as_bytes());
+        child.wait_with_output().unwrap()
+    };
+    let out = send(&"x".repeat(20 * 1024 * 1024));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("max_message_bytes (2048)") && stderr.contains("nothing queued"), "{stderr}");
+    let queued = fs::read_dir(dir.path().join("state/outbox/tg")).map_or(0, |d| d.count());
+    assert_eq!(queued, 0, "a refused text left files in the outbox");
+    // Up to the limit it is queued (in parts).
+    let out = send(&"y".repeat(2048));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
