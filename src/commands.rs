@@ -3,7 +3,12 @@ Chat commands the gateway answers itself, never sending them to the agent.
 
 They act at once, even while a turn runs: `/stop` must be able to stop one, and `/new`
 to throw it away. Parsing is forgiving the way chat clients need: case-insensitive, and
-`/new@my_bot` (Telegram appends the bot's name in groups) is `/new`.
+surrounding space ignored.
+
+`/new@some_bot` is addressed to a bot by name (Telegram clients append it in groups
+with several bots). The platform knows its own name and strips it (`/new@my_bot`
+arrives as `/new`), so a name still attached here is another bot's: that message is
+not a command of ours, or one user's `/new@otherbot` would reset our session too.
 */
 
 /// A recognised command.
@@ -36,7 +41,10 @@ pub fn parse(text: &str) -> Option<Command> {
     let text = text.trim();
     let rest = text.strip_prefix('/')?;
     let (word, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-    let word = word.split('@').next().unwrap_or(word).to_ascii_lowercase();
+    if word.contains('@') {
+        return None; // Addressed to another bot.
+    }
+    let word = word.to_ascii_lowercase();
     let args = args.trim();
     match word.as_str() {
         "new" | "reset" => Some(Command::New),
@@ -56,7 +64,6 @@ mod tests {
     fn recognises_commands_forgivingly() {
         assert_eq!(parse("/new"), Some(Command::New));
         assert_eq!(parse("  /RESET  "), Some(Command::New));
-        assert_eq!(parse("/stop@switchboard_bot"), Some(Command::Stop));
         assert_eq!(parse("/status"), Some(Command::Status));
         assert_eq!(parse("/help"), Some(Command::Help));
         assert_eq!(parse("/queue  then this "), Some(Command::Queue("then this".into())));
@@ -64,7 +71,14 @@ mod tests {
 
     #[test]
     fn everything_else_goes_to_the_agent() {
-        for text in ["hello", "/queue", "/unknown", "new", "a /stop in the middle", "/"] {
+        for text in ["hello", "/queue", "/unknown", "new", "a /stop in the middle", "/", "/queue@x"] {
+            assert_eq!(parse(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_command_addressed_to_another_bot_is_not_a_command() {
+        for text in ["/new@otherbot", "/STOP@other_bot", "/queue@other_bot later", "/help@"] {
             assert_eq!(parse(text), None, "{text}");
         }
     }

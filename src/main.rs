@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchboard: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE as u8);
         }
     };
     let code = match cli.command.as_str() {
@@ -66,23 +66,23 @@ fn main() -> ExitCode {
         "status" => with_config(&cli, |c| show_status(c, cli.json)),
         "send" => with_config(&cli, |c| send(c, &cli.args)),
         "pairing" => with_config(&cli, |c| pairing(c, &cli.args)),
-        other => {
-            eprintln!("switchboard: unknown command `{other}`\n\n{USAGE}");
-            EXIT_USAGE
-        }
+        // `check_words` let no other command through.
+        other => unreachable!("unknown command `{other}`"),
     };
     ExitCode::from(code as u8)
 }
 
-fn parse_args() -> Result<Option<Cli>, lexopt::Error> {
+/// The command line, checked: `Err` says what is wrong (printed with the usage, exit 2).
+fn parse_args() -> Result<Option<Cli>, String> {
     use lexopt::prelude::*;
     let config = std::env::var_os("SWITCHBOARD_CONFIG").map(PathBuf::from);
     let mut cli = Cli { command: "run".into(), args: vec![], config, json: false };
     let mut command = None;
     let mut parser = lexopt::Parser::from_env();
-    while let Some(arg) = parser.next()? {
+    let text = |v: std::ffi::OsString| v.string().map_err(|e| e.to_string());
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
-            Long("config") | Short('c') => cli.config = Some(parser.value()?.into()),
+            Long("config") | Short('c') => cli.config = Some(parser.value().map_err(|e| e.to_string())?.into()),
             Long("json") => cli.json = true,
             Long("version") | Short('V') => {
                 println!("switchboard {}", env!("CARGO_PKG_VERSION"));
@@ -92,13 +92,37 @@ fn parse_args() -> Result<Option<Cli>, lexopt::Error> {
                 println!("{USAGE}");
                 return Ok(None);
             }
-            Value(v) if command.is_none() => command = Some(v.string()?),
-            Value(v) => cli.args.push(v.string()?),
-            _ => return Err(arg.unexpected()),
+            Value(v) if command.is_none() => command = Some(text(v)?),
+            Value(v) => cli.args.push(text(v)?),
+            _ => return Err(arg.unexpected().to_string()),
         }
     }
     cli.command = command.unwrap_or(cli.command);
+    check_words(&cli)?;
     Ok(Some(cli))
+}
+
+/// Each command takes exactly its own words, and `--json` only `status`: a word too
+/// many (`switchboard run extra`) is a mistake to point out, never ignored.
+fn check_words(cli: &Cli) -> Result<(), String> {
+    let words: Vec<&str> = cli.args.iter().map(String::as_str).collect();
+    let (fits, expected) = match cli.command.as_str() {
+        "run" | "check" | "status" => (words.is_empty(), "no arguments"),
+        "send" => (words.len() == 2, "TARGET and TEXT (or - for standard input)"),
+        "pairing" => (
+            matches!(words.as_slice(), ["list"] | ["approve", _, _] | ["revoke", _, _]),
+            "list, approve PLATFORM CODE, or revoke PLATFORM USER",
+        ),
+        other => return Err(format!("unknown command `{other}`")),
+    };
+    if !fits {
+        let given = if words.is_empty() { "none".to_string() } else { format!("`{}`", words.join(" ")) };
+        return Err(format!("`{}` takes {expected}; given: {given}", cli.command));
+    }
+    if cli.json && cli.command != "status" {
+        return Err(format!("`--json` applies to `status` only, not to `{}`", cli.command));
+    }
+    Ok(())
 }
 
 /// Load the config, or print every problem in it and return 78.

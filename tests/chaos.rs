@@ -33,8 +33,12 @@ a reply parked as unknown-outcome (`outbox/NAME/unknown/`) or dead-lettered
 reply was queued (or sent) and before the inbound message was marked done. The harness
 sees that window exactly: right after each kill, before the restart, it reads the inbox
 journal and notes every pending message whose reply is already in the outbox or
-at the fake. Any other duplicate is *unexplained*. The suite fails on lost messages,
-unexplained duplicates, a panic in any log, or a corrupt JSON state file after a kill.
+at the fake. Any other duplicate is *unexplained*. Parking is no free pass either: one
+worker sends a platform's queue one delivery at a time, so each injected fault can
+leave at most a known number of deliveries parked ([`Step::may_park`]); more parked
+than the faults explain is a failure (a regression that parked every reply would
+otherwise pass). The suite fails on lost messages, unexplained duplicates, too many
+parked deliveries, a panic in any log, or a corrupt JSON state file after a kill.
 
 Every wait has a deadline; sleeps only pace the message rate and the fault schedule.
 */
@@ -202,6 +206,25 @@ enum ApiFault {
     Hang,
 }
 
+impl Step {
+    /// At most how many deliveries this step can leave parked (unknown outcome or dead
+    /// letter), given `broken`: the connections it broke. A platform's deliveries go out
+    /// one at a time, so a broken connection or a killed process catches at most one
+    /// send, and each scripted `sendMessage` fault at most one. 502s and 429s are retried
+    /// (too few to use up `max_delivery_attempts`); faults on polls park nothing.
+    fn may_park(self, broken: usize) -> usize {
+        match self {
+            Step::Api("sendMessage", ApiFault::BadGateway | ApiFault::RateLimited, _) => 0,
+            Step::Api("sendMessage", _, n) | Step::Cut("sendMessage", _, _, n) => n,
+            Step::Api(..) | Step::Cut(..) | Step::Listen => 0,
+            Step::BreakAll(_) => broken,
+            // The sends it breaks, and one that may run out of attempts while the API is gone.
+            Step::Refuse => broken + 1,
+            Step::Kill => 1,
+        }
+    }
+}
+
 impl ApiFault {
     fn fault(self) -> Fault {
         match self {
@@ -273,11 +296,23 @@ struct Soak<'a> {
     /// JSON state files that did not parse after a kill.
     corrupt: Vec<String>,
     faults: BTreeMap<String, usize>,
+    /// How many parked deliveries the faults so far can explain.
+    may_park: usize,
 }
 
 impl Soak<'_> {
     /// Inject one fault and count it.
     fn apply(&mut self, step: Step) {
+        let struck = self.proxy.struck();
+        let (what, times) = self.inject(step);
+        self.may_park += step.may_park(self.proxy.struck() - struck);
+        if let Some(what) = what {
+            *self.faults.entry(what).or_default() += times;
+        }
+    }
+
+    /// Inject one fault: what it was, and how many times (`None`: not a fault).
+    fn inject(&mut self, step: Step) -> (Option<String>, usize) {
         let (what, times) = match step {
             Step::Api(method, fault, n) => {
                 self.fake.inject(method, fault.fault(), n);
@@ -293,13 +328,16 @@ impl Soak<'_> {
                 self.proxy.refuse();
                 ("refuse connections for 10 s".to_string(), 1)
             }
-            Step::Listen => return self.proxy.listen(),
+            Step::Listen => {
+                self.proxy.listen();
+                return (None, 0);
+            }
             Step::Kill => {
                 self.kill_and_restart();
                 ("kill -9".to_string(), 1)
             }
         };
-        *self.faults.entry(what).or_default() += times;
+        (Some(what), times)
     }
 
     /// `kill -9`, note the crash window and check the files, start again.
@@ -368,6 +406,7 @@ fn api_faults_and_kill_9_lose_nothing() {
         crash_window: HashSet::new(),
         corrupt: vec![],
         faults: BTreeMap::new(),
+        may_park: 0,
     };
     let load = Load::default();
     thread::scope(|s| {
@@ -389,6 +428,12 @@ fn api_faults_and_kill_9_lose_nothing() {
     assert_eq!(listed_by_status(dir.path()), (p.unknown.len(), p.dead.len()), "status must list every parked message");
     assert!(settled, "not everything was answered or parked within {SETTLE:?} after the load");
     report.assert_ok();
+    let parked_total = p.unknown.len() + p.dead.len();
+    assert!(
+        parked_total <= soak.may_park,
+        "{parked_total} deliveries parked, more than the injected faults explain ({})",
+        soak.may_park
+    );
     assert_eq!(code, Some(0), "the final SIGTERM did not stop the gateway cleanly");
     assert!(soak.corrupt.is_empty(), "state files corrupt after kill -9: {:?}", soak.corrupt);
     assert!(load.send_failures.lock().unwrap().is_empty(), "send failed: {:?}", load.send_failures);
@@ -553,6 +598,12 @@ impl Report {
             out.push_str(&format!("  {what:<46}{n:>6}\n"));
         }
         out.push_str(&format!("  {:<46}{:>6}\n", "(proxy connections broken, total)", soak.proxy.struck()));
+        let p = parked(&soak.gateway.state_dir);
+        let parked = p.unknown.len() + p.dead.len();
+        out.push_str(&format!(
+            "parked (unknown + dead): {parked}, at most {} explained by the faults\n",
+            soak.may_park
+        ));
         out.push_str(&format!("restarts after kill -9: {}\nrun time: {took:.1?}\n", soak.restarts));
         println!("{out}");
     }

@@ -338,3 +338,69 @@ fn send_reads_standard_input_and_status_lists_dead_letters() {
     assert!(listed, "{}", status());
     assert!(status().contains("chat not found"));
 }
+
+#[test]
+fn a_stranger_flooding_dms_gets_one_reply_and_the_bot_stays_answered() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}{}allowed_users = [\"5\"]\n", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
+    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
+    g.wait_platform("tg", "connected", SOON);
+    for i in 0..50 {
+        fake.push_text(66, 66, &format!("let me in {i}"));
+    }
+    // The router takes messages in order: once the owner's message is answered, every
+    // one of the stranger's was decided, and their replies queued before it.
+    fake.push_text(5, 5, "owner here");
+    let answered = |chat: &str, text: &str| fake.sent().iter().any(|(c, t)| c == chat && t.contains(text));
+    assert!(
+        wait_until(deadline(SOON), || answered("5", "echo: owner here") && answered("66", "pairing code")),
+        "{:?}",
+        fake.sent()
+    );
+    let to_stranger: Vec<String> = fake.sent().into_iter().filter(|(c, _)| c == "66").map(|(_, t)| t).collect();
+    assert_eq!(to_stranger.len(), 1, "{to_stranger:?}");
+    assert!(to_stranger[0].contains("pairing code"), "{to_stranger:?}");
+    assert!(g.log().contains("not answered (throttled)"), "no debug line for the dropped replies");
+}
+
+#[test]
+fn a_command_addressed_to_another_bot_is_not_ours() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = command_agent(
+        dir.path(),
+        "import json, sys\nturn = json.load(sys.stdin)\nprint(f\"{turn['text']} after {len(turn['history'])}\")\n",
+    );
+    let _gateway = open_bot(dir.path(), &fake, &agent);
+    // The fake's getMe names the bot @fake_bot.
+    for (i, text) in ["one", "/new@otherbot", "/help@Fake_Bot"].into_iter().enumerate() {
+        fake.push_text(-100, 5, text);
+        fake.wait_sent(i + 1, deadline(SOON));
+    }
+    let sent = fake.sent();
+    assert_eq!(texts(&sent)[..2], ["one after 0", "/new@otherbot after 2"], "{sent:?}");
+    assert!(sent[2].1.starts_with("Commands:"), "a command with our own name is ours: {sent:?}");
+}
+
+#[test]
+fn an_answer_beyond_max_message_bytes_is_cut_with_a_marker_not_split_into_hundreds() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    // 2 MB of answer: about 500 Telegram messages uncut.
+    let agent = command_agent(dir.path(), "import sys\nsys.stdout.write('x' * 2_000_000)\n");
+    let g = open_bot(dir.path(), &fake, &agent);
+    fake.push_text(5, 5, "write a lot");
+    let marker = "truncated: longer than the gateway's max_message_bytes]";
+    assert!(wait_until(deadline(SOON), || fake.sent().iter().any(|(_, t)| t.contains(marker))), "no marker");
+    // Nothing follows the marker: the outbox is empty, and 64 KiB made a few messages.
+    let queued = || {
+        let files = fs::read_dir(g.state_dir.join("outbox/tg")).unwrap().map(|e| e.unwrap().path());
+        files.filter(|p| p.extension().is_some_and(|e| e == "json" || e == "sending")).count()
+    };
+    assert!(wait_until(deadline(SOON), || queued() == 0));
+    let sent = fake.sent();
+    assert!(sent.len() < 20, "{} messages", sent.len());
+    assert!(sent.last().unwrap().1.contains(marker), "the marker is not at the end");
+    assert!(g.log().contains("longer than [delivery] max_message_bytes (65536)"), "no warning");
+}

@@ -137,6 +137,7 @@ fn settings(max_attempts: u32) -> DeliveryConfig {
         max_delivery_attempts: max_attempts,
         retry_wait: Duration::from_millis(20),
         retry_cap: Duration::from_millis(80),
+        ..DeliveryConfig::default()
     }
 }
 

@@ -15,8 +15,10 @@ anything with it. The rules, first match wins:
 Everyone else is unknown. In groups and channels they are ignored without a word (a
 bot that answers every stranger in a busy group is noise, and a probe target). In a
 DM, `unauthorized_dm = "pair"` (the default) answers with a pairing code the owner
-approves with `switchboard pairing approve`; `"ignore"` sends nothing. Unknown users
-are logged at info with platform and user id; a code is never logged.
+approves with `switchboard pairing approve`; `"ignore"` sends nothing. Those answers are
+rate-limited per user and per platform ([`throttle`]), so a flood of DMs cannot fill the
+outbox. Unknown users are logged at info with platform and user id (a dropped answer at
+debug); a code is never logged.
 
 The pairing store, shared with the CLI in another process, is in [`pairing`].
 */
@@ -25,12 +27,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::SystemTime;
 
-use log::{info, warn};
+use log::{debug, info, warn};
+use parking_lot::Mutex;
 
 use crate::config::Section;
 use crate::message::{ChatType, Source};
 
 pub mod pairing;
+pub mod throttle;
 
 pub use pairing::{
     ApprovedUser, Pairing, PairingCode, PairingError, PendingRequest, PlatformPairing, Request, format_age,
@@ -95,19 +99,32 @@ pub fn parse_platform_access(s: &mut Section<'_>) -> PlatformAccess {
     }
 }
 
-/// `allowed_users`, trimmed and de-duplicated. Ids are compared exactly: platforms
-/// differ on case (Slack `U123`, Matrix `@a:b`), so none is folded.
+/// `allowed_users`, trimmed and de-duplicated. Problems are recorded in the section.
 fn allowed_users(s: &mut Section<'_>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for id in s.string_list("allowed_users").unwrap_or_default() {
+    let (ids, had_empty) = dedup_ids(s.string_list("allowed_users").unwrap_or_default());
+    if had_empty {
+        s.invalid("allowed_users", "contains an empty user id");
+    }
+    ids
+}
+
+/// `ids` trimmed, in their first order, each once, and whether an empty one was among
+/// them (left out). Linear: a list of millions of ids used to take minutes, each id
+/// compared with every earlier one. Ids are compared exactly: platforms differ on case
+/// (Slack `U123`, Matrix `@a:b`), so none is folded.
+fn dedup_ids(ids: Vec<String>) -> (Vec<String>, bool) {
+    let mut seen: HashSet<String> = HashSet::with_capacity(ids.len());
+    let mut out = Vec::with_capacity(ids.len());
+    let mut had_empty = false;
+    for id in ids {
         let id = id.trim();
         if id.is_empty() {
-            s.invalid("allowed_users", "contains an empty user id");
-        } else if !out.iter().any(|o| o == id) {
+            had_empty = true;
+        } else if seen.insert(id.to_string()) {
             out.push(id.to_string());
         }
     }
-    out
+    (out, had_empty)
 }
 
 /// The verdict on one inbound message.
@@ -136,9 +153,14 @@ struct Rule {
 /// and the pairing files are re-read when a decision needs them.
 #[derive(Debug)]
 pub struct Auth {
-    global: AccessConfig,
+    /// `[access]`'s `allow_all` and `allowed_users`, for platform names not given to
+    /// [`Auth::new`].
+    global_allow_all: bool,
+    global_allowed: HashSet<String>,
     rules: BTreeMap<String, Rule>,
     pairing: Pairing,
+    /// The replies recently sent to strangers.
+    throttle: Mutex<throttle::Throttle>,
 }
 
 impl Auth {
@@ -157,7 +179,14 @@ impl Auth {
                 (name.clone(), rule)
             })
             .collect();
-        Auth { global: global.clone(), rules, pairing: Pairing::open(state_dir) }
+        let global_allowed = global.allowed_users.iter().cloned().collect();
+        Auth {
+            global_allow_all: global.allow_all,
+            global_allowed,
+            rules,
+            pairing: Pairing::open(state_dir),
+            throttle: Mutex::default(),
+        }
     }
 
     /// May `source` talk to the bot, and if not, what to answer. `now` dates a pairing
@@ -175,7 +204,7 @@ impl Auth {
         };
         let allowed = match rule {
             Some(r) => r.allow_all || r.allowed.contains(user),
-            None => self.global.allow_all || self.global.allowed_users.iter().any(|u| u == user),
+            None => self.global_allow_all || self.global_allowed.contains(user),
         };
         if allowed {
             return Decision::Allow;
@@ -193,29 +222,37 @@ impl Auth {
                 return Decision::Ignore;
             }
         }
-        info!("unauthorised user {user} on {platform} ({})", source.chat_type.as_str());
         if source.chat_type != ChatType::Dm || rule.dm == UnauthorizedDm::Ignore {
+            info!("unauthorised user {user} on {platform} ({})", source.chat_type.as_str());
             return Decision::Ignore;
         }
         self.pair(platform, user, source.user_name.as_deref(), now)
     }
 
-    /// The DM answer to an unknown user: a new code, or why there is none.
+    /// The DM answer to an unknown user: a new code, or why there is none, unless
+    /// the throttle holds the answer back.
     fn pair(&self, platform: &str, user: &str, user_name: Option<&str>, now: SystemTime) -> Decision {
+        let refusal = |text: &str, why: &str| {
+            if self.throttle.lock().admit(platform, user, now) {
+                info!("unauthorised user {user} on {platform} (dm): {why}");
+                Decision::Reply(text.to_string())
+            } else {
+                debug!("unauthorised user {user} on {platform} (dm): {why}; not answered (throttled)");
+                Decision::Ignore
+            }
+        };
         match self.pairing.request(platform, user, user_name, now) {
             Ok(Request::Issued(code)) => {
-                info!("sent a pairing code to user {user} on {platform}");
+                self.throttle.lock().record_code(platform, user, now);
+                info!("unauthorised user {user} on {platform} (dm): sent a pairing code");
                 let code = code.reveal();
                 Decision::Reply(format!(
                     "I don't know you yet. Your pairing code is {code}; ask the bot owner to run: \
                      switchboard pairing approve {platform} {code}"
                 ))
             }
-            Ok(Request::AlreadyPending) => Decision::Reply(ALREADY_PENDING_TEXT.to_string()),
-            Ok(Request::TooMany) => {
-                info!("no pairing code for user {user} on {platform}: too many pending requests");
-                Decision::Reply(TOO_MANY_TEXT.to_string())
-            }
+            Ok(Request::AlreadyPending) => refusal(ALREADY_PENDING_TEXT, "a request is already pending"),
+            Ok(Request::TooMany) => refusal(TOO_MANY_TEXT, "no pairing code, too many pending requests"),
             Err(e) => {
                 warn!("cannot issue a pairing code to user {user} on {platform}: {e}");
                 Decision::Ignore

@@ -177,7 +177,8 @@ fn a_dm_stranger_gets_one_code_per_10_minutes() {
     );
     assert_eq!(code.len(), 8);
     assert!(code.bytes().all(|b| pairing::CODE_ALPHABET.contains(&b)));
-    assert_eq!(auth.check(&dm("tg", "9"), at(599)), Decision::Reply(ALREADY_PENDING_TEXT.to_string()));
+    // "Already pending" would be a second reply within 10 minutes: held back.
+    assert_eq!(auth.check(&dm("tg", "9"), at(599)), Decision::Ignore);
     // Another user, another platform: unaffected.
     code_of(&auth.check(&dm("tg", "10"), at(1)));
     code_of(&auth.check(&dm("dc", "9"), at(1)));
@@ -198,8 +199,9 @@ fn at_most_three_pending_requests_per_platform() {
         code_of(&auth.check(&dm("tg", user), at(0)));
     }
     assert_eq!(auth.check(&dm("tg", "4"), at(1)), Decision::Reply(TOO_MANY_TEXT.to_string()));
-    // Refused requests are not rate-limited, and other platforms have their own quota.
-    assert_eq!(auth.check(&dm("tg", "4"), at(2)), Decision::Reply(TOO_MANY_TEXT.to_string()));
+    // The refusal is not repeated within 10 minutes, and other platforms have their own quota.
+    assert_eq!(auth.check(&dm("tg", "4"), at(2)), Decision::Ignore);
+    assert_eq!(auth.check(&dm("tg", "4"), at(601)), Decision::Reply(TOO_MANY_TEXT.to_string()));
     code_of(&auth.check(&dm("dc", "4"), at(2)));
     // Once the first codes expire there is room again.
     code_of(&auth.check(&dm("tg", "4"), at(3600)));
@@ -293,6 +295,69 @@ fn revoking_sends_the_user_back_to_pairing() {
     let again = code_of(&auth.check(&dm("tg", "9"), at(3)));
     assert!(pairing.revoke("tg", "9").unwrap(), "a pending request is revoked too");
     assert!(matches!(pairing.approve("tg", &again, at(4)), Err(PairingError::WrongCode { .. })));
+}
+
+#[test]
+fn a_dm_flood_from_one_stranger_gets_one_reply_per_10_minutes() {
+    let (_dir, auth) = open();
+    code_of(&auth.check(&dm("tg", "9"), at(0)));
+    let replies = (1..1000).filter(|i| auth.check(&dm("tg", "9"), at(i / 10)) != Decision::Ignore).count();
+    assert_eq!(replies, 0, "every message after the code within 10 minutes is dropped");
+    // The store issues a new code after 10 minutes, and the flood is dropped again.
+    code_of(&auth.check(&dm("tg", "9"), at(600)));
+    assert_eq!(auth.check(&dm("tg", "9"), at(601)), Decision::Ignore);
+}
+
+#[test]
+fn pairing_replies_are_capped_per_platform() {
+    let (_dir, auth) = open();
+    for user in ["1", "2", "3"] {
+        code_of(&auth.check(&dm("tg", user), at(0)));
+    }
+    // The pending quota is full: many strangers, each asking once, get "too many", but
+    // no more than PLATFORM_CAP a minute (the three codes count).
+    let answered = |from: u32, to: u32, t: u64| {
+        (from..to).filter(|u| auth.check(&dm("tg", &u.to_string()), at(t)) != Decision::Ignore).count()
+    };
+    assert_eq!(answered(100, 150, 30), throttle::PLATFORM_CAP - 3);
+    assert_eq!(answered(200, 250, 61), 3, "the codes left the window");
+    assert_eq!(answered(300, 350, 95), throttle::PLATFORM_CAP - 3);
+    // Another platform has its own cap.
+    code_of(&auth.check(&dm("dc", "1"), at(95)));
+}
+
+#[test]
+fn the_throttle_forgets_what_left_its_windows() {
+    let mut t = throttle::Throttle::default();
+    // A stranger a second, on two platforms, for two hours: only the recent ones stay.
+    for i in 0..7200u64 {
+        for platform in ["tg", "dc"] {
+            t.admit(platform, &i.to_string(), at(i));
+        }
+    }
+    let (users, sent) = t.remembered();
+    let per_window = throttle::PLATFORM_CAP as u64 * throttle::USER_WINDOW.as_secs() / 60;
+    assert!(users as u64 <= 2 * per_window, "{users} users remembered");
+    assert!(sent <= 2 * throttle::PLATFORM_CAP, "{sent} sends remembered");
+    // A clock that jumps back forgets rather than silencing everyone.
+    assert!(t.admit("tg", "new", at(0)));
+}
+
+#[test]
+fn allowed_users_dedup_keeps_the_first_of_each_in_order() {
+    let ids = users(&[" 7", "8", "7", "", "U1", "u1", "8 "]);
+    assert_eq!(dedup_ids(ids), (users(&["7", "8", "U1", "u1"]), true));
+    assert_eq!(dedup_ids(users(&["a"])), (users(&["a"]), false));
+}
+
+#[test]
+fn a_two_million_entry_allowlist_is_read_in_linear_time() {
+    // Quadratic de-duplication took minutes here; a linear one takes a moment.
+    let ids: Vec<String> = (0..2_000_000u32).map(|i| (i % 1_500_000).to_string()).collect();
+    let (out, had_empty) = dedup_ids(ids);
+    assert_eq!(out.len(), 1_500_000);
+    assert!(!had_empty);
+    assert_eq!(out[1_499_999], "1499999");
 }
 
 // ---- the store ------------------------------------------------------------------

@@ -21,7 +21,11 @@ each chunk its own file, so a crash in the middle of a long reply resumes with t
 chunk instead of repeating the first.
 
 `[delivery]` settings: `max_delivery_attempts` (default 10), `retry_wait` ("2s", the
-wait after the first failed attempt, doubling after each), `retry_cap` ("5m").
+wait after the first failed attempt, doubling after each), `retry_cap` ("5m"),
+`max_message_bytes` (64 KiB). The last bounds one message: 20 MB piped into
+`switchboard send` became 4,902 Telegram messages. `send` refuses a longer text; an
+answer of the gateway's own (an agent run wild) is cut to the limit with a visible
+marker and a warning ([`cap_message`]), never split into thousands.
 */
 
 mod outbox;
@@ -30,6 +34,8 @@ pub mod target;
 
 use std::path::Path;
 use std::time::Duration;
+
+use crate::message::Outbound;
 
 pub use outbox::Outbox;
 
@@ -49,7 +55,17 @@ pub struct DeliveryConfig {
     pub retry_wait: Duration,
     /// The longest wait between attempts.
     pub retry_cap: Duration,
+    /// The longest text one message may have, in bytes (UTF-8), before it is split to
+    /// the platform's limit.
+    pub max_message_bytes: usize,
 }
+
+/// The default of `[delivery] max_message_bytes`: 64 KiB, 16 Telegram messages.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// The smallest `max_message_bytes` accepted: room for the truncation marker and text.
+const MIN_MAX_MESSAGE_BYTES: u64 = 1024;
+/// What ends a message cut to `max_message_bytes`.
+pub const TRUNCATED_MARKER: &str = "\n\n[… truncated: longer than the gateway's max_message_bytes]";
 
 impl Default for DeliveryConfig {
     /// 10 attempts, 2 s doubling to 5 min: about a quarter of an hour of trying before a
@@ -60,6 +76,7 @@ impl Default for DeliveryConfig {
             max_delivery_attempts: 10,
             retry_wait: Duration::from_secs(2),
             retry_cap: Duration::from_secs(300),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -70,6 +87,12 @@ pub fn parse_config(s: &mut Section<'_>) -> DeliveryConfig {
     let max_delivery_attempts = s.u32_or("max_delivery_attempts", d.max_delivery_attempts);
     let retry_wait = s.duration_or("retry_wait", d.retry_wait);
     let retry_cap = s.duration_or("retry_cap", d.retry_cap);
+    let max_message_bytes = s.u64_or("max_message_bytes", d.max_message_bytes as u64);
+    if max_message_bytes < MIN_MAX_MESSAGE_BYTES {
+        s.invalid("max_message_bytes", &format!("must be at least {MIN_MAX_MESSAGE_BYTES}"));
+    }
+    // Beyond the address space it cannot be reached anyway.
+    let max_message_bytes = usize::try_from(max_message_bytes).unwrap_or(usize::MAX);
     if max_delivery_attempts == 0 {
         s.invalid("max_delivery_attempts", "must be at least 1");
     }
@@ -78,7 +101,28 @@ pub fn parse_config(s: &mut Section<'_>) -> DeliveryConfig {
     } else if retry_cap < retry_wait {
         s.invalid("retry_cap", "must be at least retry_wait");
     }
-    DeliveryConfig { max_delivery_attempts, retry_wait, retry_cap }
+    DeliveryConfig { max_delivery_attempts, retry_wait, retry_cap, max_message_bytes }
+}
+
+/// `msg` with its text cut to `max` bytes (at a character boundary, the marker
+/// included) when longer, with a warning naming `platform` and the chat.
+pub fn cap_message(mut msg: Outbound, max: usize, platform: &str) -> Outbound {
+    if msg.text.len() <= max {
+        return msg;
+    }
+    log::warn!(
+        "{platform}: a message of {} bytes for chat {} is longer than [delivery] max_message_bytes ({max}); \
+         sending its first {max} bytes",
+        msg.text.len(),
+        msg.chat_id
+    );
+    let mut keep = max.saturating_sub(TRUNCATED_MARKER.len());
+    while !msg.text.is_char_boundary(keep) {
+        keep -= 1; // Terminates: 0 is a boundary.
+    }
+    msg.text.truncate(keep);
+    msg.text.push_str(TRUNCATED_MARKER);
+    msg
 }
 
 /// The enabled platform instances of `config` with their message limits, as
@@ -97,6 +141,15 @@ pub fn send_command(config: &Config, target: &str, text: &str) -> Result<String,
     let instance = config.platforms.iter().find(|p| p.name == address.platform);
     // `resolve` found the instance; a miss here would be a bug, reported, not a panic.
     let limit = instance.ok_or("the platform vanished from the config")?.spec.message_limit();
+    let max = config.delivery.max_message_bytes;
+    if text.len() > max {
+        return Err(format!(
+            "the text is {} bytes, more than [delivery] max_message_bytes ({max}); nothing queued \
+             (raise max_message_bytes in {} to send it)",
+            text.len(),
+            config.file.display()
+        ));
+    }
     let records = outbox::records(address.message(text), limit);
     if records.is_empty() {
         return Err("nothing to send: the text is empty".into());
@@ -138,6 +191,7 @@ mod tests {
             max_delivery_attempts: 3,
             retry_wait: Duration::from_millis(10),
             retry_cap: Duration::from_secs(1),
+            ..DeliveryConfig::default()
         };
         assert_eq!(got, want);
 
@@ -154,5 +208,28 @@ mod tests {
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors.iter().any(|e| e.contains("retry_cap") && e.contains("at least retry_wait")), "{errors:?}");
         assert!(errors.iter().any(|e| e.contains("retries")), "{errors:?}");
+
+        let mut s = Section::new_for_test("max_message_bytes = 100", &[]);
+        parse_config(&mut s);
+        let errors: Vec<String> = s.finish().iter().map(|e| e.to_string()).collect();
+        assert!(errors.iter().any(|e| e.contains("max_message_bytes") && e.contains("at least 1024")), "{errors:?}");
+    }
+
+    #[test]
+    fn an_answer_longer_than_max_message_bytes_is_cut_with_a_marker() {
+        let msg = |text: &str| Outbound {
+            chat_id: "1".into(),
+            thread_id: None,
+            reply_to: None,
+            edit_of: None,
+            text: text.to_string(),
+        };
+        assert_eq!(cap_message(msg("short"), 1024, "tg").text, "short");
+        // 20 MB of three-byte characters: cut at a boundary, the marker at the end.
+        let long = "€".repeat(7_000_000);
+        let cut = cap_message(msg(&long), DEFAULT_MAX_MESSAGE_BYTES, "tg").text;
+        assert!(cut.len() <= DEFAULT_MAX_MESSAGE_BYTES && cut.len() > DEFAULT_MAX_MESSAGE_BYTES - 4, "{}", cut.len());
+        assert!(cut.ends_with(TRUNCATED_MARKER));
+        assert!(cut.trim_end_matches(TRUNCATED_MARKER).chars().all(|c| c == '€'));
     }
 }

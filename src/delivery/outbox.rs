@@ -130,6 +130,7 @@ impl Outbox {
             let lane = state.lanes.get(platform).ok_or_else(|| unknown_platform(platform))?;
             (lane.store.clone(), lane.limit)
         };
+        let msg = super::cap_message(msg, self.shared.config.max_message_bytes, platform);
         let stems = store.write(&records(msg, limit))?;
         if let Some(lane) = self.shared.state.lock().lanes.get_mut(platform) {
             lane.queue.extend(stems);

@@ -505,6 +505,21 @@ fn parse_update(platform: &str, raw: Value) -> Result<Inbound, Skip> {
     Ok(Inbound { source, message_id: Some(msg.message_id.to_string()), text })
 }
 
+/// `/cmd@our_bot …` becomes `/cmd …`, so that a name left on a command means another
+/// bot's (see `commands`). Telegram usernames are case-insensitive.
+fn strip_own_mention(text: String, bot: Option<&str>) -> String {
+    let Some(bot) = bot else { return text };
+    let start = text.len() - text.trim_start().len();
+    let rest = &text[start..];
+    let word = &rest[..rest.find(char::is_whitespace).unwrap_or(rest.len())];
+    match word.split_once('@') {
+        Some((command, name)) if command.starts_with('/') && name.eq_ignore_ascii_case(bot) => {
+            format!("{}{command}{}", &text[..start], &rest[word.len()..])
+        }
+        _ => text,
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The offset file
 
@@ -563,13 +578,15 @@ struct Telegram {
     stored: Option<i64>,
     /// Where the offset is kept; set by `connect`, which knows the instance name.
     cursor: PathBuf,
+    /// The bot's username from `getMe`, to tell `/cmd@us` from `/cmd@another_bot`.
+    username: Option<String>,
 }
 
 impl Telegram {
     fn new(settings: Arc<TelegramSettings>) -> Telegram {
         let agent = http::agent(settings.request_timeout, settings.request_timeout);
         let api = Api { agent, api_base: settings.api_base.clone(), token: settings.token.clone() };
-        Telegram { settings, api, offset: None, stored: None, cursor: PathBuf::new() }
+        Telegram { settings, api, offset: None, stored: None, cursor: PathBuf::new(), username: None }
     }
 
     /// Call `method` until it succeeds, the retry policy gives up, or a stop is requested.
@@ -614,6 +631,7 @@ impl Telegram {
         self.stored = self.offset;
         let bot = me.username.as_deref().unwrap_or("?");
         log::info!("{}: connected as @{bot}, resuming at offset {:?}", ctx.name, self.offset);
+        self.username = me.username;
         Ok(())
     }
 
@@ -645,7 +663,10 @@ impl Telegram {
             }
             last = last.max(Some(id));
             match parse_update(&ctx.name, raw) {
-                Ok(inbound) => batch.push(inbound),
+                Ok(mut inbound) => {
+                    inbound.text = strip_own_mention(inbound.text, self.username.as_deref());
+                    batch.push(inbound);
+                }
                 Err(skip @ Skip::Malformed(_)) => log::warn!("{}: skipping update {id}: {skip}", ctx.name),
                 Err(skip) => log::debug!("{}: skipping update {id}: {skip}", ctx.name),
             }
@@ -756,6 +777,17 @@ mod tests {
 
     fn settings() -> TelegramSettings {
         TelegramSettings { network_retry_wait: Duration::from_millis(100), ..TelegramSettings::new(Secret::new(TOKEN)) }
+    }
+
+    #[test]
+    fn only_our_own_name_is_stripped_from_a_command() {
+        let strip = |t: &str| strip_own_mention(t.to_string(), Some("fake_bot"));
+        assert_eq!(strip("/new@fake_bot"), "/new");
+        assert_eq!(strip(" /queue@Fake_Bot then this"), " /queue then this");
+        assert_eq!(strip("/new@otherbot"), "/new@otherbot");
+        assert_eq!(strip("mail me@fake_bot"), "mail me@fake_bot");
+        assert_eq!(strip("/new@fake_bot2"), "/new@fake_bot2");
+        assert_eq!(strip_own_mention("/new@fake_bot".into(), None), "/new@fake_bot");
     }
 
     fn update(text: &str) -> Value {
