@@ -1464,6 +1464,7 @@ fn outbox_config() -> DeliveryConfig {
         max_delivery_attempts: 3,
         retry_wait: Duration::from_millis(1),
         retry_cap: Duration::from_millis(2),
+        ..DeliveryConfig::default()
     }
 }
 
