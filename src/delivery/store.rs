@@ -40,9 +40,11 @@ A file that cannot be read is never taken for sent: it is logged and moved aside
 To retry a parked delivery by hand, move its file back into `outbox/NAME/`.
 */
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -120,6 +122,9 @@ pub(crate) struct Store {
     queue: PathBuf,
     unknown: PathBuf,
     dead: PathBuf,
+    /// Stems whose file can be neither read nor moved aside: [`Store::scan`] skips them
+    /// until the next start, so a worker never spins on them. Shared by clones.
+    stuck: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Store {
@@ -127,7 +132,7 @@ impl Store {
         let queue = state_dir.join("outbox").join(name);
         let unknown = queue.join("unknown");
         let dead = state_dir.join("deadletter").join(name);
-        Store { name: name.to_string(), queue, unknown, dead }
+        Store { name: name.to_string(), queue, unknown, dead, stuck: Arc::default() }
     }
 
     fn path(&self, stem: &str, ext: &str) -> PathBuf {
@@ -158,6 +163,8 @@ impl Store {
                 stems.push(stem.to_string());
             }
         }
+        let stuck = self.stuck.lock();
+        stems.retain(|s| !stuck.contains(s));
         stems.sort();
         stems.dedup();
         Ok(stems)
@@ -221,11 +228,15 @@ impl Store {
                 path.display(),
                 aside.display()
             ),
-            Err(e) => log::error!(
-                "{}: cannot read outbox file {} ({why}), nor move it aside ({e}); it stays where it is",
-                self.name,
-                path.display()
-            ),
+            Err(e) => {
+                log::error!(
+                    "{}: cannot read outbox file {} ({why}), nor move it aside ({e}); it stays where it is, \
+                     skipped until the next start",
+                    self.name,
+                    path.display()
+                );
+                self.stuck.lock().insert(stem.to_string());
+            }
         }
         None
     }
@@ -600,6 +611,14 @@ mod tests {
         fs::create_dir(store.path("00000000000000000002-0000000001-000000", "json")).unwrap();
         store.recover().unwrap();
         assert!(store.path("00000000000000000002-0000000001-000000", "unreadable").exists());
+        // Neither readable nor movable (a non-empty directory is in the way): skipped
+        // from then on, not tried again every second.
+        let stuck = "00000000000000000003-0000000001-000000";
+        fs::create_dir(store.path(stuck, "json")).unwrap();
+        fs::create_dir_all(store.path(stuck, "unreadable").join("in the way")).unwrap();
+        assert!(matches!(store.claim(stuck).unwrap(), Claim::Gone));
+        assert!(store.path(stuck, "sending").exists(), "left where it was");
+        assert_eq!(store.scan().unwrap(), std::slice::from_ref(&good));
     }
 
     /// Issue 7, section 4: parked deliveries older than the retention are removed.
