@@ -122,7 +122,13 @@ fn store(s: &Services, work: &Work, text: &str, mut attempt: impl FnMut() -> io:
         let platform = &work.accepted.msg.source.platform;
         match attempt() {
             Ok(()) => return true,
-            Err(e) if delivery::is_permanent(&e) => return dead_letter(s, work, text, &e),
+            Err(e) if delivery::is_permanent(&e) => match dead_letter(s, work, text, &e) {
+                Ok(()) => return true,
+                // Cannot happen with a name from the config; the message waits in the inbox.
+                Err(e) if delivery::is_permanent(&e) => return false,
+                // A full disk: the dead letter is written once it has room.
+                Err(_) => {}
+            },
             Err(e) => log::error!("{platform}: cannot queue the answer to {}: {e}", work.key),
         }
         log::warn!("{}: the answer is kept in memory and stored again in {wait:?}", work.key);
@@ -133,10 +139,8 @@ fn store(s: &Services, work: &Work, text: &str, mut attempt: impl FnMut() -> io:
     }
 }
 
-/// Dead-letter an answer that can never be queued; true once it is on disk (the message
-/// is finished), false to leave the message in the inbox (the dead letter could not be
-/// written either: it is answered again after a restart).
-fn dead_letter(s: &Services, work: &Work, text: &str, why: &io::Error) -> bool {
+/// Dead-letter an answer that can never be queued, with a log line naming the platform.
+fn dead_letter(s: &Services, work: &Work, text: &str, why: &io::Error) -> io::Result<()> {
     let msg = &work.accepted.msg;
     let platform = &msg.source.platform;
     let why = format!("cannot be queued: {why}");
@@ -147,14 +151,14 @@ fn dead_letter(s: &Services, work: &Work, text: &str, why: &io::Error) -> bool {
                 msg.source.chat_id,
                 file.display()
             );
-            true
+            Ok(())
         }
         Err(e) => {
             log::error!(
                 "{platform}: the answer to chat {} {why}, and cannot be dead-lettered: {e}",
                 msg.source.chat_id
             );
-            false
+            Err(e)
         }
     }
 }
