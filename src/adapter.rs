@@ -120,6 +120,9 @@ pub enum SendError {
     Unknown(String),
     /// The platform refused this message for good (unknown chat, bot blocked): drop it.
     Rejected(String),
+    /// The outlet is closed for good and sent nothing (the console's standard output was
+    /// closed): nothing more goes to it, and the message stays queued, uncounted.
+    Closed(String),
 }
 
 impl fmt::Display for SendError {
@@ -129,6 +132,7 @@ impl fmt::Display for SendError {
             SendError::Transient(m) => write!(f, "transient send failure: {m}"),
             SendError::Unknown(m) => write!(f, "outcome unknown: {m}"),
             SendError::Rejected(m) => write!(f, "rejected: {m}"),
+            SendError::Closed(m) => write!(f, "closed: {m}"),
         }
     }
 }

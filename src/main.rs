@@ -157,37 +157,69 @@ fn show_status(config: Config, json: bool) -> i32 {
         }
         Ok(s) => {
             print!("{}", s.render(status::pid_alive(s.pid), status::unix_now()));
-            print!("{}", delivery_report(dir));
+            print!("{}", delivery_report(&config));
             EXIT_OK
         }
         Err(e) => {
             eprintln!("switchboard: no status in {} ({e}); has the gateway run with this config?", dir.display());
             // What waits to be sent is on disk whether or not a gateway ever ran.
-            print!("{}", delivery_report(dir));
+            print!("{}", delivery_report(&config));
             EXIT_FAILURE
         }
     }
 }
 
+/// How many parked deliveries `status` shows one by one.
+const NEWEST_SHOWN: usize = 5;
+
 /// What waits in the outbox, and what was set aside: unknown outcomes (maybe
-/// delivered, not re-sent) and dead letters (given up on).
-fn delivery_report(dir: &std::path::Path) -> String {
+/// delivered, not re-sent) and dead letters (given up on). Set-aside deliveries are
+/// summarised (counts per platform, the newest few, where the rest are): there may be
+/// thousands of them.
+fn delivery_report(config: &Config) -> String {
+    let dir = &config.gateway.state_dir;
     let mut out = String::new();
     for (platform, n) in delivery::queued(dir).into_iter().filter(|(_, n)| *n > 0) {
         out.push_str(&format!("outbox: {n} message(s) queued for {platform}\n"));
     }
-    let parked = [("unknown outcome", delivery::unknown_outcomes(dir)), ("dead letter", delivery::dead_letters(dir))];
-    for (what, list) in parked {
-        for p in list {
+    let parked = [
+        (
+            "unknown outcome",
+            "unknown outcomes (maybe delivered, not re-sent)",
+            delivery::unknown_outcome_summary(dir, NEWEST_SHOWN),
+        ),
+        ("dead letter", "dead letters (given up)", delivery::dead_letter_summary(dir, NEWEST_SHOWN)),
+    ];
+    for (one, what, summary) in parked {
+        if summary.is_empty() {
+            continue;
+        }
+        let total: usize = summary.iter().map(|s| s.count).sum();
+        let per: Vec<String> = summary.iter().map(|s| format!("{} {}", s.platform, s.count)).collect();
+        let kept = status::span(config.delivery.retention.as_secs_f64());
+        out.push_str(&format!("{what}: {total} ({}), each kept for {kept}\n", per.join(", ")));
+        let mut newest: Vec<&delivery::Parked> = summary.iter().flat_map(|s| &s.newest).collect();
+        newest.sort_by_key(|p| (p.parked_at.unwrap_or(p.created_at), p.file.clone()));
+        let skip = newest.len().saturating_sub(NEWEST_SHOWN);
+        if total > NEWEST_SHOWN {
+            out.push_str(&format!("  the newest {NEWEST_SHOWN}:\n"));
+        }
+        for p in &newest[skip..] {
             let error = p.error.as_deref().unwrap_or("no error recorded");
             out.push_str(&format!(
-                "{what}: {}:{} \"{}\" ({error}) {}\n",
+                "{one}: {}:{} \"{}\" ({error}) {}\n",
                 p.platform,
                 p.chat_id,
                 p.preview,
                 p.file.display()
             ));
         }
+        let dirs: Vec<String> = summary.iter().map(|s| s.dir.display().to_string()).collect();
+        out.push_str(&format!(
+            "  all of them: ls {}; to send one again, move its file into {}/outbox/PLATFORM/\n",
+            dirs.join(" "),
+            dir.display()
+        ));
     }
     out
 }

@@ -136,13 +136,14 @@ pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// `42 s`, `5 min`, `3 h`.
+/// `42 s`, `5 min`, `3 h`, `30 days`.
 pub fn span(secs: f64) -> String {
     let s = secs.round() as u64;
     match s {
         0..120 => format!("{s} s"),
         120..7200 => format!("{} min", s / 60),
-        _ => format!("{} h", s / 3600),
+        7200..172_800 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86_400),
     }
 }
 

@@ -6,17 +6,25 @@ reset, load the history, ask the agent while a typing indicator shows, record bo
 sides in the transcript, and queue the answer in the durable outbox. Only then is the
 message finished in the inbox; a turn cut short by a crash is answered after restart.
 
+An answer that cannot be queued is kept in memory and queued again with growing waits
+while the failure may heal (a full disk). One that never can (its platform instance was
+removed from the config while the message waited, and the outbox has no such platform)
+is dead-lettered under that platform's name instead, where `status` shows it: a worker
+must never be held by a message no retry can finish.
+
 With `stream = true`, an agent that streams, and a platform that can edit, the answer
 appears while it is written: a first message, then edits at most every `edit_interval`.
 The preview is best effort and sent directly; the final text goes through the outbox
 (as an edit of the preview) like every other reply, so it survives an outage.
 */
 
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::adapter::Outlet;
 use crate::agent::{AgentErrorKind, Cancel, Turn};
+use crate::delivery;
 use crate::inbox::Accepted;
 use crate::message::{ChatMessage, Inbound, Outbound, Role};
 use crate::router::Services;
@@ -42,7 +50,7 @@ pub struct Work {
 /// Run `work` to its end.
 pub fn run(s: &Services, work: &Work) {
     if let Some(text) = &work.known_answer {
-        if store(work, || s.reply(&work.accepted.msg, text.clone())) {
+        if store(s, work, text, || enqueue(s, &work.accepted.msg, text)) {
             s.inbox.complete(&work.accepted.id);
         }
         return;
@@ -89,7 +97,7 @@ fn answer(s: &Services, work: &Work) -> bool {
             if let Err(e) = s.sessions.append(&work.key, &record, reply.input_tokens, reply.output_tokens, now) {
                 log::warn!("{}: cannot record the turn in the transcript: {e}", work.key);
             }
-            store(work, || preview.finish(&reply.text))
+            store(s, work, &reply.text, || preview.finish(&reply.text))
         }
         // `/stop`, `/new` or an interrupting message: it already got its answer.
         Err(e) if e.kind == AgentErrorKind::Cancelled => {
@@ -98,19 +106,30 @@ fn answer(s: &Services, work: &Work) -> bool {
         }
         Err(e) => {
             log::warn!("{}: the agent failed: {}", work.key, e.detail);
-            store(work, || preview.finish(&e.user_message))
+            store(s, work, &e.user_message, || preview.finish(&e.user_message))
         }
     }
 }
 
-/// Run `attempt` (storing the answer in the outbox) until it succeeds, waiting longer
-/// after each failure. Gives up only when the turn is cancelled (`/stop`, `/new`): the
-/// message then stays in the inbox and is answered after a restart.
-fn store(work: &Work, mut attempt: impl FnMut() -> bool) -> bool {
+/// Run `attempt` (storing the answer `text` in the outbox) until it succeeds, waiting
+/// longer after each failure that may heal. A failure that cannot heal dead-letters the
+/// answer instead. Gives up only when the turn is cancelled (`/stop`, `/new`): the
+/// message then stays in the inbox and is answered after a restart. Returns whether the
+/// message is finished.
+fn store(s: &Services, work: &Work, text: &str, mut attempt: impl FnMut() -> io::Result<()>) -> bool {
     let mut wait = STORE_RETRY;
     loop {
-        if attempt() {
-            return true;
+        let platform = &work.accepted.msg.source.platform;
+        match attempt() {
+            Ok(()) => return true,
+            Err(e) if delivery::is_permanent(&e) => match dead_letter(s, work, text, &e) {
+                Ok(()) => return true,
+                // Cannot happen with a name from the config; the message waits in the inbox.
+                Err(e) if delivery::is_permanent(&e) => return false,
+                // A full disk: the dead letter is written once it has room.
+                Err(_) => {}
+            },
+            Err(e) => log::error!("{platform}: cannot queue the answer to {}: {e}", work.key),
         }
         log::warn!("{}: the answer is kept in memory and stored again in {wait:?}", work.key);
         if work.cancel.wait(wait) {
@@ -118,6 +137,35 @@ fn store(work: &Work, mut attempt: impl FnMut() -> bool) -> bool {
         }
         wait = (wait * 2).min(STORE_RETRY_CAP);
     }
+}
+
+/// Dead-letter an answer that can never be queued, with a log line naming the platform.
+fn dead_letter(s: &Services, work: &Work, text: &str, why: &io::Error) -> io::Result<()> {
+    let msg = &work.accepted.msg;
+    let platform = &msg.source.platform;
+    let why = format!("cannot be queued: {why}");
+    match s.outbox.dead_letter(platform, Outbound::reply_to(msg, text.to_string()), &why) {
+        Ok(file) => {
+            log::error!(
+                "{platform}: the answer to chat {} {why}; kept as a dead letter in {}",
+                msg.source.chat_id,
+                file.display()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            log::error!(
+                "{platform}: the answer to chat {} {why}, and cannot be dead-lettered: {e}",
+                msg.source.chat_id
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Queue `text` as a reply to `msg`.
+fn enqueue(s: &Services, msg: &Inbound, text: &str) -> io::Result<()> {
+    s.outbox.enqueue(&msg.source.platform, Outbound::reply_to(msg, text.to_string()))
 }
 
 /// The streamed preview of an answer.
@@ -176,31 +224,28 @@ impl<'a> Preview<'a> {
     }
 
     /// Store the final text: as an edit of the preview when there is one and it fits,
-    /// else as a new reply. Returns whether it was stored.
-    fn finish(&self, text: &str) -> bool {
-        let Some(id) = self.message_id.as_deref() else { return self.s.reply(self.msg, text.to_string()) };
+    /// else as a new reply.
+    fn finish(&self, text: &str) -> io::Result<()> {
+        let Some(id) = self.message_id.as_deref() else { return enqueue(self.s, self.msg, text) };
         if self.fits(text) {
             return self.edit(id, text.to_string());
         }
-        self.edit(id, "(the full answer follows)".to_string()) && self.s.reply(self.msg, text.to_string())
+        self.edit(id, "(the full answer follows)".to_string())?;
+        enqueue(self.s, self.msg, text)
     }
 
     /// A cancelled answer leaves its preview saying so.
     fn finish_cancelled(self) {
         if let Some(id) = self.message_id.clone() {
             let text = format!("{} (stopped)", self.text.trim_end());
-            self.edit(&id, text);
+            if let Err(e) = self.edit(&id, text) {
+                log::error!("{}: cannot queue the end of a stopped preview: {e}", self.msg.source.platform);
+            }
         }
     }
 
-    fn edit(&self, id: &str, text: String) -> bool {
+    fn edit(&self, id: &str, text: String) -> io::Result<()> {
         let edit = Outbound { edit_of: Some(id.to_string()), ..Outbound::reply_to(self.msg, text) };
-        match self.s.outbox.enqueue(&self.msg.source.platform, edit) {
-            Ok(()) => true,
-            Err(e) => {
-                log::error!("{}: cannot queue the final answer: {e}", self.msg.source.platform);
-                false
-            }
-        }
+        self.s.outbox.enqueue(&self.msg.source.platform, edit)
     }
 }

@@ -404,3 +404,155 @@ fn an_answer_beyond_max_message_bytes_is_cut_with_a_marker_not_split_into_hundre
     assert!(sent.last().unwrap().1.contains(marker), "the marker is not at the end");
     assert!(g.log().contains("longer than [delivery] max_message_bytes (65536)"), "no warning");
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 7: nothing accepted is dropped
+
+const CONSOLE: &str = "[platforms.console]\nkind = \"console\"\n";
+
+/// Write `input` to a console gateway's standard input, close it, and return what it
+/// printed once it exited (end of input ends the console, and with it the gateway).
+fn console_run(dir: &Path, config: &str, input: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut g = Gateway::start_in(dir, &dir.join("locks"), config);
+    let mut stdin = g.child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    assert_eq!(g.wait_exit(SOON), Some(0), "{}", g.log());
+    let mut out = String::new();
+    g.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    out
+}
+
+fn status_cli(dir: &Path) -> String {
+    let out = Command::new(binary()).args(["status", "--config", "gateway.toml"]).current_dir(dir).output().unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Issue 7, "console after a restart": a second run on the same state directory answers
+/// every line, though the first run's answered ids are remembered for a week.
+#[test]
+fn console_after_a_restart_answers_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{OPEN_ACCESS}{CONSOLE}");
+    let first = console_run(dir.path(), &config, b"hello one\nhello two\n");
+    assert_eq!(first, "echo: hello one\necho: hello two\n");
+    let second = console_run(dir.path(), &config, b"hello three\nhello four\nhello five\n");
+    assert_eq!(second, "echo: hello three\necho: hello four\necho: hello five\n");
+}
+
+/// Issue 7, "invalid UTF-8 on stdin": a bad line is decoded lossily and input goes on.
+#[test]
+fn invalid_utf8_on_stdin_is_decoded_lossily_and_the_next_lines_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = console_run(dir.path(), &format!("{OPEN_ACCESS}{CONSOLE}"), b"line1\nbad \xff here\nline3\n");
+    assert_eq!(out, "echo: line1\necho: bad \u{fffd} here\necho: line3\n");
+}
+
+/// Issue 7, "the console and a closed stdout": `yes | switchboard run | head -1` made
+/// every later reply a dead letter with an ERROR line each. Now the console stops
+/// cleanly, its replies stay queued, and `status` stays short.
+#[test]
+fn the_console_and_a_closed_stdout_stops_cleanly_and_keeps_the_replies_queued() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &format!("{OPEN_ACCESS}{CONSOLE}"));
+    let mut stdin = g.child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        // Like `yes | head -c 100000`; a write error means the gateway stopped reading.
+        let _ = stdin.write_all(&b"y\n".repeat(50_000));
+    });
+    let mut first = String::new();
+    BufReader::new(g.child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert_eq!(first, "echo: y\n");
+    // The reader went away, like `head -1`: the next reply meets a closed pipe.
+    assert_eq!(g.wait_exit(SOON), Some(0), "{}", g.log());
+    feeder.join().unwrap();
+    let dead = g.state_dir.join("deadletter/console");
+    assert_eq!(fs::read_dir(&dead).map_or(0, |d| d.count()), 0, "replies were dead-lettered");
+    let errors = g.log().lines().filter(|l| l.contains("ERROR")).count();
+    assert_eq!(errors, 0, "{}", g.log());
+    let status = status_cli(dir.path());
+    assert!(status.contains("queued for console"), "{status}");
+    assert!(status.lines().count() < 10, "{status}");
+}
+
+/// Issue 7, "replays for a platform that is gone": messages accepted from a Telegram
+/// bot that is removed from the config before the restart no longer hold the workers
+/// forever: their answers are dead-lettered (and listed by `status`, summarised), and
+/// the console is answered. Later, `[delivery] retention` removes the dead letters.
+#[test]
+fn replays_for_a_platform_that_is_gone_are_dead_lettered_and_the_others_answered() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    let with_tg = format!(
+        "{}{OPEN_ACCESS}{}{CONSOLE}{}",
+        reconnect(200, 20, 5000),
+        slow_agent(dir.path(), 30.0),
+        telegram("tg", &fake.url(), TOKEN)
+    );
+    let mut g = Gateway::start_in(dir.path(), &locks, &with_tg);
+    g.wait_platform("tg", "connected", SOON);
+    // More than the four workers, from different chats: each waits for the slow agent.
+    let mut last = 0;
+    for chat in 1..=7 {
+        last = fake.push_text(chat, chat, &format!("question {chat}"));
+    }
+    // Acknowledged to Telegram: from here only the gateway's inbox has them.
+    assert!(fake.wait_offset(last + 1, deadline(SOON)).is_some());
+    g.signal("KILL");
+    g.wait_exit(SOON);
+    drop(g);
+
+    // The bot is removed from the config; the console stays; echo answers.
+    let console_only = format!("{}{OPEN_ACCESS}{CONSOLE}[delivery]\nretention = \"1h\"\n", reconnect(200, 20, 5000));
+    let out = console_run(dir.path(), &console_only, b"still there?\n");
+    assert_eq!(out, "echo: still there?\n");
+    let status = status_cli(dir.path());
+    assert!(status.contains("dead letters (given up): 7 (tg 7)"), "{status}");
+    assert_eq!(status.lines().filter(|l| l.starts_with("dead letter: tg:")).count(), 5, "{status}");
+    assert!(status.contains("no platform instance `tg`"), "{status}");
+    let log = fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(log.contains("tg: the answer to chat"), "{log}");
+    assert!(fake.sent().is_empty());
+
+    // Two hours later the dead letters are past their retention: the next start removes them.
+    let dead = dir.path().join("state/deadletter/tg");
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for entry in fs::read_dir(&dead).unwrap() {
+        fs::File::options().write(true).open(entry.unwrap().path()).unwrap().set_modified(two_hours_ago).unwrap();
+    }
+    console_run(dir.path(), &console_only, b"");
+    assert_eq!(fs::read_dir(&dead).unwrap().count(), 0);
+    assert!(!status_cli(dir.path()).contains("dead letter"));
+}
+
+/// Issue 7, "outbox read errors": `sudo switchboard send` into a state directory owned
+/// by the service user would write a file the gateway cannot read. It refuses instead.
+#[test]
+fn send_as_another_user_than_the_state_directory_owner_refuses() {
+    use std::os::unix::fs::MetadataExt;
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    fs::create_dir_all(&state).unwrap();
+    let config = format!("[gateway]\nstate_dir = \"{}\"\n{}", state.display(), telegram("tg", &fake.url(), TOKEN));
+    fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    // Only root can give the directory to someone else; anyone else is that someone else.
+    let owner = fs::metadata(&state).unwrap().uid();
+    if Command::new("chown").arg("65534").arg(&state).status().is_ok_and(|s| s.success()) {
+        assert_ne!(fs::metadata(&state).unwrap().uid(), owner);
+    } else {
+        return eprintln!("skipped: cannot chown (not root)");
+    }
+    let out = Command::new(binary())
+        .args(["--config", "gateway.toml", "send", "tg:5", "hello"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("belongs to user id 65534") && stderr.contains("sudo -u '#65534'"), "{stderr}");
+    assert!(!state.join("outbox").exists(), "a file was written");
+}

@@ -403,6 +403,107 @@ fn corrupt_files_at_startup_are_moved_aside() {
     stop(&outbox);
 }
 
+/// Issue 7, "outbox read errors": a queued file that cannot be read is not taken for
+/// sent: it is moved aside, the worker goes on with the next, and nothing spins.
+#[test]
+fn outbox_read_errors_are_set_aside_never_counted_as_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path(), settings(10));
+    // Tests run as root, which reads any file whatever its mode: a directory in place of
+    // the file is a read error (EISDIR) that root gets too.
+    let bad = "00000000000000000001-0000000001-000000";
+    fs::create_dir_all(queue_dir(dir.path()).join(format!("{bad}.json"))).unwrap();
+    outbox.enqueue(P, msg("after it")).unwrap();
+    let outlet = TestOutlet::new();
+    outbox.publish(P, 1, outlet.clone(), LIMIT);
+    assert_eq!(outlet.wait_sent(1), ["after it"]);
+    assert!(wait_until(deadline(SOON), || queue_dir(dir.path()).join(format!("{bad}.unreadable")).exists()));
+    assert_eq!(outbox.drain(deadline(SOON)), 0);
+    assert_eq!(outlet.attempts().len(), 1, "the unreadable file was never sent");
+    stop(&outbox);
+}
+
+/// A limit that splits `long_text()` into three chunks.
+const SMALL: Limit = Limit { max: 30, unit: Unit::Chars };
+
+fn long_text() -> String {
+    "first part of it. second part of it. third part of it.".to_string()
+}
+
+/// Issue 7, "chunk rollback": the chunks of a message are queued as one delivery, so a
+/// worker never starts on a message whose later chunks may still be rolled back; and a
+/// restart after a chunk went out resumes with the next chunk, never repeats the first.
+#[test]
+fn chunk_rollback_a_long_message_is_queued_whole_and_resumed_not_repeated() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Outbox::open(dir.path(), settings(10), &[(P.to_string(), SMALL)]).unwrap();
+    first.start_workers().unwrap();
+    first.enqueue(P, msg(&long_text())).unwrap();
+    assert_eq!(files(&queue_dir(dir.path())).len(), 1, "one message, one file");
+    assert_eq!(first.pending(P), 1);
+    let before = TestOutlet::new();
+    // The first chunk goes out, then the platform asks for a long pause; the gateway stops.
+    before.script([None, Some(SendError::RetryAfter(Duration::from_secs(60)))]);
+    first.publish(P, 1, before.clone(), SMALL);
+    before.wait_attempts(2);
+    stop(&first);
+    assert_eq!(before.sent().len(), 1);
+
+    let second = Outbox::open(dir.path(), settings(10), &[(P.to_string(), SMALL)]).unwrap();
+    second.start_workers().unwrap();
+    let after = TestOutlet::new();
+    second.publish(P, 1, after.clone(), SMALL);
+    let rest = after.wait_sent(2);
+    assert_eq!(second.drain(deadline(SOON)), 0);
+    stop(&second);
+    let mut all = before.sent();
+    all.extend(rest);
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(all[0].starts_with("first") && all[1].contains("second") && all[2].contains("third"), "{all:?}");
+    assert!(files(&queue_dir(dir.path())).is_empty());
+}
+
+/// An unknown outcome in the middle of a long message sets aside that chunk only.
+#[test]
+fn an_unknown_outcome_mid_message_sets_aside_that_chunk_and_sends_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), settings(10), &[(P.to_string(), SMALL)]).unwrap();
+    outbox.start_workers().unwrap();
+    let outlet = TestOutlet::new();
+    outlet.script([None, Some(SendError::Unknown("no answer".into()))]);
+    outbox.enqueue(P, msg(&long_text())).unwrap();
+    outbox.publish(P, 1, outlet.clone(), SMALL);
+    let sent = outlet.wait_sent(2);
+    assert!(sent[0].starts_with("first") && sent[1].contains("third"), "{sent:?}");
+    assert_eq!(outbox.drain(deadline(SOON)), 0);
+    let unknown = delivery::unknown_outcomes(dir.path());
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert!(unknown[0].preview.contains("second"), "{unknown:?}");
+    stop(&outbox);
+}
+
+/// Issue 7, "the console and a closed stdout": an outlet that closed keeps what is
+/// queued for it, uncounted, instead of dead-lettering it, and is not sent to again.
+#[test]
+fn a_closed_outlet_keeps_its_queue_and_is_not_sent_to_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // One counted attempt would dead-letter: closing must not count.
+    let outbox = open(dir.path(), settings(1));
+    let outlet = TestOutlet::new();
+    outlet.fail([SendError::Closed("stdout closed".into())]);
+    for text in ["one", "two", "three"] {
+        outbox.enqueue(P, msg(text)).unwrap();
+    }
+    outbox.publish(P, 1, outlet.clone(), LIMIT);
+    outlet.wait_attempts(1);
+    assert!(wait_until(deadline(SOON), || outbox.outlet(P).is_none()), "the closed outlet stays published");
+    assert!(!wait_until(deadline(Duration::from_millis(300)), || outlet.attempts().len() > 1), "sent to again");
+    assert_eq!(outbox.pending(P), 3);
+    assert!(delivery::dead_letters(dir.path()).is_empty());
+    stop(&outbox);
+    assert_eq!(files(&queue_dir(dir.path())).len(), 3, "still queued on disk");
+}
+
 // ---------------------------------------------------------------------------------------
 // End to end, with the Telegram adapter and the fake Bot API
 
@@ -480,9 +581,8 @@ fn a_long_reply_with_code_reaches_telegram_in_marked_chunks_with_balanced_fences
     assert!(text.encode_utf16().count() > 2 * 4096);
     let reply = Outbound { reply_to: Some("9".into()), ..msg(&text) };
     outbox.enqueue("tg", reply).unwrap();
-    let files_now = files(&config.gateway.state_dir.join("outbox/tg"));
-    assert!(files_now.len() >= 3, "each chunk is its own file: {files_now:?}");
-    let n = files_now.len();
+    let n = switchboard::text::split(&text, LIMIT).len();
+    assert!(n >= 3);
     let sent = fake.wait_sent(n, deadline(SOON));
     assert_eq!(sent.len(), n);
     for (i, (chat, chunk)) in sent.iter().enumerate() {

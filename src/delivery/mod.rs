@@ -16,16 +16,21 @@ unless the platform de-duplicates by itself.
 - `store.rs`: the files (`state_dir/outbox/NAME/`, `unknown/`, `state_dir/deadletter/NAME/`),
   their names and format, crash recovery.
 
-Texts are split to the platform's limit when they are queued ([`crate::text::split`]),
-each chunk its own file, so a crash in the middle of a long reply resumes with the next
-chunk instead of repeating the first.
+Texts are split to the platform's limit when they are queued ([`crate::text::split`]);
+all chunks of a message share one file, rewritten after each chunk is sent, so the
+sender sees a message whole or not at all, and a crash in the middle of a long reply
+resumes with the next chunk instead of repeating the first.
+
+Dead letters and unknown-outcome files are kept for `retention`, then removed (at
+startup and about daily), so months of unattended running do not fill the disk.
 
 `[delivery]` settings: `max_delivery_attempts` (default 10), `retry_wait` ("2s", the
 wait after the first failed attempt, doubling after each), `retry_cap` ("5m"),
 `max_message_bytes` (64 KiB). The last bounds one message: 20 MB piped into
 `switchboard send` became 4,902 Telegram messages. `send` refuses a longer text; an
 answer of the gateway's own (an agent run wild) is cut to the limit with a visible
-marker and a warning ([`cap_message`]), never split into thousands.
+marker and a warning ([`cap_message`]), never split into thousands. `retention` ("720h":
+30 days) bounds how long parked deliveries are kept.
 */
 
 mod outbox;
@@ -39,7 +44,7 @@ use crate::message::Outbound;
 
 pub use outbox::Outbox;
 
-pub use store::Parked;
+pub use store::{Parked, ParkedSummary};
 pub use target::{Address, Target, parse_target};
 
 use crate::config::{Config, Section};
@@ -58,6 +63,9 @@ pub struct DeliveryConfig {
     /// The longest text one message may have, in bytes (UTF-8), before it is split to
     /// the platform's limit.
     pub max_message_bytes: usize,
+    /// How long dead letters and unknown-outcome files are kept before they are
+    /// removed (at startup, and about daily while running).
+    pub retention: Duration,
 }
 
 /// The default of `[delivery] max_message_bytes`: 64 KiB, 16 Telegram messages.
@@ -77,6 +85,7 @@ impl Default for DeliveryConfig {
             retry_wait: Duration::from_secs(2),
             retry_cap: Duration::from_secs(300),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -93,6 +102,7 @@ pub fn parse_config(s: &mut Section<'_>) -> DeliveryConfig {
     }
     // Beyond the address space it cannot be reached anyway.
     let max_message_bytes = usize::try_from(max_message_bytes).unwrap_or(usize::MAX);
+    let retention = s.duration_or("retention", d.retention);
     if max_delivery_attempts == 0 {
         s.invalid("max_delivery_attempts", "must be at least 1");
     }
@@ -101,7 +111,10 @@ pub fn parse_config(s: &mut Section<'_>) -> DeliveryConfig {
     } else if retry_cap < retry_wait {
         s.invalid("retry_cap", "must be at least retry_wait");
     }
-    DeliveryConfig { max_delivery_attempts, retry_wait, retry_cap, max_message_bytes }
+    if retention.is_zero() {
+        s.invalid("retention", "must be greater than 0 (a dead letter must stay long enough to be seen)");
+    }
+    DeliveryConfig { max_delivery_attempts, retry_wait, retry_cap, max_message_bytes, retention }
 }
 
 /// `msg` with its text cut to `max` bytes (at a character boundary, the marker
@@ -150,15 +163,50 @@ pub fn send_command(config: &Config, target: &str, text: &str) -> Result<String,
             config.file.display()
         ));
     }
-    let records = outbox::records(address.message(text), limit);
-    if records.is_empty() {
-        return Err("nothing to send: the text is empty".into());
-    }
+    let record = outbox::to_record(address.message(text), limit).ok_or("nothing to send: the text is empty")?;
     let state_dir = &config.gateway.state_dir;
+    check_owner(state_dir)?;
     let store = store::Store::new(state_dir, &address.platform);
-    store.write(&records).map_err(|e| format!("cannot write to the outbox in {}: {e}", state_dir.display()))?;
-    let parts = if records.len() == 1 { String::new() } else { format!(" in {} parts", records.len()) };
+    store.write(&record).map_err(|e| format!("cannot write to the outbox in {}: {e}", state_dir.display()))?;
+    let parts = if record.more.is_empty() { String::new() } else { format!(" in {} parts", record.more.len() + 1) };
     Ok(format!("queued for {address}{parts}"))
+}
+
+/// Whether an error from [`Outbox::enqueue`] will recur however often it is retried:
+/// the platform instance is not configured (or not enabled) any more, or the message
+/// itself is refused. Any other error (a full disk) may heal and is worth retrying.
+pub fn is_permanent(e: &std::io::Error) -> bool {
+    outbox::is_permanent(e)
+}
+
+/// Dead letters per platform: how many, and the newest `n`.
+pub fn dead_letter_summary(state_dir: &Path, n: usize) -> Vec<ParkedSummary> {
+    store::summarize_parked(state_dir, store::Park::Dead, n)
+}
+
+/// Unknown-outcome deliveries per platform: how many, and the newest `n`.
+pub fn unknown_outcome_summary(state_dir: &Path, n: usize) -> Vec<ParkedSummary> {
+    store::summarize_parked(state_dir, store::Park::Unknown, n)
+}
+
+/// `send` writes files the gateway must read: refuse when the state directory belongs to
+/// another user (`sudo switchboard send` would leave a root-owned 0600 file the gateway
+/// cannot read). A state directory that does not exist yet is ours to create.
+fn check_owner(state_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(state_dir) else { return Ok(()) };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() == me {
+        return Ok(());
+    }
+    Err(format!(
+        "the state directory {} belongs to user id {}, not to you (user id {me}): the gateway could not read \
+         what you queue; run this as that user, e.g. sudo -u '#{}' switchboard send …",
+        state_dir.display(),
+        meta.uid(),
+        meta.uid()
+    ))
 }
 
 /// Deliveries given up (refused, or failed `max_delivery_attempts` times), per platform
@@ -184,13 +232,17 @@ mod tests {
 
     #[test]
     fn reads_its_config_section() {
-        let mut s = Section::new_for_test("max_delivery_attempts = 3\nretry_wait = \"10ms\"\nretry_cap = \"1s\"", &[]);
+        let mut s = Section::new_for_test(
+            "max_delivery_attempts = 3\nretry_wait = \"10ms\"\nretry_cap = \"1s\"\nretention = \"48h\"",
+            &[],
+        );
         let got = parse_config(&mut s);
         assert!(s.finish().is_empty());
         let want = DeliveryConfig {
             max_delivery_attempts: 3,
             retry_wait: Duration::from_millis(10),
             retry_cap: Duration::from_secs(1),
+            retention: Duration::from_secs(48 * 3600),
             ..DeliveryConfig::default()
         };
         assert_eq!(got, want);

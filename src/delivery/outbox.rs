@@ -22,6 +22,11 @@ Per delivery, by the outlet's answer:
 | `Transient`       | count an attempt; wait `retry_wait`, doubling up to `retry_cap`; after `max_delivery_attempts` dead-letter it |
 | `Unknown`         | set aside in `unknown/`, not re-sent — unless the outlet is idempotent or the delivery is an edit (repeating an edit is harmless), then as `Transient` |
 | `Rejected`        | dead-letter at once                                                       |
+| `Closed`          | kept queued, not counted; the outlet is withdrawn until the platform publishes a new one |
+
+A long message is one file holding all its chunks ([`super::store`]): one attempt sends
+them in order, recording progress after each, and a failure settles the chunks not yet
+sent by the table above (an unknown outcome sets aside only the chunk it concerns).
 
 A delivery blocks the ones behind it while it waits: order per platform is kept. Every
 wait ends at once on [`Outbox::quit`], and a transient wait ends early when the platform
@@ -38,7 +43,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::DeliveryConfig;
-use super::store::{Claim, Park, Record, Store, unix_now};
+use super::store::{self, Claim, Park, Record, Store, unix_now};
 use crate::adapter::{Outlet, SendError};
 use crate::backoff;
 use crate::message::Outbound;
@@ -46,6 +51,9 @@ use crate::text::{self, Limit};
 
 /// How often an idle worker lists its directory for deliveries queued by other processes.
 const SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// How often, at run time, parked deliveries past `[delivery] retention` are removed.
+const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// The durable outbox of every platform instance. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -67,6 +75,8 @@ struct State {
     quit: bool,
     /// Worker threads still running.
     workers: usize,
+    /// When parked deliveries older than `retention` are removed next.
+    next_prune: Option<Instant>,
 }
 
 /// One platform instance.
@@ -117,13 +127,17 @@ impl Outbox {
             let queue = store.recover()?.into_iter().collect();
             state.lanes.insert(name.clone(), Lane::new(store, *limit, queue));
         }
+        store::prune_parked(state_dir, config.retention);
+        state.next_prune = Instant::now().checked_add(PRUNE_EVERY);
         let shared =
             Shared { state_dir: state_dir.to_path_buf(), config, state: Mutex::new(state), wake: Condvar::new() };
         Ok(Outbox { shared: Arc::new(shared) })
     }
 
     /// Queue `msg` for `platform`, split to its limit (an edit is truncated instead).
-    /// Every chunk is on disk when this returns. A blank text queues nothing.
+    /// The whole message is on disk when this returns. A blank text queues nothing.
+    /// An error for which [`super::is_permanent`] holds will recur however often the
+    /// call is repeated (no such platform instance); any other (a full disk) may heal.
     pub fn enqueue(&self, platform: &str, msg: Outbound) -> io::Result<()> {
         let (store, limit) = {
             let state = self.shared.state.lock();
@@ -131,12 +145,27 @@ impl Outbox {
             (lane.store.clone(), lane.limit)
         };
         let msg = super::cap_message(msg, self.shared.config.max_message_bytes, platform);
-        let stems = store.write(&records(msg, limit))?;
+        let Some(record) = to_record(msg, limit) else { return Ok(()) };
+        let stem = store.write(&record)?;
         if let Some(lane) = self.shared.state.lock().lanes.get_mut(platform) {
-            lane.queue.extend(stems);
+            lane.queue.insert(stem);
         }
         self.shared.wake.notify_all();
         Ok(())
+    }
+
+    /// Dead-letter `msg` for `platform` without trying to send it: an answer that can
+    /// never be queued, because its platform instance is no longer configured. Returns
+    /// the file, to name in the log.
+    pub fn dead_letter(&self, platform: &str, msg: Outbound, why: &str) -> io::Result<PathBuf> {
+        // The name comes from the inbox journal: it must stay one directory level.
+        if platform.is_empty() || platform.starts_with('.') || platform.contains('/') {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad platform name `{platform}`")));
+        }
+        let mut record = Record::new(msg);
+        record.last_error = Some(why.to_string());
+        record.parked_at = Some(unix_now());
+        Store::new(&self.shared.state_dir, platform).dead_letter(&record)
     }
 
     /// Make `outlet` the way to send to `name` (called once a generation connected).
@@ -303,9 +332,10 @@ impl Outbox {
         }
     }
 
-    /// Claim, send and settle one delivery.
+    /// Claim, send and settle one delivery: every chunk of its message, in order.
     fn attempt(&self, name: &str, job: &Job) -> Verdict {
-        let (record, interrupted) = match job.store.claim(&job.stem) {
+        self.prune_if_due();
+        let (mut record, interrupted) = match job.store.claim(&job.stem) {
             Ok(Claim::Fresh(record)) => (record, false),
             Ok(Claim::Interrupted(record)) => (record, true),
             Ok(Claim::Gone) => return Verdict::Done,
@@ -314,31 +344,101 @@ impl Outbox {
                 return Verdict::Retry(self.shared.config.retry_wait);
             }
         };
-        // Editing a message to the same text twice does no harm.
-        let repeatable = job.outlet.idempotent() || record.outbound.edit_of.is_some();
-        if interrupted && !repeatable {
+        if interrupted && !repeatable(&*job.outlet, &record) {
             let why = "the gateway stopped while sending it: it may or may not have arrived";
-            return self.park(name, job, record, Park::Unknown, why.into());
-        }
-        match deliver(&*job.outlet, &record.outbound) {
-            Ok(()) => {
-                if let Err(e) = job.store.sent(&job.stem) {
-                    log::error!("{name}: sent {}, but cannot remove it from the outbox: {e}", job.stem);
-                }
-                Verdict::Done
+            match self.park_first(name, job, record, Park::Unknown, why.into()) {
+                Ok(Some(rest)) => record = rest,
+                Ok(None) => return Verdict::Done,
+                Err(verdict) => return verdict,
             }
-            Err(SendError::RetryAfter(wait)) => {
-                log::warn!("{name}: rate limited, waiting {wait:?} before the next send");
-                if let Err(e) = job.store.unclaim(&job.stem) {
-                    log::error!("{name}: cannot put {} back into the outbox: {e}", job.stem);
-                }
-                Verdict::Wait(wait)
-            }
-            Err(SendError::Transient(why)) => self.failed(name, job, record, why),
-            Err(SendError::Unknown(why)) if repeatable => self.failed(name, job, record, why),
-            Err(SendError::Unknown(why)) => self.park(name, job, record, Park::Unknown, why),
-            Err(SendError::Rejected(why)) => self.park(name, job, record, Park::Dead, why),
         }
+        loop {
+            let next = match deliver(&*job.outlet, &record.outbound) {
+                Ok(()) => job.store.advance(&job.stem, &record).map_err(|e| {
+                    log::error!("{name}: sent a part of {}, but cannot record it: {e}", job.stem);
+                    // The claim stays: the next attempt sets this part aside, never repeats it.
+                    Verdict::Retry(self.shared.config.retry_wait)
+                }),
+                Err(SendError::RetryAfter(wait)) => {
+                    log::warn!("{name}: rate limited, waiting {wait:?} before the next send");
+                    return self.unclaim(name, job, Verdict::Wait(wait));
+                }
+                Err(SendError::Closed(why)) => return self.closed(name, job, why),
+                Err(SendError::Unknown(why)) if !repeatable(&*job.outlet, &record) => {
+                    self.park_first(name, job, record, Park::Unknown, why)
+                }
+                Err(SendError::Transient(why) | SendError::Unknown(why)) => return self.failed(name, job, record, why),
+                Err(SendError::Rejected(why)) => return self.park(name, job, record, Park::Dead, why),
+            };
+            match next {
+                Ok(Some(rest)) => record = rest,
+                Ok(None) => return Verdict::Done,
+                Err(verdict) => return verdict,
+            }
+            if self.shared.state.lock().quit {
+                // The rest of a long message waits for the next start.
+                return self.unclaim(name, job, Verdict::Done);
+            }
+        }
+    }
+
+    /// Put the claimed delivery back unchanged; then `verdict`.
+    fn unclaim(&self, name: &str, job: &Job, verdict: Verdict) -> Verdict {
+        if let Err(e) = job.store.unclaim(&job.stem) {
+            log::error!("{name}: cannot put {} back into the outbox: {e}", job.stem);
+        }
+        verdict
+    }
+
+    /// The outlet is closed for good (the console's standard output): nothing more goes
+    /// to it. The delivery stays queued, uncounted, for a new outlet (the next start).
+    fn closed(&self, name: &str, job: &Job, why: String) -> Verdict {
+        log::warn!("{name}: the platform closed ({why}); its deliveries stay queued");
+        let mut state = self.shared.state.lock();
+        if let Some(lane) = state.lanes.get_mut(name)
+            && lane.outlet.as_ref().is_some_and(|(_, o)| Arc::ptr_eq(o, &job.outlet))
+        {
+            lane.outlet = None;
+        }
+        drop(state);
+        // No wait of its own: with no outlet the worker waits for a new one.
+        self.unclaim(name, job, Verdict::Wait(Duration::ZERO))
+    }
+
+    /// Set the first chunk aside; the rest of the message, if any, stays claimed.
+    fn park_first(
+        &self,
+        name: &str,
+        job: &Job,
+        mut record: Record,
+        park: Park,
+        why: String,
+    ) -> Result<Option<Record>, Verdict> {
+        if record.more.is_empty() {
+            self.park(name, job, record, park, why);
+            return Ok(None);
+        }
+        let chat = &record.outbound.chat_id;
+        log::warn!("{name}: a part of a delivery to chat {chat} has an unknown outcome ({why}); not re-sent");
+        record.last_error = Some(why);
+        record.parked_at = Some(unix_now());
+        job.store.park_first(&job.stem, &record, park).map_err(|e| {
+            log::error!("{name}: cannot set a part of {} aside: {e}", job.stem);
+            Verdict::Retry(self.shared.config.retry_wait)
+        })
+    }
+
+    /// Remove parked deliveries past `[delivery] retention`, about once a day.
+    fn prune_if_due(&self) {
+        let now = Instant::now();
+        {
+            let mut state = self.shared.state.lock();
+            if state.next_prune.is_some_and(|t| now < t) {
+                return;
+            }
+            state.next_prune = now.checked_add(PRUNE_EVERY);
+        }
+        store::prune_parked(&self.shared.state_dir, self.shared.config.retention);
     }
 
     /// Count a failed attempt: retry later, or dead-letter after the last one.
@@ -407,24 +507,27 @@ impl Drop for Running<'_> {
     }
 }
 
-/// The records `msg` becomes: one per chunk, the reply reference on the first only. An
-/// edit replaces one message, so it is truncated to fit rather than split.
-pub(super) fn records(msg: Outbound, limit: Limit) -> Vec<Record> {
+/// The record `msg` becomes: its chunks, the reply reference on the first only (see
+/// [`Record`]); `None` for a blank text. An edit replaces one message, so it is
+/// truncated to fit rather than split.
+pub(super) fn to_record(msg: Outbound, limit: Limit) -> Option<Record> {
     if msg.text.trim().is_empty() {
         // Nothing to say, and platforms refuse empty messages.
-        return Vec::new();
+        return None;
     }
     if msg.edit_of.is_some() {
         let text = text::truncate(&msg.text, limit);
-        return vec![Record::new(Outbound { text, ..msg })];
+        return Some(Record::new(Outbound { text, ..msg }));
     }
-    let chunks = text::split(&msg.text, limit);
-    let mut out = Vec::with_capacity(chunks.len());
-    for (i, text) in chunks.into_iter().enumerate() {
-        let reply_to = if i == 0 { msg.reply_to.clone() } else { None };
-        out.push(Record::new(Outbound { text, reply_to, ..msg.clone() }));
-    }
-    out
+    let mut chunks = text::split(&msg.text, limit).into_iter();
+    let first = chunks.next()?;
+    Some(Record { more: chunks.collect(), ..Record::new(Outbound { text: first, ..msg }) })
+}
+
+/// Whether sending the first chunk of `record` again does no harm: the platform drops
+/// repeats, or it is an edit (editing a message to the same text twice changes nothing).
+fn repeatable(outlet: &dyn Outlet, record: &Record) -> bool {
+    outlet.idempotent() || record.outbound.edit_of.is_some()
 }
 
 fn deliver(outlet: &dyn Outlet, msg: &Outbound) -> Result<(), SendError> {
@@ -435,5 +538,23 @@ fn deliver(outlet: &dyn Outlet, msg: &Outbound) -> Result<(), SendError> {
 }
 
 fn unknown_platform(name: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("no platform instance `{name}` in the outbox"))
+    io::Error::new(io::ErrorKind::NotFound, NoPlatform(name.to_string()))
+}
+
+/// An enqueue named a platform instance the outbox does not have (not configured, or
+/// disabled): no retry can help.
+#[derive(Debug)]
+struct NoPlatform(String);
+
+impl std::fmt::Display for NoPlatform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no platform instance `{}` is configured and enabled", self.0)
+    }
+}
+
+impl std::error::Error for NoPlatform {}
+
+/// See [`super::is_permanent`].
+pub(super) fn is_permanent(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<NoPlatform>()) || e.kind() == io::ErrorKind::InvalidInput
 }
