@@ -1,7 +1,8 @@
 /*!
 The outbox handle and its workers: one worker thread (`outbox-NAME`) per platform
 instance sends that instance's queue in order while it has a published [`Outlet`], and
-waits while it has none.
+waits while it has none. A worker that panics is restarted ([`supervise::spawn`]) and
+goes on with its queue.
 
 State is split between disk and memory. The files ([`super::store`]) are the truth: a
 delivery is durable before [`Outbox::enqueue`] returns and leaves the disk only once the
@@ -32,7 +33,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -42,6 +42,7 @@ use super::store::{Claim, Park, Record, Store, unix_now};
 use crate::adapter::{Outlet, SendError};
 use crate::backoff;
 use crate::message::Outbound;
+use crate::supervise;
 use crate::text::{self, Limit};
 
 /// How often an idle worker lists its directory for deliveries queued by other processes.
@@ -191,16 +192,19 @@ impl Outbox {
         };
         for (i, name) in names.iter().enumerate() {
             let outbox = self.clone();
-            let worker = name.clone();
-            let spawned = thread::Builder::new().name(format!("outbox-{name}")).spawn(move || outbox.work(&worker));
+            // Lives as long as the thread, across restarts after a panic.
+            let running = Running { shared: self.shared.clone(), name: name.clone() };
+            let spawned = supervise::spawn(format!("outbox-{name}"), move || outbox.work(&running.name));
             if let Err(e) = spawned {
+                // This worker's `Running` was dropped with its closure and undid its own
+                // count; undo the ones not tried.
                 let mut state = self.shared.state.lock();
-                for name in &names[i..] {
+                for name in &names[i + 1..] {
                     if let Some(lane) = state.lanes.get_mut(name) {
                         lane.worker = false;
                     }
                 }
-                state.workers -= names.len() - i;
+                state.workers -= names.len() - i - 1;
                 return Err(e);
             }
         }
@@ -246,10 +250,17 @@ impl Outbox {
 
     /// The worker of `name`: take the first delivery once the platform has an outlet
     /// and no wait is pending, try it, record the verdict.
+    ///
+    /// Called again after a panic ([`supervise::spawn`]). The delivery it was sending is
+    /// still first in the queue, so it is handed back by clearing `busy`: the next attempt
+    /// claims it again, and its claim says whether it may have gone out already.
     fn work(&self, name: &str) {
-        let _running = Running { shared: &self.shared, name };
+        if let Some(lane) = self.shared.state.lock().lanes.get_mut(name) {
+            lane.busy = false;
+        }
         let mut next_scan = Instant::now() + SCAN_EVERY;
         while let Some(job) = self.next_job(name, &mut next_scan) {
+            crate::testhook::panic_point("outbox-send");
             let verdict = self.attempt(name, &job);
             let mut state = self.shared.state.lock();
             if let Some(lane) = state.lanes.get_mut(name) {
@@ -387,17 +398,17 @@ impl Lane {
     }
 }
 
-/// Marks a worker as ended when its thread ends, even by a panic.
-struct Running<'a> {
-    shared: &'a Shared,
-    name: &'a str,
+/// Marks a worker as ended when its thread ends (after [`Outbox::quit`]).
+struct Running {
+    shared: Arc<Shared>,
+    name: String,
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
         let mut state = self.shared.state.lock();
         state.workers -= 1;
-        if let Some(lane) = state.lanes.get_mut(self.name) {
+        if let Some(lane) = state.lanes.get_mut(&self.name) {
             lane.worker = false;
             lane.busy = false;
         }
