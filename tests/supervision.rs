@@ -88,6 +88,23 @@ fn outbox_worker_panic_restarts_and_delivers() {
 }
 
 #[test]
+fn outbox_worker_panicking_every_time_exits_1() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = bot(dir.path(), &fake, "", "outbox-send");
+    g.wait_platform("tg", "connected", SOON);
+    fake.push_text(5, 5, "hello");
+    // Restarts are bounded: a worker that panics in a loop ends the gateway, so that the
+    // service manager restarts it, instead of spinning or living on without sending.
+    assert_eq!(g.wait_exit(SOON), Some(1), "{}", g.log());
+    assert!(g.log().contains("thread outbox-tg panicked 5 times"), "{}", g.log());
+    // The reply stayed in the outbox: the next start sends it.
+    let g = bot(dir.path(), &fake, "", "");
+    g.wait_platform("tg", "connected", SOON);
+    assert_eq!(texts(&fake.wait_sent(1, deadline(SOON))), ["echo: hello"], "{}", g.log());
+}
+
+#[test]
 fn turn_worker_panic_answers_the_message_again() {
     let fake = FakeTelegram::start(TOKEN);
     let dir = tempfile::tempdir().unwrap();
@@ -184,15 +201,18 @@ fn stopped_console_outlet_is_withdrawn() {
     assert_eq!(reply.lines().last(), Some("Connected platforms: tg"), "{reply}");
 }
 
-/// Two bots on two fake servers, `a` and `b`, answered by a slow agent; `a`'s
-/// `sendChatAction` hangs for 25 s, and its requests may take 30 s.
+/// How long the tests of typing wait: well under `a`'s hang, well over what is needed.
+const TYPING_WAIT: Duration = Duration::from_secs(20);
+
+/// Two bots on two fake servers, `a` and `b`, answered by an agent that takes 30 s;
+/// `a`'s `sendChatAction` hangs for 40 s, and its requests may take 60 s.
 fn two_bots(dir: &Path, a: &FakeTelegram, b: &FakeTelegram) -> Gateway {
-    a.fail_always("sendChatAction", Some(Fault::Hang(Duration::from_secs(25))));
-    let slow_a = telegram("a", &a.url(), TOKEN).replace("request_timeout = \"2s\"", "request_timeout = \"30s\"");
+    a.fail_always("sendChatAction", Some(Fault::Hang(Duration::from_secs(40))));
+    let slow_a = telegram("a", &a.url(), TOKEN).replace("request_timeout = \"2s\"", "request_timeout = \"60s\"");
     let config = format!(
         "{}{OPEN_ACCESS}{}{slow_a}{}",
         reconnect(50, 20, 5000),
-        slow_agent(dir, 12.0),
+        slow_agent(dir, 30.0),
         telegram("b", &b.url(), OTHER_TOKEN)
     );
     let g = Gateway::start_in(dir, &dir.join("locks"), &config);
@@ -210,7 +230,7 @@ fn slow_typing_on_one_platform_does_not_delay_another() {
     assert_eq!(a.wait_count("sendChatAction", 1, deadline(SOON)), 1, "{}", g.log());
     // `a`'s indicator is hanging now. `b`'s goes out all the same, long before `a`'s ends.
     b.push_text(2, 2, "on b");
-    assert!(b.wait_count("sendChatAction", 1, deadline(SOON)) >= 1, "{}", g.log());
+    assert!(b.wait_count("sendChatAction", 1, deadline(TYPING_WAIT)) >= 1, "{}", g.log());
 }
 
 #[test]
@@ -219,7 +239,7 @@ fn typing_on_a_dead_platform_is_bounded_to_2s() {
     let dir = tempfile::tempdir().unwrap();
     let g = two_bots(dir.path(), &a, &b);
     a.push_text(1, 1, "on a");
-    // The first indicator hangs for 25 s, but the call gives up after 2 s, so the next
-    // one (4 s later) goes out within the 10 s wait.
-    assert!(a.wait_count("sendChatAction", 2, deadline(SOON)) >= 2, "{}", g.log());
+    // The first indicator hangs for 40 s, but the call gives up after 2 s, so the next
+    // one (4 s later) goes out within the wait.
+    assert!(a.wait_count("sendChatAction", 2, deadline(TYPING_WAIT)) >= 2, "{}", g.log());
 }
