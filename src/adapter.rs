@@ -11,7 +11,8 @@ needs from the gateway comes through its [`Context`]; it never sees the supervis
 [`Event::Connected`], run, and report how it ended. A panic (on the adapter thread, or on
 a helper thread of [`Context::interruptible`]) is caught and reported as a retryable
 fatal `adapter_panic`, so one broken adapter never takes the gateway down. However a
-generation ends, its outlet is withdrawn.
+generation ends, its platform is no longer listed as connected; after a fatal end its
+outlet is withdrawn, after a clean one it still sends the replies already queued.
 */
 
 use std::fmt;
@@ -317,9 +318,13 @@ pub fn spawn(instance: &PlatformInstance, generation: u64, wiring: &Wiring) -> R
                 Event::Fatal { name: ctx.name.clone(), generation, fatal }
             }
         };
-        // However it ended, nothing can be sent through this generation any more (a
-        // stopped console must not be listed as connected).
-        wiring.outlets.withdraw(&ctx.name, generation);
+        // However it ended, it is no longer connected (a stopped console must not be
+        // listed as such). After a clean end its outlet still sends the replies to what it
+        // received: the gateway answers what it accepted before it exits.
+        match event {
+            Event::Fatal { .. } => wiring.outlets.withdraw(&ctx.name, generation),
+            _ => wiring.outlets.stopped(&ctx.name, generation),
+        }
         let _ = wiring.events.send(event);
     });
     if let Err(e) = spawned {

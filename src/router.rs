@@ -389,7 +389,7 @@ impl Dispatcher {
             None => "Idle.".to_string(),
         });
         let connected: Vec<&str> =
-            s.config.platforms.iter().filter(|p| s.outbox.outlet(p).is_some()).map(String::as_str).collect();
+            s.config.platforms.iter().filter(|p| s.outbox.connected(p)).map(String::as_str).collect();
         lines.push(format!(
             "Connected platforms: {}",
             if connected.is_empty() { "none".into() } else { connected.join(", ") }

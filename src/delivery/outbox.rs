@@ -75,6 +75,8 @@ struct Lane {
     store: Store,
     limit: Limit,
     outlet: Option<(u64, Arc<dyn Outlet>)>,
+    /// The generation that published `outlet` is running (see [`Outbox::stopped`]).
+    connected: bool,
     /// Stems of queued deliveries (files may have gone meanwhile; a claim tells).
     queue: BTreeSet<String>,
     /// A worker is sending the first delivery.
@@ -147,6 +149,7 @@ impl Outbox {
             Lane::new(Store::new(&self.shared.state_dir, name), limit, BTreeSet::new())
         });
         lane.outlet = Some((generation, outlet));
+        lane.connected = true;
         lane.limit = limit;
         if lane.hold.is_some_and(|h| h.transient) {
             lane.hold = None;
@@ -162,9 +165,27 @@ impl Outbox {
             && lane.outlet.as_ref().is_some_and(|(g, _)| *g == generation)
         {
             lane.outlet = None;
+            lane.connected = false;
         }
         drop(state);
         self.shared.wake.notify_all();
+    }
+
+    /// The generation of `name` that published its outlet ended cleanly (end of input,
+    /// a stop): `name` is no longer connected, but the outlet still sends what is queued,
+    /// the replies to what it received (`echo hello | switchboard run` prints its answer).
+    pub fn stopped(&self, name: &str, generation: u64) {
+        let mut state = self.shared.state.lock();
+        if let Some(lane) = state.lanes.get_mut(name)
+            && lane.outlet.as_ref().is_some_and(|(g, _)| *g == generation)
+        {
+            lane.connected = false;
+        }
+    }
+
+    /// Whether a running generation of `name` has published its outlet (for `/status`).
+    pub fn connected(&self, name: &str) -> bool {
+        self.shared.state.lock().lanes.get(name).is_some_and(|l| l.connected)
     }
 
     /// The live outlet of `name`, for typing indicators and streamed previews.
@@ -394,7 +415,7 @@ impl Outbox {
 
 impl Lane {
     fn new(store: Store, limit: Limit, queue: BTreeSet<String>) -> Lane {
-        Lane { store, limit, outlet: None, queue, busy: false, worker: false, hold: None }
+        Lane { store, limit, outlet: None, connected: false, queue, busy: false, worker: false, hold: None }
     }
 }
 
