@@ -10,7 +10,6 @@ configured the gateway then answers what it read and exits 0.
 use std::io::{self, BufRead, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread;
 
 use crossbeam_channel::{Receiver, unbounded};
 
@@ -94,7 +93,8 @@ fn stdin_lines() -> &'static Receiver<String> {
                 }
             }
         };
-        if let Err(e) = thread::Builder::new().name("console-stdin".into()).spawn(reader) {
+        // Restarted after a panic, so that it never passes for the end of input.
+        if let Err(e) = crate::supervise::spawn("console-stdin", reader) {
             log::error!("console: cannot start the input reader: {e}");
         }
         rx
