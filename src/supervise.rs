@@ -98,7 +98,9 @@ fn restarting(name: &str, mut body: impl FnMut()) {
             exit(&format!("thread {name} panicked {n} times within {PANIC_WINDOW:?}, last: {why}"));
         }
         let wait = backoff::delay(n as u32, RESTART_BASE, RESTART_CAP);
-        log::error!("thread {name} panicked ({why}); restarting it in {wait:?} ({n} of {MAX_PANICS} allowed panics)");
+        log::error!(
+            "thread {name} panicked ({why}); restarting it in {wait:?} ({n} within {PANIC_WINDOW:?}, {MAX_PANICS} end the gateway)"
+        );
         thread::sleep(wait);
     }
 }

@@ -185,6 +185,9 @@ fn directory_writer_panic_is_logged_and_written_later() {
     assert!(g.log().contains("test panic at directory-write"), "{}", g.log());
 }
 
+/// A console that reached the end of its input is stopped: `/status` must not list it as
+/// connected. (Its outlet still prints the replies to what it read, see
+/// `tests/gateway.rs`, `echo_hello_prints_the_reply_and_exits_0_with_the_embedded_default`.)
 #[test]
 fn stopped_console_outlet_is_withdrawn() {
     let fake = FakeTelegram::start(TOKEN);
