@@ -159,7 +159,7 @@ fn router_panic_exits_1() {
 fn typing_panic_restarts() {
     let fake = FakeTelegram::start(TOKEN);
     let dir = tempfile::tempdir().unwrap();
-    let g = bot(dir.path(), &fake, &slow_agent(dir.path(), 1.0), "typing:1");
+    let g = bot(dir.path(), &fake, &slow_agent(dir.path(), 2.0), "typing:1");
     g.wait_platform("tg", "connected", SOON);
     fake.push_text(5, 5, "one");
     fake.wait_sent(1, deadline(SOON));
