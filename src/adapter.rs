@@ -8,12 +8,15 @@ needs from the gateway comes through its [`Context`]; it never sees the supervis
 
 [`spawn`] runs one *generation* of a platform instance on its own named thread
 (`adapter-<name>`): take the host-wide token lock, connect, publish the outlet, report
-[`Event::Connected`], run, and report how it ended. A panic is caught and reported as a
-retryable fatal `adapter_panic`, so one broken adapter never takes the gateway down.
+[`Event::Connected`], run, and report how it ended. A panic (on the adapter thread, or on
+a helper thread of [`Context::interruptible`]) is caught and reported as a retryable
+fatal `adapter_panic`, so one broken adapter never takes the gateway down. However a
+generation ends, its platform is no longer listed as connected; after a fatal end its
+outlet is withdrawn, after a clean one it still sends the replies already queued.
 */
 
 use std::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
@@ -26,6 +29,7 @@ use crate::delivery::Outbox;
 use crate::inbox::{Accepted, Inbox};
 use crate::lock::TokenLock;
 use crate::message::{Inbound, Outbound};
+use crate::supervise;
 
 /// Why an adapter ended: a stable machine-readable `code`, a message for people (never
 /// containing a secret), and whether trying again later can help.
@@ -97,7 +101,8 @@ pub trait Outlet: Send + Sync {
     }
 
     /// Show a typing indicator in a chat for a few seconds. Best effort: failures are
-    /// the platform's to log, never the turn's problem.
+    /// the platform's to log, never the turn's problem. Returns within
+    /// [`TYPING_TIMEOUT`]: an indicator that late is no use.
     fn typing(&self, _chat_id: &str, _thread_id: Option<&str>) {}
 
     /// Whether the platform drops a repeated send itself (an idempotency key), so that
@@ -136,6 +141,9 @@ impl fmt::Display for SendError {
         }
     }
 }
+
+/// The longest an [`Outlet::typing`] call may take.
+pub const TYPING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// First wait after a failed inbox write, doubling up to the cap.
 const JOURNAL_RETRY: Duration = Duration::from_secs(1);
@@ -234,20 +242,32 @@ impl Context {
     /// cannot be cancelled from outside, so on stop the helper is left to finish on its
     /// own; its result is dropped unread, which is safe because nothing is acknowledged
     /// to a platform until its result has been handled.
+    ///
+    /// A panic in `f` is carried back and resumed on the calling thread, so the harness
+    /// reports it as the retryable `adapter_panic`: it is never mistaken for a stop. So
+    /// is a helper thread that cannot be started.
     pub fn interruptible<T, F>(&self, f: F) -> Result<T, Stopped>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
         let (tx, rx) = bounded(1);
-        thread::Builder::new()
-            .name(format!("adapter-{}-io", self.name))
-            .spawn(move || {
-                let _ = tx.send(f());
-            })
-            .map_err(|_| Stopped)?;
+        let spawned = thread::Builder::new().name(format!("adapter-{}-io", self.name)).spawn(move || {
+            let _ = tx.send(catch_unwind(AssertUnwindSafe(|| {
+                crate::testhook::panic_point("adapter-io");
+                f()
+            })));
+        });
+        if let Err(e) = spawned {
+            panic!("cannot start a helper thread: {e}");
+        }
         select! {
-            recv(rx) -> res => res.map_err(|_| Stopped),
+            recv(rx) -> res => match res {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(payload)) => resume_unwind(payload),
+                // The helper always sends before it ends, whether `f` returned or panicked.
+                Err(_) => panic!("the helper thread ended without an answer"),
+            },
             recv(self.stop) -> _ => Err(Stopped),
         }
     }
@@ -297,12 +317,17 @@ pub fn spawn(instance: &PlatformInstance, generation: u64, wiring: &Wiring) -> R
             Ok(Ok(())) => Event::Stopped { name: ctx.name.clone(), generation },
             Ok(Err(fatal)) => Event::Fatal { name: ctx.name.clone(), generation, fatal },
             Err(payload) => {
-                let fatal = Fatal::retryable("adapter_panic", panic_message(&*payload));
+                let message = format!("adapter panicked: {}", supervise::panic_message(&*payload));
+                let fatal = Fatal::retryable("adapter_panic", message);
                 Event::Fatal { name: ctx.name.clone(), generation, fatal }
             }
         };
-        if matches!(event, Event::Fatal { .. }) {
-            wiring.outlets.withdraw(&ctx.name, generation);
+        // However it ended, it is no longer connected (a stopped console must not be
+        // listed as such). After a clean end its outlet still sends the replies to what it
+        // received: the gateway answers what it accepted before it exits.
+        match event {
+            Event::Fatal { .. } => wiring.outlets.withdraw(&ctx.name, generation),
+            _ => wiring.outlets.stopped(&ctx.name, generation),
         }
         let _ = wiring.events.send(event);
     });
@@ -331,15 +356,6 @@ fn run_generation(instance: &PlatformInstance, ctx: &Context, wiring: &Wiring) -
     platform.run(ctx)
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    let text = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_string());
-    format!("adapter panicked: {text}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,5 +376,13 @@ mod tests {
         drop(stop);
         assert_eq!(waiter.join().unwrap(), Err(Stopped));
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn interruptible_resumes_a_panic_of_its_helper() {
+        let (inbound, _rx) = crossbeam_channel::unbounded();
+        let (ctx, _stop) = Context::new("t", PathBuf::from("."), inbound);
+        let caught = catch_unwind(AssertUnwindSafe(|| ctx.interruptible(|| -> u8 { panic!("in the helper") })));
+        assert_eq!(supervise::panic_message(&*caught.unwrap_err()), "in the helper");
     }
 }

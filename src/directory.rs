@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::fsutil;
 use crate::message::{ChatType, Source};
 use crate::status::unix_now;
+use crate::supervise;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatEntry {
@@ -108,16 +109,24 @@ impl Directory {
         serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
+    /// Write the file. It runs on the router's or the supervisor's thread, so a panic in
+    /// here is caught ([`supervise::guard`]): the directory is only a convenience, and
+    /// what failed to be written (after a panic or an I/O error) is written with the next
+    /// write, no sooner than [`WRITE_INTERVAL`] later when a new chat causes it.
     fn write(&self, state: &mut State) {
-        state.dirty = false;
         state.written_at = Some(Instant::now());
         let file = DirectoryFile {
             updated_at: unix_now(),
             platforms: state.chats.iter().map(|(p, c)| (p.clone(), c.values().cloned().collect())).collect(),
         };
-        // Plain strings and numbers: serializing cannot fail.
-        let json = serde_json::to_vec_pretty(&file).expect("directory serializes");
-        if let Err(e) = fsutil::write_atomic(&self.path, &json) {
+        let written = supervise::guard("writing the channel directory", || {
+            crate::testhook::panic_point("directory-write");
+            // Plain strings and numbers: serializing cannot fail.
+            let json = serde_json::to_vec_pretty(&file).expect("directory serializes");
+            fsutil::write_atomic(&self.path, &json)
+        });
+        state.dirty = !matches!(written, Some(Ok(())));
+        if let Some(Err(e)) = written {
             log::warn!("{}: cannot write the channel directory: {e}", self.path.display());
         }
     }

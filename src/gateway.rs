@@ -8,7 +8,9 @@ to stop, then drains what it can and returns the exit code:
 1. The inbox is read *before* any adapter runs: messages accepted before a crash are
    replayed first, and a platform cannot add to the list while it is being read.
 2. The router and its workers start next, then the outbox workers, then the supervisor
-   spawns the adapters.
+   spawns the adapters. Every thread runs under [`supervise`], the supervisor loop on
+   this one too: a panic restarts the thread or ends the process with code 1, never a
+   gateway with a dead part.
 3. On the way out: the adapters stop first (nothing new comes in), then accepted
    messages are answered and replies sent until the drain deadline; what is left stays
    on disk for the next start.
@@ -30,6 +32,7 @@ use crate::directory::Directory;
 use crate::inbox::Inbox;
 use crate::router::{Router, RouterConfig, Services};
 use crate::session::SessionStore;
+use crate::supervise;
 use crate::supervisor::SupervisorLoop;
 use crate::typing::Typing;
 
@@ -72,14 +75,17 @@ pub fn run(config: &Config, utc_offset_secs: i32, shutdown: Receiver<()>) -> io:
         state_dir: state_dir.clone(),
         lock_dir: config.gateway.lock_dir.clone(),
     };
-    let decision = SupervisorLoop::new(config, wiring, directory.clone()).run(events, shutdown, |deadline| {
-        if !router.drain(deadline) {
-            log::warn!("stopping with messages unanswered; they are answered after the next start");
-        }
-        let left = outbox.drain(deadline);
-        if left > 0 {
-            log::warn!("stopping with {left} replies not delivered; they stay in the outbox for the next start");
-        }
+    let supervisor = SupervisorLoop::new(config, wiring, directory.clone());
+    let decision = supervise::essential("supervisor", || {
+        supervisor.run(events, shutdown, |deadline| {
+            if !router.drain(deadline) {
+                log::warn!("stopping with messages unanswered; they are answered after the next start");
+            }
+            let left = outbox.drain(deadline);
+            if left > 0 {
+                log::warn!("stopping with {left} replies not delivered; they stay in the outbox for the next start");
+            }
+        })
     });
     outbox.quit();
     if !outbox.join(Instant::now() + LAST_SEND_GRACE) {

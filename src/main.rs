@@ -311,7 +311,7 @@ fn listen_for_signals() -> std::io::Result<Receiver<()>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let (tx, rx) = unbounded();
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
+    switchboard::supervise::spawn("signals", move || {
         for signal in signals.forever() {
             log::info!("received signal {signal}");
             if tx.send(()).is_err() {

@@ -10,6 +10,10 @@ that session's queue (`busy = "queue"`) or interrupts the running turn and goes 
 (`busy = "interrupt"`); `/queue <text>` always waits. Sessions are independent: up to
 `workers` turns run at the same time.
 
+The workers and the router run under [`supervise`]: a worker that panics is restarted
+and runs its turn again (twice at most, then the message gets an apology); a panic of the
+router, whose table of running turns cannot be rebuilt, ends the process with code 1.
+
 The router counts the messages it has accepted and not yet finished, so a stopping
 gateway can [`Router::drain`]: answer what it accepted before exiting. What it cannot
 finish stays in the inbox journal and is answered after the restart.
@@ -17,7 +21,6 @@ finish stays in the inbox journal and is answered after the restart.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Select, Sender, unbounded};
@@ -31,6 +34,7 @@ use crate::directory::Directory;
 use crate::inbox::{Accepted, Inbox};
 use crate::message::{Inbound, Outbound};
 use crate::session::{self, SessionStore};
+use crate::supervise;
 use crate::text::Limit;
 use crate::turn::{self, Work};
 use crate::typing::Typing;
@@ -105,18 +109,15 @@ impl Router {
         let (work_tx, work_rx) = unbounded::<Work>();
         let (done_tx, done_rx) = unbounded::<Done>();
         for n in 0..services.config.workers.max(1) {
-            let (services, work_rx, done_tx) = (services.clone(), work_rx.clone(), done_tx.clone());
-            thread::Builder::new().name(format!("turn-{n}")).spawn(move || {
-                for work in work_rx {
-                    turn::run(&services, &work);
-                    let _ = done_tx.send(Done { key: work.key, turn: work.turn });
-                }
-            })?;
+            let worker = turn_worker(services.clone(), work_rx.clone(), done_tx.clone());
+            supervise::spawn(format!("turn-{n}"), worker)?;
         }
         let router = Router { inbound, open: open.clone() };
         let mut dispatcher = Dispatcher { services, open, slots: HashMap::new(), work: work_tx, turns: 0 };
         let inbound = router.inbound.clone();
-        thread::Builder::new().name("router".into()).spawn(move || dispatcher.run(replay, &inbound, &done_rx))?;
+        // The table of running turns cannot be rebuilt after a panic: the gateway exits 1
+        // and the inbox journal answers the accepted messages after the restart.
+        supervise::spawn_essential("router", move || dispatcher.run(replay, &inbound, &done_rx))?;
         Ok(router)
     }
 
@@ -130,6 +131,54 @@ impl Router {
             }
         }
         true
+    }
+}
+
+/// How often a turn may panic before its message gets [`PANIC_APOLOGY`] instead.
+const TURN_PANICS: u32 = 2;
+
+/// The answer to a message whose turn panicked [`TURN_PANICS`] times.
+pub const PANIC_APOLOGY: &str = "Sorry, something went wrong while answering this message, so it was skipped.";
+
+/// The body of a turn worker thread: run turns as they come, tell the router of each
+/// one's end. It is called again after a panic ([`supervise::spawn`]) and finds the turn
+/// the panic interrupted still in hand: it runs it again, and after its second panic
+/// answers it with [`PANIC_APOLOGY`], so a message that always panics cannot loop.
+fn turn_worker(services: Arc<Services>, work: Receiver<Work>, done: Sender<Done>) -> impl FnMut() + Send + 'static {
+    // The turn being run and how often it panicked; kept across a restart.
+    let mut in_hand: Option<(Work, u32)> = None;
+    move || {
+        loop {
+            let (next, panics) = match in_hand.take() {
+                Some((interrupted, panics)) => {
+                    services.typing.end(interrupted.turn);
+                    (interrupted, panics + 1)
+                }
+                None => match work.recv() {
+                    Ok(next) => (next, 0),
+                    Err(_) => return,
+                },
+            };
+            let (current, panics) = in_hand.insert((next, panics));
+            if *panics < TURN_PANICS {
+                turn::run(&services, current);
+            } else {
+                give_up(&services, current);
+            }
+            let (finished, _) = in_hand.take().expect("put in hand above");
+            let _ = done.send(Done { key: finished.key, turn: finished.turn });
+        }
+    }
+}
+
+/// Answer a message whose turn keeps panicking with an apology, and finish it. An
+/// apology that cannot be stored (a full disk) leaves the message in the inbox for the
+/// next start.
+fn give_up(s: &Services, work: &Work) {
+    let msg = &work.accepted.msg;
+    log::error!("{}: the turn panicked {TURN_PANICS} times; answering with an apology", work.key);
+    if s.reply(msg, PANIC_APOLOGY.to_string()) {
+        s.inbox.complete(&work.accepted.id);
     }
 }
 
@@ -202,6 +251,7 @@ impl Dispatcher {
 
     /// One accepted message: access, command, or a turn.
     fn take(&mut self, accepted: Accepted) {
+        crate::testhook::panic_point("router");
         let s = &self.services;
         let source = &accepted.msg.source;
         s.directory.observe(source);
@@ -339,7 +389,7 @@ impl Dispatcher {
             None => "Idle.".to_string(),
         });
         let connected: Vec<&str> =
-            s.config.platforms.iter().filter(|p| s.outbox.outlet(p).is_some()).map(String::as_str).collect();
+            s.config.platforms.iter().filter(|p| s.outbox.connected(p)).map(String::as_str).collect();
         lines.push(format!(
             "Connected platforms: {}",
             if connected.is_empty() { "none".into() } else { connected.join(", ") }

@@ -62,6 +62,7 @@ pub fn run(s: &Services, work: &Work) {
         thread_id: msg.source.thread_id.clone(),
     };
     s.typing.begin(work.turn, chat);
+    crate::testhook::panic_point("turn-run");
     let finished = answer(s, work);
     s.typing.end(work.turn);
     if finished {

@@ -1,7 +1,8 @@
 /*!
 The outbox handle and its workers: one worker thread (`outbox-NAME`) per platform
 instance sends that instance's queue in order while it has a published [`Outlet`], and
-waits while it has none.
+waits while it has none. A worker that panics is restarted ([`supervise::spawn`]) and
+goes on with its queue.
 
 State is split between disk and memory. The files ([`super::store`]) are the truth: a
 delivery is durable before [`Outbox::enqueue`] returns and leaves the disk only once the
@@ -37,7 +38,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -47,6 +47,7 @@ use super::store::{self, Claim, Park, Record, Store, unix_now};
 use crate::adapter::{Outlet, SendError};
 use crate::backoff;
 use crate::message::Outbound;
+use crate::supervise;
 use crate::text::{self, Limit};
 
 /// How often an idle worker lists its directory for deliveries queued by other processes.
@@ -84,6 +85,8 @@ struct Lane {
     store: Store,
     limit: Limit,
     outlet: Option<(u64, Arc<dyn Outlet>)>,
+    /// The generation that published `outlet` is running (see [`Outbox::stopped`]).
+    connected: bool,
     /// Stems of queued deliveries (files may have gone meanwhile; a claim tells).
     queue: BTreeSet<String>,
     /// A worker is sending the first delivery.
@@ -176,6 +179,7 @@ impl Outbox {
             Lane::new(Store::new(&self.shared.state_dir, name), limit, BTreeSet::new())
         });
         lane.outlet = Some((generation, outlet));
+        lane.connected = true;
         lane.limit = limit;
         if lane.hold.is_some_and(|h| h.transient) {
             lane.hold = None;
@@ -191,9 +195,27 @@ impl Outbox {
             && lane.outlet.as_ref().is_some_and(|(g, _)| *g == generation)
         {
             lane.outlet = None;
+            lane.connected = false;
         }
         drop(state);
         self.shared.wake.notify_all();
+    }
+
+    /// The generation of `name` that published its outlet ended cleanly (end of input,
+    /// a stop): `name` is no longer connected, but the outlet still sends what is queued,
+    /// the replies to what it received (`echo hello | switchboard run` prints its answer).
+    pub fn stopped(&self, name: &str, generation: u64) {
+        let mut state = self.shared.state.lock();
+        if let Some(lane) = state.lanes.get_mut(name)
+            && lane.outlet.as_ref().is_some_and(|(g, _)| *g == generation)
+        {
+            lane.connected = false;
+        }
+    }
+
+    /// Whether a running generation of `name` has published its outlet (for `/status`).
+    pub fn connected(&self, name: &str) -> bool {
+        self.shared.state.lock().lanes.get(name).is_some_and(|l| l.connected)
     }
 
     /// The live outlet of `name`, for typing indicators and streamed previews.
@@ -221,16 +243,19 @@ impl Outbox {
         };
         for (i, name) in names.iter().enumerate() {
             let outbox = self.clone();
-            let worker = name.clone();
-            let spawned = thread::Builder::new().name(format!("outbox-{name}")).spawn(move || outbox.work(&worker));
+            // Lives as long as the thread, across restarts after a panic.
+            let running = Running { shared: self.shared.clone(), name: name.clone() };
+            let spawned = supervise::spawn(format!("outbox-{name}"), move || outbox.work(&running.name));
             if let Err(e) = spawned {
+                // This worker's `Running` was dropped with its closure and undid its own
+                // count; undo the ones not tried.
                 let mut state = self.shared.state.lock();
-                for name in &names[i..] {
+                for name in &names[i + 1..] {
                     if let Some(lane) = state.lanes.get_mut(name) {
                         lane.worker = false;
                     }
                 }
-                state.workers -= names.len() - i;
+                state.workers -= names.len() - i - 1;
                 return Err(e);
             }
         }
@@ -276,10 +301,17 @@ impl Outbox {
 
     /// The worker of `name`: take the first delivery once the platform has an outlet
     /// and no wait is pending, try it, record the verdict.
+    ///
+    /// Called again after a panic ([`supervise::spawn`]). The delivery it was sending is
+    /// still first in the queue, so it is handed back by clearing `busy`: the next attempt
+    /// claims it again, and its claim says whether it may have gone out already.
     fn work(&self, name: &str) {
-        let _running = Running { shared: &self.shared, name };
+        if let Some(lane) = self.shared.state.lock().lanes.get_mut(name) {
+            lane.busy = false;
+        }
         let mut next_scan = Instant::now() + SCAN_EVERY;
         while let Some(job) = self.next_job(name, &mut next_scan) {
+            crate::testhook::panic_point("outbox-send");
             let verdict = self.attempt(name, &job);
             let mut state = self.shared.state.lock();
             if let Some(lane) = state.lanes.get_mut(name) {
@@ -484,21 +516,21 @@ impl Outbox {
 
 impl Lane {
     fn new(store: Store, limit: Limit, queue: BTreeSet<String>) -> Lane {
-        Lane { store, limit, outlet: None, queue, busy: false, worker: false, hold: None }
+        Lane { store, limit, outlet: None, connected: false, queue, busy: false, worker: false, hold: None }
     }
 }
 
-/// Marks a worker as ended when its thread ends, even by a panic.
-struct Running<'a> {
-    shared: &'a Shared,
-    name: &'a str,
+/// Marks a worker as ended when its thread ends (after [`Outbox::quit`]).
+struct Running {
+    shared: Arc<Shared>,
+    name: String,
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
         let mut state = self.shared.state.lock();
         state.workers -= 1;
-        if let Some(lane) = state.lanes.get_mut(self.name) {
+        if let Some(lane) = state.lanes.get_mut(&self.name) {
             lane.worker = false;
             lane.busy = false;
         }

@@ -21,7 +21,6 @@ runs, so no line is ever taken for one answered in an earlier run.
 use std::io::{self, BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
@@ -135,7 +134,8 @@ fn input() -> &'static (Sender<Input>, Receiver<Input>) {
             STDIN_ENDED.store(true, Ordering::SeqCst);
             let _ = reader_tx.send(Input::End);
         };
-        if let Err(e) = thread::Builder::new().name("console-stdin".into()).spawn(reader) {
+        // Restarted after a panic, so that it never passes for the end of input.
+        if let Err(e) = crate::supervise::spawn("console-stdin", reader) {
             log::error!("console: cannot start the input reader: {e}");
             STDIN_ENDED.store(true, Ordering::SeqCst);
         }

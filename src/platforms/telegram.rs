@@ -50,7 +50,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::{Value, json};
 
-use crate::adapter::{Context, Fatal, Outlet, Platform, SendError, Stopped};
+use crate::adapter::{Context, Fatal, Outlet, Platform, SendError, Stopped, TYPING_TIMEOUT};
 use crate::config::{PlatformSpec, Secret, Section};
 use crate::fsutil;
 use crate::message::{ChatType, Inbound, Outbound, Source};
@@ -763,7 +763,8 @@ impl Outlet for TelegramOutlet {
         if let Some(thread) = thread_id {
             body["message_thread_id"] = json!(thread);
         }
-        if let Err(e) = self.api.call::<IgnoredAny>("sendChatAction", &body.to_string(), self.timeout) {
+        let timeout = self.timeout.min(TYPING_TIMEOUT);
+        if let Err(e) = self.api.call::<IgnoredAny>("sendChatAction", &body.to_string(), timeout) {
             log::debug!("sendChatAction failed: {e}");
         }
     }

@@ -57,6 +57,12 @@ impl Gateway {
 
     /// Start in `dir` with locks in `lock_dir` (share it to make two gateways meet).
     pub fn start_in(dir: &Path, lock_dir: &Path, config: &str) -> Gateway {
+        Gateway::start_in_env(dir, lock_dir, config, &[])
+    }
+
+    /// [`Gateway::start_in`] with extra environment variables, such as
+    /// `SWITCHBOARD_TEST_PANIC` (see `src/testhook.rs`).
+    pub fn start_in_env(dir: &Path, lock_dir: &Path, config: &str, env: &[(&str, &str)]) -> Gateway {
         let state_dir = dir.join("state");
         let text = format!("[gateway]\nstate_dir = \"{}\"\nlog_level = \"debug\"\n{config}", state_dir.display());
         fs::write(dir.join("gateway.toml"), text).expect("write config");
@@ -64,6 +70,7 @@ impl Gateway {
             .args(["--config", "gateway.toml", "run"])
             .current_dir(dir)
             .env("SWITCHBOARD_LOCK_DIR", lock_dir)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(dir.join("stderr.log")).expect("log file"))
@@ -125,6 +132,11 @@ impl Gateway {
     pub fn type_line(&mut self, line: &str) {
         let stdin = self.child.stdin.as_mut().expect("stdin");
         writeln!(stdin, "{line}").expect("write stdin");
+    }
+
+    /// Close the gateway's standard input: end of input for the console platform.
+    pub fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
     }
 
     /// Everything the gateway logged so far.
