@@ -64,14 +64,8 @@ pub fn run(config: &Config, utc_offset_secs: i32, shutdown: Receiver<()>) -> io:
     let router = Router::start(inbound, services, replay)?;
     outbox.start_workers()?;
     let (events_tx, events) = unbounded();
-    let wiring = Wiring {
-        events: events_tx,
-        inbound: inbound_tx,
-        inbox,
-        outlets: outbox.clone(),
-        state_dir: state_dir.clone(),
-        lock_dir: config.gateway.lock_dir.clone(),
-    };
+    let wiring =
+        Wiring { events: events_tx, inbound: inbound_tx, inbox, outlets: outbox.clone(), state_dir: state_dir.clone() };
     let decision = SupervisorLoop::new(config, wiring, directory.clone()).run(events, shutdown, |deadline| {
         if !router.drain(deadline) {
             log::warn!("stopping with messages unanswered; they are answered after the next start");

@@ -119,6 +119,9 @@ fn with_config(cli: &Cli, f: impl FnOnce(Config) -> i32) -> i32 {
 }
 
 fn check(config: Config) -> i32 {
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
     print!("{}", config.summary());
     println!("config OK");
     EXIT_OK
@@ -193,6 +196,9 @@ fn run(config: Config) -> i32 {
     // A panicking adapter is caught and reported by the harness; the panic message
     // itself belongs in the log (and the log file), not only on standard error.
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
     let state_dir = &config.gateway.state_dir;
     if let Err(e) = fsutil::create_private_dir(state_dir) {
         log::error!("cannot create state_dir {}: {e}", state_dir.display());

@@ -70,15 +70,19 @@ fn telegram_round_trip_with_two_bots_of_one_kind() {
     assert_eq!(dir["platforms"]["bot_b"][0]["id"], "-100");
 }
 
+/// Issue 7 §6 "One host, one poller per token, whoever starts it": the unit's
+/// `SWITCHBOARD_LOCK_DIR` and a manual run's `~/.local/state` used to be two lock
+/// directories, so the two gateways polled one token against each other. Here they differ
+/// in every setting that used to place the lock, and the second still meets the first.
 #[test]
-fn second_gateway_with_the_same_token_exits_78_naming_the_first_pid() {
+fn second_gateway_with_the_same_token_exits_78_naming_the_first_pid_whatever_its_lock_dir() {
     let fake = FakeTelegram::start(TOKEN);
-    let locks = tempfile::tempdir().unwrap();
+    let (locks_a, locks_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = format!("{}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
-    let a = Gateway::start_in(dir_a.path(), locks.path(), &config);
+    let a = Gateway::start_in(dir_a.path(), locks_a.path(), &config);
     a.wait_platform("tg", "connected", SOON);
-    let mut b = Gateway::start_in(dir_b.path(), locks.path(), &config);
+    let mut b = Gateway::start_in(dir_b.path(), locks_b.path(), &config);
     assert_eq!(b.wait_exit(SOON), Some(78), "log:\n{}", b.log());
     let status = b.status().unwrap();
     let holder = format!("PID {}", a.pid());

@@ -90,12 +90,7 @@ fn instance(name: &str, on_connect: OnConnect) -> PlatformInstance {
 fn config(dir: &Path, platforms: Vec<PlatformInstance>) -> Config {
     Config {
         file: dir.join("gateway.toml"),
-        gateway: Gateway {
-            state_dir: dir.join("state"),
-            lock_dir: dir.join("locks"),
-            log_level: log::LevelFilter::Info,
-            log_file: None,
-        },
+        gateway: Gateway { state_dir: dir.join("state"), log_level: log::LevelFilter::Info, log_file: None },
         reconnect: Reconnect {
             base: Duration::from_millis(100),
             cap: Duration::from_millis(800),
@@ -107,6 +102,7 @@ fn config(dir: &Path, platforms: Vec<PlatformInstance>) -> Config {
         access: Default::default(),
         delivery: Default::default(),
         platforms,
+        warnings: vec![],
     }
 }
 
@@ -121,7 +117,6 @@ fn supervise(config: Config) -> (Sender<()>, Receiver<ExitDecision>) {
         inbound,
         outlets: Outbox::open(&state_dir, Default::default(), &[]).expect("open the outbox"),
         state_dir: state_dir.clone(),
-        lock_dir: config.gateway.lock_dir.clone(),
     };
     let directory = Arc::new(Directory::load(&state_dir));
     let (stop_tx, stop) = unbounded();

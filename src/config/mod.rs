@@ -65,13 +65,15 @@ pub struct Config {
     pub delivery: crate::delivery::DeliveryConfig,
     /// Every `[platforms.NAME]` table, enabled or not, sorted by name.
     pub platforms: Vec<PlatformInstance>,
+    /// Things in the file that work but should change (a key no longer used): printed by
+    /// `check`, logged by `run`.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// `[gateway]`
 #[derive(Clone, Debug)]
 pub struct Gateway {
     pub state_dir: PathBuf,
-    pub lock_dir: PathBuf,
     pub log_level: log::LevelFilter,
     pub log_file: Option<PathBuf>,
 }
@@ -121,6 +123,12 @@ pub trait PlatformSpec: Send + Sync {
     /// The bot token that must be used by one gateway at a time on this host.
     fn lock_identity(&self) -> Option<&Secret> {
         None
+    }
+
+    /// The server the token is used against (the API base URL): two pollers conflict
+    /// only on one server, so it is part of the lock's name.
+    fn lock_scope(&self) -> &str {
+        ""
     }
 
     /// Every credential this platform holds, so the logger can blank them out wherever
@@ -236,7 +244,8 @@ fn parse_document(
     }
     let mut errors = Vec::new();
     let mut root = Section::root(&doc, table.get_ref());
-    let gateway = read(&mut errors, root.section("gateway"), |s| read_gateway(s, env));
+    let mut warnings = Vec::new();
+    let gateway = read(&mut errors, root.section("gateway"), |s| read_gateway(s, &mut warnings));
     let reconnect = read(&mut errors, root.section("reconnect"), read_reconnect);
     let agent = read(&mut errors, root.section("agent"), crate::agent::parse_config);
     let sessions = read(&mut errors, root.section("sessions"), crate::session::parse_config);
@@ -247,7 +256,7 @@ fn parse_document(
     if !errors.is_empty() {
         return Err(ConfigErrors::sorted(errors));
     }
-    Ok(Config { file: file.to_path_buf(), gateway, reconnect, agent, sessions, access, delivery, platforms })
+    Ok(Config { file: file.to_path_buf(), gateway, reconnect, agent, sessions, access, delivery, platforms, warnings })
 }
 
 /// Run `f` on `section`, then collect the section's problems into `errors`.
@@ -266,26 +275,18 @@ const LOG_LEVELS: &[(&str, log::LevelFilter)] = &[
     ("trace", log::LevelFilter::Trace),
 ];
 
-fn read_gateway(s: &mut Section<'_>, env: &dyn Fn(&str) -> Option<String>) -> Gateway {
+fn read_gateway(s: &mut Section<'_>, warnings: &mut Vec<ConfigError>) -> Gateway {
     let state_dir = s.path_or("state_dir", "./state");
-    let lock_dir = s.path("lock_dir").or_else(|| default_lock_dir(env)).unwrap_or_else(|| {
-        s.invalid("lock_dir", "no default lock directory ($HOME is not set); set lock_dir");
-        PathBuf::new()
-    });
+    // Token locks used to be files in `lock_dir`; a directory that depended on who started
+    // the gateway let two of them poll one token (`crate::lock` says what replaced it).
+    // Old configs keep working: the key is accepted, ignored, and named in a warning.
+    if s.path("lock_dir").is_some() {
+        let message = "no longer used and ignored: bot-token locks are host-wide abstract sockets now; remove the key";
+        warnings.push(s.note("lock_dir", message));
+    }
     let log_level = s.choice("log_level", LOG_LEVELS, log::LevelFilter::Info);
     let log_file = s.path("log_file");
-    Gateway { state_dir, lock_dir, log_level, log_file }
-}
-
-/// Token locks must be host-wide (two gateways with different state directories still
-/// have to see each other), so the default is per user, not under `state_dir`:
-/// `$SWITCHBOARD_LOCK_DIR`, else `$XDG_STATE_HOME/switchboard/locks`, else
-/// `~/.local/state/switchboard/locks`. Empty variables count as unset, as XDG says.
-fn default_lock_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    let var = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    var("SWITCHBOARD_LOCK_DIR")
-        .or_else(|| var("XDG_STATE_HOME").map(|d| d.join("switchboard/locks")))
-        .or_else(|| var("HOME").map(|h| h.join(".local/state/switchboard/locks")))
+    Gateway { state_dir, log_level, log_file }
 }
 
 fn read_reconnect(s: &mut Section<'_>) -> Reconnect {
@@ -387,7 +388,6 @@ impl Config {
         let mut lines = vec![
             format!("config: {}", self.file.display()),
             format!("state_dir: {}", g.state_dir.display()),
-            format!("lock_dir: {}", g.lock_dir.display()),
             format!("log: {}{log_file}", g.log_level.as_str().to_ascii_lowercase()),
             format!(
                 "reconnect: base {}, cap {}, max_attempts {attempts}, connect_timeout {}",

@@ -243,6 +243,12 @@ impl<'a> Section<'a> {
         default
     }
 
+    /// A message about `key` that is not an error (a warning), pointing at the key.
+    pub(crate) fn note(&mut self, key: &str, message: &str) -> ConfigError {
+        let span = self.table.and_then(|t| t.get_key_value(key)).map(|(k, _)| k.span()).or_else(|| self.span.clone());
+        self.doc.error(span, Some(self.key_path(key)), message.to_string())
+    }
+
     /// Record a problem with the value of `key` (a bad URL, a value out of range).
     /// Points at the value when present, else at the table header.
     pub fn invalid(&mut self, key: &str, message: &str) {

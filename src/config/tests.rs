@@ -83,7 +83,7 @@ fn bot(config: &Config, name: &str) -> Secret {
 fn defaults_fill_every_section() {
     let config = parse("").unwrap();
     assert_eq!(config.gateway.state_dir, Path::new("./state"));
-    assert_eq!(config.gateway.lock_dir, Path::new("/home/u/.local/state/switchboard/locks"));
+    assert!(config.warnings.is_empty());
     assert_eq!(config.gateway.log_level, log::LevelFilter::Info);
     assert_eq!(config.gateway.log_file, None);
     assert_eq!(config.reconnect, Reconnect::default());
@@ -94,22 +94,16 @@ fn defaults_fill_every_section() {
     assert!(config.platforms.is_empty());
 }
 
+/// Token locks are abstract sockets now: a config that still sets `lock_dir` keeps
+/// loading, with a warning that names the key and its line.
 #[test]
-fn lock_dir_prefers_switchboard_var_then_xdg_then_home() {
-    let pick = |vars: &'static [(&'static str, &'static str)]| {
-        let env = move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
-        parse_with_kinds("", Path::new("g.toml"), &env, KINDS).map(|c| c.gateway.lock_dir)
-    };
-    let all = &[("SWITCHBOARD_LOCK_DIR", "/locks"), ("XDG_STATE_HOME", "/xdg"), ("HOME", "/h")];
-    assert_eq!(pick(all).unwrap(), Path::new("/locks"));
-    assert_eq!(pick(&[("XDG_STATE_HOME", "/xdg"), ("HOME", "/h")]).unwrap(), Path::new("/xdg/switchboard/locks"));
-    assert_eq!(
-        pick(&[("XDG_STATE_HOME", ""), ("HOME", "/h")]).unwrap(),
-        Path::new("/h/.local/state/switchboard/locks")
-    );
-    assert!(pick(&[]).unwrap_err().to_string().contains("gateway.lock_dir: no default lock directory"));
-    let explicit = parse("[gateway]\nlock_dir = \"/run/locks\"\n").unwrap();
-    assert_eq!(explicit.gateway.lock_dir, Path::new("/run/locks"));
+fn token_locks_need_no_lock_dir_and_an_old_lock_dir_is_a_warning() {
+    let old = parse("[gateway]\nlock_dir = \"/run/locks\"\n").unwrap();
+    let warnings: Vec<String> = old.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].starts_with("gateway.toml:2:1: gateway.lock_dir: no longer used"), "{warnings:?}");
+    // No environment at all ($HOME unset) is fine: nothing depends on it any more.
+    assert!(parse_with_kinds("", Path::new("g.toml"), &|_| None, KINDS).is_ok());
 }
 
 #[test]
@@ -412,7 +406,7 @@ fn explicit_missing_file_is_an_error() {
 fn load_reads_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sb.toml");
-    std::fs::write(&path, "[gateway]\nlock_dir = \"/l\"\n[reconnect]\nbase = \"1s\"\n").unwrap();
+    std::fs::write(&path, "[reconnect]\nbase = \"1s\"\n").unwrap();
     let config = load(&path).unwrap();
     assert_eq!(config.file, path);
     assert_eq!(config.reconnect.base, Duration::from_secs(1));
