@@ -18,18 +18,25 @@ the holder's namespace is not visible). Whether *this* process holds it is decid
 bookkeeping ([`HELD`]), never by comparing PID numbers: a holder in another PID namespace
 may carry our number. Each held lock has a small thread that accepts and drops those
 connections, so the socket's backlog never fills.
+
+The other lock here is per state directory ([`StateLock`]): one gateway per state
+directory, because two would rewrite each other's inbox journal and status. That one is
+an `flock` on `state_dir/gateway.lock`: the directory is what they share.
 */
 
 use std::collections::BTreeSet;
-use std::io;
+use std::fs::{File, TryLockError};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 
 use crate::adapter::Fatal;
+use crate::fsutil;
 
 /// The lock names this process holds. Checked and changed under its mutex together with
 /// the bind, so two generations of one platform never race for a name.
@@ -90,6 +97,51 @@ impl Drop for TokenLock {
         }
         HELD.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
     }
+}
+
+/// `state_dir/gateway.lock`, held by the one gateway running on that state directory.
+/// The kernel drops it when the process dies; the file stays (removing it would race
+/// with the next gateway locking it) and holds the PID of the gateway holding it.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
+/// Why a gateway cannot have its state directory.
+#[derive(Debug)]
+pub enum StateLockError {
+    /// Another gateway runs on it; its PID when the lock file names one.
+    Held(Option<u32>),
+    /// The lock file cannot be created or locked (read-only, not a directory ...).
+    Io(io::Error),
+}
+
+impl StateLock {
+    pub const FILE: &'static str = "gateway.lock";
+
+    /// Take `state_dir/gateway.lock` (the directory must exist) and write our PID in it.
+    pub fn acquire(state_dir: &Path) -> Result<StateLock, StateLockError> {
+        let mut file = fsutil::open_lock_file(&state_dir.join(Self::FILE)).map_err(StateLockError::Io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(StateLockError::Held(read_pid(&mut file))),
+            Err(TryLockError::Error(e)) => return Err(StateLockError::Io(e)),
+        }
+        let pid = std::process::id();
+        let written = file
+            .set_len(0)
+            .and_then(|_| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(format!("{pid}\n").as_bytes()));
+        written.map_err(StateLockError::Io)?;
+        Ok(StateLock { _file: file })
+    }
+}
+
+fn read_pid(file: &mut File) -> Option<u32> {
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok()
 }
 
 /// Accepts and drops the connections of processes asking who holds the lock.
@@ -190,6 +242,21 @@ mod tests {
     /// A token no other test process on this host uses (locks are host-wide).
     fn token(label: &str) -> String {
         format!("{}:{label}-{:?}", std::process::id(), std::time::SystemTime::now())
+    }
+
+    #[test]
+    fn one_gateway_per_state_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateLock::acquire(dir.path()).unwrap();
+        let pid = std::fs::read_to_string(dir.path().join(StateLock::FILE)).unwrap();
+        assert_eq!(pid.trim(), std::process::id().to_string());
+        // flock locks belong to the open file: a second open, even in this process, is refused.
+        match StateLock::acquire(dir.path()) {
+            Err(StateLockError::Held(Some(p))) => assert_eq!(p, std::process::id()),
+            other => panic!("{other:?}"),
+        }
+        drop(first);
+        assert!(StateLock::acquire(dir.path()).is_ok());
     }
 
     #[test]

@@ -26,10 +26,19 @@ pub fn init(level: LevelFilter, file: Option<&Path>, secrets: Vec<String>) -> io
     let mut loggers: Vec<Box<dyn SharedLogger>> =
         vec![WriteLogger::new(level, config.clone(), Redacting::new(io::stderr(), secrets.clone()))];
     if let Some(path) = file {
-        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        let file = open_log_file(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot open log_file {}: {e}", path.display())))?;
         loggers.push(WriteLogger::new(level, config, Redacting::new(file, secrets)));
     }
     CombinedLogger::init(loggers).map_err(io::Error::other)
+}
+
+/// Append to `path` (0600), creating its directory (0700) when it does not exist yet.
+fn open_log_file(path: &Path) -> io::Result<std::fs::File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::fsutil::create_private_dir(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).mode(0o600).open(path)
 }
 
 /// Buffers each log line and replaces every secret in it before writing it whole.

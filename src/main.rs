@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, unbounded};
 use switchboard::config::{self, Config};
 use switchboard::status::{self, Status};
 use switchboard::supervisor::state::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
-use switchboard::{auth, delivery, fsutil, gateway, log as logging};
+use switchboard::{auth, delivery, gateway, log as logging};
 
 /// Exit code of a command that failed for a reason other than the config.
 const EXIT_USAGE: i32 = 2;
@@ -187,6 +187,16 @@ fn run(config: Config) -> i32 {
     limit_malloc_arenas();
     // Read before any thread exists: the local offset cannot be read safely later.
     let utc_offset = time::UtcOffset::current_local_offset().map_or(0, |o| o.whole_seconds());
+    let state_dir = &config.gateway.state_dir;
+    // The state directory first: the log file usually lives in it, and a second gateway
+    // on it must refuse before it opens (or logs into) anything there.
+    let _state_lock = match gateway::claim_state_dir(state_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return EXIT_CONFIG;
+        }
+    };
     let mut secrets: Vec<String> = config.secrets().iter().map(|s| s.expose().to_string()).collect();
     secrets.extend(config.agent.secrets().iter().map(|s| s.expose().to_string()));
     if let Err(e) = logging::init(config.gateway.log_level, config.gateway.log_file.as_deref(), secrets) {
@@ -199,21 +209,18 @@ fn run(config: Config) -> i32 {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
-    let state_dir = &config.gateway.state_dir;
-    if let Err(e) = fsutil::create_private_dir(state_dir) {
-        log::error!("cannot create state_dir {}: {e}", state_dir.display());
-        return EXIT_CONFIG;
-    }
     log::info!(
         "switchboard {} starting (config {}, state {})",
         env!("CARGO_PKG_VERSION"),
         config.file.display(),
         state_dir.display()
     );
-    let started = listen_for_signals().and_then(|shutdown| gateway::run(&config, utc_offset, shutdown));
+    let started = listen_for_signals()
+        .map_err(gateway::StartError::from)
+        .and_then(|shutdown| gateway::run(&config, utc_offset, shutdown));
     started.unwrap_or_else(|e| {
-        log::error!("cannot start: {e}");
-        EXIT_FAILURE
+        log::error!("{e}");
+        if e.is_setup() { EXIT_CONFIG } else { EXIT_FAILURE }
     })
 }
 

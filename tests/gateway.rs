@@ -289,3 +289,89 @@ fn status_command_shows_the_next_retry_and_notices_a_dead_pid() {
     g.wait_exit(SOON);
     assert!(status(false).contains("no longer running"));
 }
+
+/// Run `switchboard ARGS` in `dir` with no standard input until it exits (killed after
+/// [`SOON`]); its exit code and standard error.
+fn run_in(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(binary())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SWITCHBOARD_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = deadline(SOON);
+    let done = wait_until(end, || child.try_wait().unwrap().is_some());
+    if !done {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (if done { out.status.code() } else { None }, text)
+}
+
+/// Issue 7 §9 "Two gateways on one state directory lose messages": a console-only run
+/// beside a Telegram gateway rewrote the inbox journal under it. The second now refuses,
+/// naming the first; `send`, `status` and `pairing` still work beside the first.
+#[test]
+fn two_gateways_on_one_state_directory_the_second_refuses_naming_the_first_pid() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}{OPEN_ACCESS}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
+    let a = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
+    a.wait_platform("tg", "connected", SOON);
+    let journal = fs::metadata(a.state_dir.join("inbox/journal")).unwrap();
+    let console_only = format!("[gateway]\nstate_dir = \"{}\"\n[platforms.console]\n", a.state_dir.display());
+    fs::write(dir.path().join("console.toml"), console_only).unwrap();
+
+    let (code, err) = run_in(dir.path(), &["--config", "console.toml", "run"]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains(&format!("PID {}", a.pid())) && err.contains(&a.state_dir.display().to_string()), "{err}");
+    use std::os::unix::fs::MetadataExt;
+    let after = fs::metadata(a.state_dir.join("inbox/journal")).unwrap();
+    assert_eq!((after.ino(), after.size()), (journal.ino(), journal.size()), "the journal was rewritten");
+    assert_eq!(a.status().unwrap()["platforms"]["tg"]["state"], "connected");
+
+    for args in [&["status"][..], &["status", "--json"], &["pairing", "list"], &["send", "tg:42", "beside"]] {
+        let (code, out) = run_in(dir.path(), &[&["--config", "gateway.toml"], args].concat());
+        assert_eq!(code, Some(0), "{args:?}: {out}");
+    }
+    assert_eq!(fake.wait_sent(1, deadline(SOON)), [("42".to_string(), "beside".to_string())]);
+    fake.push_text(5, 5, "still answered");
+    assert_eq!(fake.wait_sent(2, deadline(SOON))[1].1, "echo: still answered");
+}
+
+/// Issue 7 §9 "Errors without a path, and exit codes that disagree": whatever is wrong
+/// with the state directory, `run` names the path and exits 78.
+#[test]
+fn errors_without_a_path_every_unusable_state_dir_names_its_path_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |state: &std::path::Path| {
+        let text = format!("[gateway]\nstate_dir = \"{}\"\n[platforms.console]\n", state.display());
+        fs::write(dir.path().join("gateway.toml"), text).unwrap();
+        run_in(dir.path(), &["--config", "gateway.toml", "run"])
+    };
+    // A file where the state directory should be: "not a directory", not "File exists".
+    let file = dir.path().join("state-file");
+    fs::write(&file, "").unwrap();
+    let (code, err) = start(&file);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains(&format!("state_dir {}", file.display())) && err.contains("not a directory"), "{err}");
+    assert!(!err.contains("File exists"), "{err}");
+
+    // A state directory that cannot be created (its parent is a file).
+    let under = file.join("state");
+    let (code, err) = start(&under);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains(&under.display().to_string()), "{err}");
+
+    // The inbox journal replaced by a directory: it used to be exit 1 without a path.
+    let state = dir.path().join("state");
+    fs::create_dir_all(state.join("inbox/journal")).unwrap();
+    let (code, err) = start(&state);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains(&state.join("inbox").display().to_string()), "{err}");
+    assert!(err.contains("set [gateway] state_dir"), "{err}");
+}
