@@ -105,9 +105,15 @@ fn parse_args() -> Result<Option<Cli>, lexopt::Error> {
 fn with_config(cli: &Cli, f: impl FnOnce(Config) -> i32) -> i32 {
     // A path from --config or $SWITCHBOARD_CONFIG must exist; only the default path
     // falls back to the embedded config.
+    // `status` and `pairing` only read the state directory: run from a shell without the
+    // token variables, they must not fail on them.
+    let needs = match cli.command.as_str() {
+        "status" | "pairing" => config::Needs::NoSecrets,
+        _ => config::Needs::Secrets,
+    };
     let loaded = match &cli.config {
-        Some(path) => config::load_or_default(path, true),
-        None => config::load_or_default(std::path::Path::new(config::DEFAULT_PATH), false),
+        Some(path) => config::load_for(path, true, needs),
+        None => config::load_for(std::path::Path::new(config::DEFAULT_PATH), false, needs),
     };
     match loaded {
         Ok(config) => f(config),

@@ -375,3 +375,28 @@ fn errors_without_a_path_every_unusable_state_dir_names_its_path_and_exits_78() 
     assert!(err.contains(&state.join("inbox").display().to_string()), "{err}");
     assert!(err.contains("set [gateway] state_dir"), "{err}");
 }
+
+/// Issue 7 §5 "Secrets stay secret": `status`, `status --json` and `pairing list` failed
+/// with "environment variable … is not set" from a shell without the token variables.
+/// Commands that need no secret must not require one; `check` still does.
+#[test]
+fn status_and_pairing_need_no_secret_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[platforms.tg]\nkind = \"telegram\"\ntoken = \"${SB_TEST_UNSET_TOKEN}\"\n\
+                  [agent]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n\
+                  api_key = \"${SB_TEST_UNSET_KEY}\"\n";
+    fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    fs::create_dir_all(dir.path().join("state")).unwrap();
+    for args in [&["status"][..], &["status", "--json"], &["pairing", "list"]] {
+        let (code, out) = run_in(dir.path(), &[&["--config", "gateway.toml"], args].concat());
+        assert!(!out.contains("is not set"), "{args:?}: {out}");
+        // `status` before any run says so (exit 1); `pairing list` lists nothing.
+        assert_ne!(code, Some(78), "{args:?}: {out}");
+    }
+    let (code, out) = run_in(dir.path(), &["--config", "gateway.toml", "check"]);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(
+        out.contains("`SB_TEST_UNSET_TOKEN` is not set") && out.contains("`SB_TEST_UNSET_KEY` is not set"),
+        "{out}"
+    );
+}

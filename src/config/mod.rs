@@ -183,17 +183,31 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     load_or_default(path, !is_default)
 }
 
+/// What the command loading the config needs from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Everything, secrets included (`run`, `check`, `send`): an unset `${VAR}` is an error.
+    Secrets,
+    /// Only where the state is (`status`, `pairing`): an unset `${VAR}` reads as absent,
+    /// except in a path, so they work from a shell without the token variables.
+    NoSecrets,
+}
+
 /// Load and validate `path`, with `${VAR}` taken from the process environment.
 /// `explicit` says the user named the file (`--config`, `$SWITCHBOARD_CONFIG`): then a
 /// missing file is an error. Otherwise a missing file means "use the embedded default",
 /// so a fresh checkout runs with no setup.
 pub fn load_or_default(path: &Path, explicit: bool) -> Result<Config, ConfigErrors> {
+    load_for(path, explicit, Needs::Secrets)
+}
+
+/// [`load_or_default`] for a command that needs what `needs` says.
+pub fn load_for(path: &Path, explicit: bool, needs: Needs) -> Result<Config, ConfigErrors> {
     let env = |name: &str| std::env::var(name).ok();
+    let parse = |text: &str, file: &Path| parse_with(text, file, &env, crate::platforms::KINDS, needs);
     match std::fs::read_to_string(path) {
-        Ok(text) => parse_str(&text, path, &env),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => {
-            parse_str(DEFAULT_CONFIG, Path::new(EMBEDDED_LABEL), &env)
-        }
+        Ok(text) => parse(&text, path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => parse(DEFAULT_CONFIG, Path::new(EMBEDDED_LABEL)),
         Err(e) => {
             Err(ConfigErrors::whole_file(&path.display().to_string(), format!("cannot read the config file: {e}")))
         }
@@ -213,6 +227,17 @@ pub(crate) fn parse_with_kinds(
     env: &dyn Fn(&str) -> Option<String>,
     kinds: &[Kind],
 ) -> Result<Config, ConfigErrors> {
+    parse_with(text, file, env, kinds, Needs::Secrets)
+}
+
+/// [`parse_with_kinds`] for a command that needs what `needs` says.
+pub(crate) fn parse_with(
+    text: &str,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    kinds: &[Kind],
+    needs: Needs,
+) -> Result<Config, ConfigErrors> {
     // Every value taken from the environment is remembered, so that no error message can
     // show one (a token put where a duration belongs would otherwise be quoted back).
     let used: RefCell<Vec<(String, String)>> = RefCell::new(Vec::new());
@@ -223,7 +248,7 @@ pub(crate) fn parse_with_kinds(
         }
         value
     };
-    let result = parse_document(text, file, &recording_env, kinds);
+    let result = parse_document(text, file, &recording_env, kinds, needs);
     result.map_err(|errors| errors.without_values(&used.into_inner()))
 }
 
@@ -232,8 +257,9 @@ fn parse_document(
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
     kinds: &[Kind],
+    needs: Needs,
 ) -> Result<Config, ConfigErrors> {
-    let doc = Doc { file: file.display().to_string(), text, env };
+    let doc = Doc { file: file.display().to_string(), text, env, unset_ok: needs == Needs::NoSecrets };
     // The recovering parser reports every syntax error, not just the first. Only the
     // parser's message is used: the error's `Display` quotes the offending line, which
     // may hold a token.

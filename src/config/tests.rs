@@ -480,3 +480,19 @@ fn a_platform_may_not_be_called_origin() {
     let e = errors("[platforms.origin]\nkind = \"plain\"\n");
     assert!(e[0].contains("platforms.origin: `origin` is a delivery target"), "{e:?}");
 }
+
+/// Issue 7 §5 "Commands that need no secret must not require one": `status` and
+/// `pairing` read the config without the token variables, but a path still needs its.
+#[test]
+fn commands_that_need_no_secret_do_not_require_one() {
+    let text = "[gateway]\nstate_dir = \"/srv/state\"\n[platforms.tg]\nkind = \"bot\"\ntoken = \"${UNSET_TOKEN}\"\n";
+    let strict = parse(text).unwrap_err().to_string();
+    assert!(strict.contains("platforms.tg.token: environment variable `UNSET_TOKEN` is not set"), "{strict}");
+    let config = parse_with(text, Path::new("gateway.toml"), &env, KINDS, Needs::NoSecrets).unwrap();
+    assert_eq!(config.gateway.state_dir, Path::new("/srv/state"));
+    assert_eq!(bot(&config, "tg").expose(), "");
+    // Where the state is must still be known exactly.
+    let text = "[gateway]\nstate_dir = \"${UNSET_DIR}/state\"\n";
+    let e = parse_with(text, Path::new("gateway.toml"), &env, KINDS, Needs::NoSecrets).unwrap_err().to_string();
+    assert!(e.contains("gateway.state_dir: environment variable `UNSET_DIR` is not set"), "{e}");
+}
