@@ -400,3 +400,52 @@ fn status_and_pairing_need_no_secret_from_the_environment() {
         "{out}"
     );
 }
+
+/// Issue 7 §9 "Trace logging leaks tokens": at `log_level = "trace"` ureq-proto dumped
+/// each request in rows of hex and ASCII (`POST /bot<token>/…`), which the redacting
+/// writer cannot recognise, to the log file too. Secrets stay out of every level.
+#[test]
+fn trace_logging_leaks_no_token_to_stderr_or_the_log_file() {
+    let token = "777000:TRACEsecretTOKENvalue";
+    let fake = FakeTelegram::start(token);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = format!(
+        "[gateway]\nstate_dir = \"{}\"\nlog_level = \"trace\"\nlog_file = \"{}\"\n{OPEN_ACCESS}{}{}",
+        state.display(),
+        state.join("logs/switchboard.log").display(),
+        reconnect(200, 20, 5000),
+        telegram("tg", &fake.url(), token)
+    );
+    fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    let stderr = dir.path().join("stderr.log");
+    let mut child = Command::new(binary())
+        .args(["--config", "gateway.toml", "run"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let connected = || {
+        let status = fs::read(state.join("status.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        status.is_some_and(|s: Value| s["platforms"]["tg"]["state"] == "connected")
+    };
+    assert!(wait_until(deadline(SOON), connected), "{}", fs::read_to_string(&stderr).unwrap());
+    fake.push_text(42, 7, "hello");
+    fake.wait_sent(1, deadline(SOON));
+    let _ = child.kill();
+    child.wait().unwrap();
+    let file = fs::read_to_string(state.join("logs/switchboard.log")).unwrap();
+    for log in [fs::read_to_string(&stderr).unwrap(), file] {
+        let unspaced = log.replace(' ', "");
+        assert!(log.contains("[DEBUG] Call<SendRequest>"), "the HTTP client was not logged:\n{log}");
+        // Any 6 characters of the secret part, in ASCII or in hex, would be a leak.
+        let secret = "TRACEsecretTOKENvalue";
+        for i in 0..=secret.len() - 6 {
+            let piece = &secret[i..i + 6];
+            let hex: String = piece.bytes().map(|b| format!("{b:02x}")).collect();
+            assert!(!log.contains(piece) && !unspaced.contains(&hex), "`{piece}` leaked:\n{log}");
+        }
+    }
+}
