@@ -129,6 +129,12 @@ fn check(config: Config) -> i32 {
         eprintln!("warning: {warning}");
     }
     print!("{}", config.summary());
+    // What `run` would refuse, so that `check` never passes a config `run` rejects.
+    let problems = config.run_problems();
+    if !problems.is_empty() {
+        eprint!("{}", config::ConfigErrors(problems));
+        return EXIT_CONFIG;
+    }
     println!("config OK");
     EXIT_OK
 }

@@ -449,3 +449,31 @@ fn trace_logging_leaks_no_token_to_stderr_or_the_log_file() {
         }
     }
 }
+
+/// Issue 7 §9 "`check` passes what `run` rejects": no enabled platform, a token with a
+/// newline, and the shipped commented `log_file` (in a directory that did not exist yet:
+/// `cannot start logging: No such file or directory`, no path).
+#[test]
+fn check_passes_what_run_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        fs::write(dir.path().join("gateway.toml"), text).unwrap();
+        run_in(dir.path(), &["--config", "gateway.toml", "check"])
+    };
+    let (code, out) = check("[gateway]\nstate_dir = \"./state\"\n");
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("gateway.toml: platforms: no platform is enabled"), "{out}");
+
+    let (code, out) = check("[platforms.tg]\nkind = \"telegram\"\ntoken = \"123:abc\\n\"\n");
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("gateway.toml:3:9: platforms.tg.token: contains a space or a line break"), "{out}");
+
+    // The log file inside a state directory neither of which exists yet: both are created.
+    let text = "[gateway]\nstate_dir = \"./state\"\nlog_file = \"./state/logs/switchboard.log\"\n[platforms.console]\n";
+    let (code, out) = check(text);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run_in(dir.path(), &["--config", "gateway.toml", "run"]);
+    assert_eq!(code, Some(0), "{out}");
+    let log = fs::read_to_string(dir.path().join("state/logs/switchboard.log")).unwrap();
+    assert!(log.contains("starting"), "{log}");
+}

@@ -436,6 +436,52 @@ impl Config {
 }
 
 impl Config {
+    /// What `run` would refuse that loading cannot see, because it depends on the
+    /// machine or on the whole file: no enabled platform (`run` exits 78 at once), and a
+    /// `state_dir` or `log_file` that cannot be created. `check` reports these.
+    pub fn run_problems(&self) -> Vec<ConfigError> {
+        let file = self.file.display().to_string();
+        let problem = |key: &str, message: String| ConfigError {
+            file: file.clone(),
+            position: None,
+            key: Some(key.to_string()),
+            message,
+        };
+        let mut problems = Vec::new();
+        if !self.platforms.iter().any(|p| p.enabled) {
+            let message = "no platform is enabled, so `run` would stop at once (exit 78); add one, \
+                           e.g. `[platforms.console]` for the terminal";
+            problems.push(problem("platforms", message.to_string()));
+        }
+        if let Some(why) = unusable_dir(&self.gateway.state_dir) {
+            problems.push(problem("gateway.state_dir", format!("{}: {why}", self.gateway.state_dir.display())));
+        }
+        if let Some(log_file) = &self.gateway.log_file {
+            let dir = log_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let why = if log_file.is_dir() { Some("it is a directory".to_string()) } else { unusable_dir(dir) };
+            if let Some(why) = why {
+                problems.push(problem("gateway.log_file", format!("{}: {why}", log_file.display())));
+            }
+        }
+        problems
+    }
+}
+
+/// Why `dir` can be neither used nor created, if so: it, or the nearest part of it that
+/// exists, is not a directory. (Permissions are left to `run`, which names the path.)
+fn unusable_dir(dir: &Path) -> Option<String> {
+    let existing = dir.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists())?;
+    if existing.is_dir() {
+        return None;
+    }
+    Some(if existing == dir {
+        "it is not a directory".to_string()
+    } else {
+        format!("cannot be created: {} is not a directory", existing.display())
+    })
+}
+
+impl Config {
     /// Every secret of every platform instance, enabled or not, for log redaction.
     pub fn secrets(&self) -> Vec<Secret> {
         let all = self.platforms.iter().flat_map(|p| p.spec.secrets().into_iter().cloned());

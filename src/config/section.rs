@@ -136,6 +136,12 @@ impl<'a> Section<'a> {
             let message = format!("the secret is empty{why}; set it, or set `enabled = false` on this platform");
             self.error_at(value.span(), key, message);
         }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            // Otherwise it breaks the request URL, and the error blames `api_base`.
+            let message = "contains a space or a line break, which no token does (a stray newline in the \
+                           environment file, or a pasted label?); set it to the token alone";
+            self.error_at(value.span(), key, message.to_string());
+        }
         Secret::new(text)
     }
 

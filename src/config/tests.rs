@@ -496,3 +496,40 @@ fn commands_that_need_no_secret_do_not_require_one() {
     let e = parse_with(text, Path::new("gateway.toml"), &env, KINDS, Needs::NoSecrets).unwrap_err().to_string();
     assert!(e.contains("gateway.state_dir: environment variable `UNSET_DIR` is not set"), "{e}");
 }
+
+/// Issue 7 §9 "`check` passes what `run` rejects": a token with a space or a newline
+/// made `run` fail with a hint about `api_base`. It is a config error naming the key.
+#[test]
+fn check_passes_what_run_rejects_a_token_with_a_space_or_newline() {
+    for token in ["123:abc def", "123:abc\n", "${TOKEN} "] {
+        let e = errors(&format!("[platforms.tg]\nkind = \"bot\"\ntoken = {token:?}\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("gateway.toml:3:9: platforms.tg.token: contains a space or a line break"), "{e:?}");
+        assert!(!e[0].contains("abc") && !e[0].contains(SECRET), "{e:?}");
+    }
+}
+
+/// Issue 7 §9 "`check` passes what `run` rejects": no enabled platform, and a state_dir
+/// or log_file that cannot be created, are found before `run` meets them.
+#[test]
+fn check_passes_what_run_rejects_no_platform_and_uncreatable_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let text = format!(
+        "[gateway]\nstate_dir = \"{}\"\nlog_file = \"{}\"\n[platforms.tg]\nkind = \"plain\"\nenabled = false\n",
+        file.display(),
+        file.join("logs/switchboard.log").display()
+    );
+    let problems: Vec<String> = parse(&text).unwrap().run_problems().iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].starts_with("gateway.toml: platforms: no platform is enabled"), "{problems:?}");
+    assert_eq!(problems[1], format!("gateway.toml: gateway.state_dir: {}: it is not a directory", file.display()));
+    assert!(problems[2].contains(&format!("cannot be created: {} is not a directory", file.display())), "{problems:?}");
+    // A log file whose directory does not exist yet is fine: `run` creates it.
+    let text = format!(
+        "[gateway]\nlog_file = \"{}\"\n[platforms.p]\nkind = \"plain\"\n",
+        dir.path().join("new/x.log").display()
+    );
+    assert_eq!(parse(&text).unwrap().run_problems(), []);
+}
