@@ -477,3 +477,55 @@ fn check_passes_what_run_rejects() {
     let log = fs::read_to_string(dir.path().join("state/logs/switchboard.log")).unwrap();
     assert!(log.contains("starting"), "{log}");
 }
+
+/// Issue 7 §9 "Modes": under `umask 000` the lock directory was created 0777. Whatever
+/// the umask, what switchboard creates is 0700 (directories) and 0600 (files).
+#[test]
+fn modes_under_umask_000_directories_are_0700_and_files_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[gateway]\nstate_dir = \"./state\"\nlog_file = \"./logs/now/switchboard.log\"\n{}[platforms.console]\n{}",
+        reconnect(200, 20, 5000),
+        telegram("tg", &fake.url(), TOKEN)
+    );
+    fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    let umask_000 = |args: &[&str]| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("umask 000; exec \"$@\"").arg("sh").arg(binary()).args(["--config", "gateway.toml"]);
+        cmd.args(args).current_dir(dir.path()).env("SWITCHBOARD_LOCK_DIR", dir.path().join("locks"));
+        cmd
+    };
+    let mut child =
+        umask_000(&["run"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let connected = || {
+        let status = fs::read(dir.path().join("state/status.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        status.is_some_and(|s: Value| s["platforms"]["tg"]["state"] == "connected")
+    };
+    assert!(wait_until(deadline(SOON), connected));
+    for args in [&["send", "tg:42", "hi"][..], &["pairing", "approve", "tg", "ABCDEFGH"]] {
+        umask_000(args).output().unwrap();
+    }
+    drop(child.stdin.take());
+    let _ = child.kill();
+    child.wait().unwrap();
+
+    let mut seen = 0;
+    let mut todo = vec![dir.path().to_path_buf()];
+    while let Some(path) = todo.pop() {
+        for entry in fs::read_dir(&path).unwrap() {
+            let entry = entry.unwrap();
+            let (p, meta) = (entry.path(), entry.metadata().unwrap());
+            let mode = meta.permissions().mode() & 0o777;
+            if meta.is_dir() {
+                assert_eq!(mode, 0o700, "{}", p.display());
+                todo.push(p);
+            } else if p.file_name().unwrap() != "gateway.toml" {
+                assert_eq!(mode, 0o600, "{}", p.display());
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen > 10, "too little was created to tell");
+}
