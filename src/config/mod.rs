@@ -265,7 +265,7 @@ fn parse_document(
     // may hold a token.
     let (table, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
-        let errors = syntax.iter().map(|e| doc.error(e.span(), None, e.message().to_string())).collect();
+        let errors = syntax.iter().map(|e| syntax_error(&doc, e.span(), e.message())).collect();
         return Err(ConfigErrors::sorted(errors));
     }
     let mut errors = Vec::new();
@@ -283,6 +283,18 @@ fn parse_document(
         return Err(ConfigErrors::sorted(errors));
     }
     Ok(Config { file: file.to_path_buf(), gateway, reconnect, agent, sessions, access, delivery, platforms, warnings })
+}
+
+/// A parser error as a [`ConfigError`]. The parser says only "duplicate key"; the key (or
+/// table) it means and where it was first defined are added from the text.
+fn syntax_error(doc: &Doc<'_>, span: Option<std::ops::Range<usize>>, message: &str) -> ConfigError {
+    match span.clone().filter(|_| message.starts_with("duplicate key")) {
+        Some(span) => match error::duplicate(doc.text, span.start) {
+            Some((key, message)) => doc.error(Some(span), Some(key), message),
+            None => doc.error(Some(span), None, message.to_string()),
+        },
+        None => doc.error(span, None, message.to_string()),
+    }
 }
 
 /// Run `f` on `section`, then collect the section's problems into `errors`.

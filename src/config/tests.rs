@@ -533,3 +533,18 @@ fn check_passes_what_run_rejects_no_platform_and_uncreatable_directories() {
     );
     assert_eq!(parse(&text).unwrap().run_problems(), []);
 }
+
+/// Issue 7 §9 "The command line": a duplicate TOML table reported `duplicate key`
+/// without naming it. The key, file and line are named, and where it first was.
+#[test]
+fn a_duplicate_toml_table_or_key_is_named_with_file_and_line() {
+    let e = errors("[gateway]\nstate_dir = \"a\"\n[reconnect]\nbase = \"1s\"\n[gateway]\nlog_level = \"debug\"\n");
+    assert_eq!(e, ["gateway.toml:5:2: gateway: duplicate table (first defined at line 1); merge the two into one"]);
+    let e = errors("[platforms.a]\nkind = \"plain\"\n[platforms.a]\n");
+    assert_eq!(
+        e,
+        ["gateway.toml:3:12: platforms.a: duplicate table (first defined at line 1); merge the two into one"]
+    );
+    let e = errors("[platforms.tg]\nkind = \"bot\"\ntoken = \"${TOKEN}\"\ntoken = \"x\"\n");
+    assert_eq!(e, ["gateway.toml:4:1: platforms.tg.token: duplicate key (first defined at line 3); keep one"]);
+}
