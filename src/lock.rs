@@ -148,9 +148,13 @@ fn read_pid(file: &mut File) -> Option<u32> {
 fn spawn_reaper(listener: UnixListener, stop: Arc<AtomicBool>, kind: &str) -> io::Result<JoinHandle<()>> {
     thread::Builder::new().name(format!("lock-{kind}")).stack_size(64 * 1024).spawn(move || {
         for conn in listener.incoming() {
-            drop(conn);
             if stop.load(Ordering::SeqCst) {
                 break;
+            }
+            if conn.is_err() {
+                // Out of file descriptors, say: the listener (the lock) stays; only
+                // someone asking who holds it goes unanswered for a moment.
+                thread::sleep(std::time::Duration::from_millis(100));
             }
         }
     })
