@@ -146,7 +146,11 @@ fn wait_status(dir: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         if let Some(s) = status.filter(|s| pred(s)) {
             return s;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            std::fs::read_to_string(dir.join("state/status.json"))
+        );
         thread::sleep(Duration::from_millis(5));
     }
 }
