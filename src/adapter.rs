@@ -283,7 +283,6 @@ pub struct Wiring {
     /// Where outlets are published, and where replies are queued.
     pub outlets: Outbox,
     pub state_dir: PathBuf,
-    pub lock_dir: PathBuf,
 }
 
 /// A running generation. Dropping `stop` (or calling [`Running::stop`]) asks it to end.
@@ -343,7 +342,7 @@ pub fn spawn(instance: &PlatformInstance, generation: u64, wiring: &Wiring) -> R
 /// (or unwinds), so a crashed or stopped adapter always frees its bot token.
 fn run_generation(instance: &PlatformInstance, ctx: &Context, wiring: &Wiring) -> Result<(), Fatal> {
     let _lock = match instance.spec.lock_identity() {
-        Some(token) => Some(TokenLock::acquire(&wiring.lock_dir, instance.kind, token.expose())?),
+        Some(token) => Some(TokenLock::acquire(instance.kind, instance.spec.lock_scope(), token.expose())?),
         None => None,
     };
     let mut platform = instance.spec.build();

@@ -1,7 +1,9 @@
 /*!
 Starting and stopping the whole gateway: the wiring between the pieces.
 
-[`run`] opens the state (inbox, outbox, sessions, channel directory), starts the
+[`claim_state_dir`] comes first: it creates the state directory and takes its lock, so a
+second gateway on the same directory refuses to start before it touches anything in it.
+[`run`] then opens the state (inbox, outbox, sessions, channel directory), starts the
 threads in an order that keeps every message safe, supervises until the gateway decides
 to stop, then drains what it can and returns the exit code:
 
@@ -17,7 +19,9 @@ to stop, then drains what it can and returns the exit code:
 */
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +33,9 @@ use crate::auth::{self, Auth};
 use crate::config::Config;
 use crate::delivery::{self, Outbox};
 use crate::directory::Directory;
+use crate::fsutil;
 use crate::inbox::Inbox;
+use crate::lock::{StateLock, StateLockError};
 use crate::router::{Router, RouterConfig, Services};
 use crate::session::SessionStore;
 use crate::supervise;
@@ -39,15 +45,87 @@ use crate::typing::Typing;
 /// How long, after the outbox was told to quit, a send already in flight may finish.
 const LAST_SEND_GRACE: Duration = Duration::from_millis(150);
 
+/// Why the gateway could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Part of the state directory cannot be used: the setup is unusable (exit 78).
+    State { what: &'static str, path: PathBuf, source: io::Error },
+    /// Another gateway runs on this state directory (exit 78).
+    Busy { state_dir: PathBuf, pid: Option<u32> },
+    /// A thread could not be started: worth a restart (exit 1).
+    Internal(io::Error),
+}
+
+impl StartError {
+    /// Everything about the state directory is a setup problem a restart cannot fix.
+    pub fn is_setup(&self) -> bool {
+        !matches!(self, StartError::Internal(_))
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::State { what, path, source } => write!(
+                f,
+                "cannot use {what} {}: {source}; the state directory must be a directory this user can \
+                 write (check its owner, mode and mount), or set [gateway] state_dir elsewhere",
+                path.display()
+            ),
+            StartError::Busy { state_dir, pid } => {
+                let who = pid.map_or("another gateway".to_string(), |pid| format!("another gateway (PID {pid})"));
+                write!(
+                    f,
+                    "{who} is already running with state_dir {}: two would lose each other's messages; \
+                     stop it, or give this one a state_dir of its own (`send`, `status` and `pairing` \
+                     work beside a running gateway)",
+                    state_dir.display()
+                )
+            }
+            StartError::Internal(e) => write!(f, "cannot start: {e}"),
+        }
+    }
+}
+
+impl From<io::Error> for StartError {
+    fn from(e: io::Error) -> StartError {
+        StartError::Internal(e)
+    }
+}
+
+/// Create `state_dir` (0700) and take its lock, before anything in it is opened.
+pub fn claim_state_dir(state_dir: &Path) -> Result<StateLock, StartError> {
+    let state = |source| StartError::State { what: "state_dir", path: state_dir.to_path_buf(), source };
+    if state_dir.exists() && !state_dir.is_dir() {
+        return Err(state(io::Error::new(io::ErrorKind::NotADirectory, "it is not a directory")));
+    }
+    fsutil::create_private_dir(state_dir).map_err(state)?;
+    StateLock::acquire(state_dir).map_err(|e| match e {
+        StateLockError::Held(pid) => StartError::Busy { state_dir: state_dir.to_path_buf(), pid },
+        StateLockError::Io(source) => {
+            StartError::State { what: "the lock file", path: state_dir.join(StateLock::FILE), source }
+        }
+    })
+}
+
 /// Run the gateway until it stops; the exit code. `utc_offset_secs` is the local
-/// time offset (read at startup, while the process had one thread).
-pub fn run(config: &Config, utc_offset_secs: i32, shutdown: Receiver<()>) -> io::Result<i32> {
+/// time offset (read at startup, while the process had one thread). The caller holds
+/// the state directory ([`claim_state_dir`]).
+pub fn run(config: &Config, utc_offset_secs: i32, shutdown: Receiver<()>) -> Result<i32, StartError> {
     let state_dir = &config.gateway.state_dir;
-    let inbox = Arc::new(Inbox::open(state_dir)?);
+    let part = |what: &'static str, dir: &str| {
+        let path = state_dir.join(dir);
+        move |source| StartError::State { what, path, source }
+    };
+    let inbox = Arc::new(Inbox::open(state_dir).map_err(part("the inbox", "inbox"))?);
     let replay = inbox.pending();
-    let outbox = Outbox::open(state_dir, config.delivery.clone(), &delivery::platform_limits(config))?;
+    let outbox = Outbox::open(state_dir, config.delivery.clone(), &delivery::platform_limits(config))
+        .map_err(part("the outbox", "outbox"))?;
     let directory = Arc::new(Directory::load(state_dir));
-    let sessions = Arc::new(SessionStore::open(state_dir, config.sessions.clone(), utc_offset_secs)?);
+    let sessions = SessionStore::open(state_dir, config.sessions.clone(), utc_offset_secs)
+        .map_err(part("the sessions", "sessions"))?;
+    let sessions = Arc::new(sessions);
     let auth = build_auth(config);
     if let Some(warning) = auth::startup_warning(&auth) {
         log::warn!("{warning}");
@@ -67,14 +145,8 @@ pub fn run(config: &Config, utc_offset_secs: i32, shutdown: Receiver<()>) -> io:
     let router = Router::start(inbound, services, replay)?;
     outbox.start_workers()?;
     let (events_tx, events) = unbounded();
-    let wiring = Wiring {
-        events: events_tx,
-        inbound: inbound_tx,
-        inbox,
-        outlets: outbox.clone(),
-        state_dir: state_dir.clone(),
-        lock_dir: config.gateway.lock_dir.clone(),
-    };
+    let wiring =
+        Wiring { events: events_tx, inbound: inbound_tx, inbox, outlets: outbox.clone(), state_dir: state_dir.clone() };
     let supervisor = SupervisorLoop::new(config, wiring, directory.clone());
     let decision = supervise::essential("supervisor", || {
         supervisor.run(events, shutdown, |deadline| {

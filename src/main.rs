@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, unbounded};
 use switchboard::config::{self, Config};
 use switchboard::status::{self, Status};
 use switchboard::supervisor::state::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
-use switchboard::{auth, delivery, fsutil, gateway, log as logging};
+use switchboard::{auth, delivery, gateway, log as logging};
 
 /// Exit code of a command that failed for a reason other than the config.
 const EXIT_USAGE: i32 = 2;
@@ -129,9 +129,15 @@ fn check_words(cli: &Cli) -> Result<(), String> {
 fn with_config(cli: &Cli, f: impl FnOnce(Config) -> i32) -> i32 {
     // A path from --config or $SWITCHBOARD_CONFIG must exist; only the default path
     // falls back to the embedded config.
+    // `status` and `pairing` only read the state directory: run from a shell without the
+    // token variables, they must not fail on them.
+    let needs = match cli.command.as_str() {
+        "status" | "pairing" => config::Needs::NoSecrets,
+        _ => config::Needs::Secrets,
+    };
     let loaded = match &cli.config {
-        Some(path) => config::load_or_default(path, true),
-        None => config::load_or_default(std::path::Path::new(config::DEFAULT_PATH), false),
+        Some(path) => config::load_for(path, true, needs),
+        None => config::load_for(std::path::Path::new(config::DEFAULT_PATH), false, needs),
     };
     match loaded {
         Ok(config) => f(config),
@@ -143,7 +149,16 @@ fn with_config(cli: &Cli, f: impl FnOnce(Config) -> i32) -> i32 {
 }
 
 fn check(config: Config) -> i32 {
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
     print!("{}", config.summary());
+    // What `run` would refuse, so that `check` never passes a config `run` rejects.
+    let problems = config.run_problems();
+    if !problems.is_empty() {
+        eprint!("{}", config::ConfigErrors(problems));
+        return EXIT_CONFIG;
+    }
     println!("config OK");
     EXIT_OK
 }
@@ -240,6 +255,16 @@ fn run(config: Config) -> i32 {
     limit_malloc_arenas();
     // Read before any thread exists: the local offset cannot be read safely later.
     let utc_offset = time::UtcOffset::current_local_offset().map_or(0, |o| o.whole_seconds());
+    let state_dir = &config.gateway.state_dir;
+    // The state directory first: the log file usually lives in it, and a second gateway
+    // on it must refuse before it opens (or logs into) anything there.
+    let _state_lock = match gateway::claim_state_dir(state_dir) {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return EXIT_CONFIG;
+        }
+    };
     let mut secrets: Vec<String> = config.secrets().iter().map(|s| s.expose().to_string()).collect();
     secrets.extend(config.agent.secrets().iter().map(|s| s.expose().to_string()));
     if let Err(e) = logging::init(config.gateway.log_level, config.gateway.log_file.as_deref(), secrets) {
@@ -249,10 +274,8 @@ fn run(config: Config) -> i32 {
     // A panicking adapter is caught and reported by the harness; the panic message
     // itself belongs in the log (and the log file), not only on standard error.
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
-    let state_dir = &config.gateway.state_dir;
-    if let Err(e) = fsutil::create_private_dir(state_dir) {
-        log::error!("cannot create state_dir {}: {e}", state_dir.display());
-        return EXIT_CONFIG;
+    for warning in &config.warnings {
+        log::warn!("{warning}");
     }
     log::info!(
         "switchboard {} starting (config {}, state {})",
@@ -260,10 +283,12 @@ fn run(config: Config) -> i32 {
         config.file.display(),
         state_dir.display()
     );
-    let started = listen_for_signals().and_then(|shutdown| gateway::run(&config, utc_offset, shutdown));
+    let started = listen_for_signals()
+        .map_err(gateway::StartError::from)
+        .and_then(|shutdown| gateway::run(&config, utc_offset, shutdown));
     started.unwrap_or_else(|e| {
-        log::error!("cannot start: {e}");
-        EXIT_FAILURE
+        log::error!("{e}");
+        if e.is_setup() { EXIT_CONFIG } else { EXIT_FAILURE }
     })
 }
 

@@ -70,15 +70,19 @@ fn telegram_round_trip_with_two_bots_of_one_kind() {
     assert_eq!(dir["platforms"]["bot_b"][0]["id"], "-100");
 }
 
+/// Issue 7 §6 "One host, one poller per token, whoever starts it": the unit's
+/// `SWITCHBOARD_LOCK_DIR` and a manual run's `~/.local/state` used to be two lock
+/// directories, so the two gateways polled one token against each other. Here they differ
+/// in every setting that used to place the lock, and the second still meets the first.
 #[test]
-fn second_gateway_with_the_same_token_exits_78_naming_the_first_pid() {
+fn second_gateway_with_the_same_token_exits_78_naming_the_first_pid_whatever_its_lock_dir() {
     let fake = FakeTelegram::start(TOKEN);
-    let locks = tempfile::tempdir().unwrap();
+    let (locks_a, locks_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = format!("{}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
-    let a = Gateway::start_in(dir_a.path(), locks.path(), &config);
+    let a = Gateway::start_in(dir_a.path(), locks_a.path(), &config);
     a.wait_platform("tg", "connected", SOON);
-    let mut b = Gateway::start_in(dir_b.path(), locks.path(), &config);
+    let mut b = Gateway::start_in(dir_b.path(), locks_b.path(), &config);
     assert_eq!(b.wait_exit(SOON), Some(78), "log:\n{}", b.log());
     let status = b.status().unwrap();
     let holder = format!("PID {}", a.pid());
@@ -406,4 +410,244 @@ fn send_refuses_a_text_beyond_max_message_bytes_naming_the_key() {
     // Up to the limit it is queued (in parts).
     let out = send(&"y".repeat(2048));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Run `switchboard ARGS` in `dir` with no standard input until it exits (killed after
+/// [`SOON`]); its exit code and standard error.
+fn run_in(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(binary())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SWITCHBOARD_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = deadline(SOON);
+    let done = wait_until(end, || child.try_wait().unwrap().is_some());
+    if !done {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (if done { out.status.code() } else { None }, text)
+}
+
+/// Issue 7 §9 "Two gateways on one state directory lose messages": a console-only run
+/// beside a Telegram gateway rewrote the inbox journal under it. The second now refuses,
+/// naming the first; `send`, `status` and `pairing` still work beside the first.
+#[test]
+fn two_gateways_on_one_state_directory_the_second_refuses_naming_the_first_pid() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}{OPEN_ACCESS}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
+    let a = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
+    a.wait_platform("tg", "connected", SOON);
+    let journal = fs::metadata(a.state_dir.join("inbox/journal")).unwrap();
+    let console_only = format!("[gateway]\nstate_dir = \"{}\"\n[platforms.console]\n", a.state_dir.display());
+    fs::write(dir.path().join("console.toml"), console_only).unwrap();
+
+    let (code, err) = run_in(dir.path(), &["--config", "console.toml", "run"]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains(&format!("PID {}", a.pid())) && err.contains(&a.state_dir.display().to_string()), "{err}");
+    use std::os::unix::fs::MetadataExt;
+    let after = fs::metadata(a.state_dir.join("inbox/journal")).unwrap();
+    assert_eq!((after.ino(), after.size()), (journal.ino(), journal.size()), "the journal was rewritten");
+    assert_eq!(a.status().unwrap()["platforms"]["tg"]["state"], "connected");
+
+    for args in [&["status"][..], &["status", "--json"], &["pairing", "list"], &["send", "tg:42", "beside"]] {
+        let (code, out) = run_in(dir.path(), &[&["--config", "gateway.toml"], args].concat());
+        assert_eq!(code, Some(0), "{args:?}: {out}");
+    }
+    assert_eq!(fake.wait_sent(1, deadline(SOON)), [("42".to_string(), "beside".to_string())]);
+    fake.push_text(5, 5, "still answered");
+    assert_eq!(fake.wait_sent(2, deadline(SOON))[1].1, "echo: still answered");
+}
+
+/// Issue 7 §9 "Errors without a path, and exit codes that disagree": whatever is wrong
+/// with the state directory, `run` names the path and exits 78.
+#[test]
+fn errors_without_a_path_every_unusable_state_dir_names_its_path_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |state: &std::path::Path| {
+        let text = format!("[gateway]\nstate_dir = \"{}\"\n[platforms.console]\n", state.display());
+        fs::write(dir.path().join("gateway.toml"), text).unwrap();
+        run_in(dir.path(), &["--config", "gateway.toml", "run"])
+    };
+    // A file where the state directory should be: "not a directory", not "File exists".
+    let file = dir.path().join("state-file");
+    fs::write(&file, "").unwrap();
+    let (code, err) = start(&file);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains(&format!("state_dir {}", file.display())) && err.contains("not a directory"), "{err}");
+    assert!(!err.contains("File exists"), "{err}");
+
+    // A state directory that cannot be created (its parent is a file).
+    let under = file.join("state");
+    let (code, err) = start(&under);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains(&under.display().to_string()), "{err}");
+
+    // The inbox journal replaced by a directory: it used to be exit 1 without a path.
+    let state = dir.path().join("state");
+    fs::create_dir_all(state.join("inbox/journal")).unwrap();
+    let (code, err) = start(&state);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains(&state.join("inbox").display().to_string()), "{err}");
+    assert!(err.contains("set [gateway] state_dir"), "{err}");
+}
+
+/// Issue 7 §5 "Secrets stay secret": `status`, `status --json` and `pairing list` failed
+/// with "environment variable … is not set" from a shell without the token variables.
+/// Commands that need no secret must not require one; `check` still does.
+#[test]
+fn status_and_pairing_need_no_secret_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[platforms.tg]\nkind = \"telegram\"\ntoken = \"${SB_TEST_UNSET_TOKEN}\"\n\
+                  [agent]\nbackend = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodel = \"m\"\n\
+                  api_key = \"${SB_TEST_UNSET_KEY}\"\n";
+    fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    fs::create_dir_all(dir.path().join("state")).unwrap();
+    for args in [&["status"][..], &["status", "--json"], &["pairing", "list"]] {
+        let (code, out) = run_in(dir.path(), &[&["--config", "gateway.toml"], args].concat());
+        assert!(!out.contains("is not set"), "{args:?}: {out}");
+        // `status` before any run says so (exit 1); `pairing list` lists nothing.
+        assert_ne!(code, Some(78), "{args:?}: {out}");
+    }
+    let (code, out) = run_in(dir.path(), &["--config", "gateway.toml", "check"]);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(
+        out.contains("`SB_TEST_UNSET_TOKEN` is not set") && out.contains("`SB_TEST_UNSET_KEY` is not set"),
+        "{out}"
+    );
+}
+
+/// Issue 7 §9 "Trace logging leaks tokens": at `log_level = "trace"` ureq-proto dumped
+/// each request in rows of hex and ASCII (`POST /bot<token>/…`), which the redacting
+/// writer cannot recognise, to the log file too. Secrets stay out of every level.
+#[test]
+fn trace_logging_leaks_no_token_to_stderr_or_the_log_file() {
+    let token = "777000:TRACEsecretTOKENvalue";
+    let fake = FakeTelegram::start(token);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = format!(
+        "[gateway]\nstate_dir = \"{}\"\nlog_level = \"trace\"\nlog_file = \"{}\"\n{OPEN_ACCESS}{}{}",
+        state.display(),
+        state.join("logs/switchboard.log").display(),
+        reconnect(200, 20, 5000),
+        telegram("tg", &fake.url(), token)
+    );
+    fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    let stderr = dir.path().join("stderr.log");
+    let mut child = Command::new(binary())
+        .args(["--config", "gateway.toml", "run"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let connected = || {
+        let status = fs::read(state.join("status.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        status.is_some_and(|s: Value| s["platforms"]["tg"]["state"] == "connected")
+    };
+    assert!(wait_until(deadline(SOON), connected), "{}", fs::read_to_string(&stderr).unwrap());
+    fake.push_text(42, 7, "hello");
+    fake.wait_sent(1, deadline(SOON));
+    let _ = child.kill();
+    child.wait().unwrap();
+    let file = fs::read_to_string(state.join("logs/switchboard.log")).unwrap();
+    for log in [fs::read_to_string(&stderr).unwrap(), file] {
+        let unspaced = log.replace(' ', "");
+        assert!(log.contains("[DEBUG] Call<SendRequest>"), "the HTTP client was not logged:\n{log}");
+        // Any 6 characters of the secret part, in ASCII or in hex, would be a leak.
+        let secret = "TRACEsecretTOKENvalue";
+        for i in 0..=secret.len() - 6 {
+            let piece = &secret[i..i + 6];
+            let hex: String = piece.bytes().map(|b| format!("{b:02x}")).collect();
+            assert!(!log.contains(piece) && !unspaced.contains(&hex), "`{piece}` leaked:\n{log}");
+        }
+    }
+}
+
+/// Issue 7 §9 "`check` passes what `run` rejects": no enabled platform, a token with a
+/// newline, and the shipped commented `log_file` (in a directory that did not exist yet:
+/// `cannot start logging: No such file or directory`, no path).
+#[test]
+fn check_passes_what_run_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        fs::write(dir.path().join("gateway.toml"), text).unwrap();
+        run_in(dir.path(), &["--config", "gateway.toml", "check"])
+    };
+    let (code, out) = check("[gateway]\nstate_dir = \"./state\"\n");
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("gateway.toml: platforms: no platform is enabled"), "{out}");
+
+    let (code, out) = check("[platforms.tg]\nkind = \"telegram\"\ntoken = \"123:abc\\n\"\n");
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("gateway.toml:3:9: platforms.tg.token: contains a space or a line break"), "{out}");
+
+    // The log file inside a state directory neither of which exists yet: both are created.
+    let text = "[gateway]\nstate_dir = \"./state\"\nlog_file = \"./state/logs/switchboard.log\"\n[platforms.console]\n";
+    let (code, out) = check(text);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run_in(dir.path(), &["--config", "gateway.toml", "run"]);
+    assert_eq!(code, Some(0), "{out}");
+    let log = fs::read_to_string(dir.path().join("state/logs/switchboard.log")).unwrap();
+    assert!(log.contains("starting"), "{log}");
+}
+
+/// Issue 7 §9 "Modes": under `umask 000` the lock directory was created 0777. Whatever
+/// the umask, what switchboard creates is 0700 (directories) and 0600 (files).
+#[test]
+fn modes_under_umask_000_directories_are_0700_and_files_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[gateway]\nstate_dir = \"./state\"\nlog_file = \"./logs/now/switchboard.log\"\n{}[platforms.console]\n{}",
+        reconnect(200, 20, 5000),
+        telegram("tg", &fake.url(), TOKEN)
+    );
+    fs::write(dir.path().join("gateway.toml"), config).unwrap();
+    let umask_000 = |args: &[&str]| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("umask 000; exec \"$@\"").arg("sh").arg(binary()).args(["--config", "gateway.toml"]);
+        cmd.args(args).current_dir(dir.path()).env("SWITCHBOARD_LOCK_DIR", dir.path().join("locks"));
+        cmd
+    };
+    let mut child =
+        umask_000(&["run"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let connected = || {
+        let status = fs::read(dir.path().join("state/status.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        status.is_some_and(|s: Value| s["platforms"]["tg"]["state"] == "connected")
+    };
+    assert!(wait_until(deadline(SOON), connected));
+    for args in [&["send", "tg:42", "hi"][..], &["pairing", "approve", "tg", "ABCDEFGH"]] {
+        umask_000(args).output().unwrap();
+    }
+    drop(child.stdin.take());
+    let _ = child.kill();
+    child.wait().unwrap();
+
+    let mut seen = 0;
+    let mut todo = vec![dir.path().to_path_buf()];
+    while let Some(path) = todo.pop() {
+        for entry in fs::read_dir(&path).unwrap() {
+            let entry = entry.unwrap();
+            let (p, meta) = (entry.path(), entry.metadata().unwrap());
+            let mode = meta.permissions().mode() & 0o777;
+            if meta.is_dir() {
+                assert_eq!(mode, 0o700, "{}", p.display());
+                todo.push(p);
+            } else if p.file_name().unwrap() != "gateway.toml" {
+                assert_eq!(mode, 0o600, "{}", p.display());
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen > 10, "too little was created to tell");
 }

@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use serde_json::Value;
 
 use switchboard::adapter::{Context, Fatal, Outlet, Platform, SendError, Wiring};
-use switchboard::config::{Config, Gateway, PlatformInstance, PlatformSpec, Reconnect};
+use switchboard::config::{Config, Gateway, PlatformInstance, PlatformSpec, Reconnect, Secret};
 use switchboard::delivery::Outbox;
 use switchboard::directory::Directory;
 use switchboard::message::Outbound;
@@ -26,18 +26,27 @@ enum OnConnect {
     PanicTimes(u32),
     /// Block for a long time without looking at stop requests.
     Hang,
+    /// The first generation blocks this long without looking at stop requests (holding
+    /// its bot token lock all the while), then connects; later ones connect at once.
+    HangFirst(Duration),
     Connect,
 }
 
 struct TestSpec {
     on_connect: OnConnect,
     builds: AtomicU32,
+    /// A bot token, to take the host-wide token lock with.
+    token: Option<Secret>,
 }
 
 impl PlatformSpec for TestSpec {
     fn build(&self) -> Box<dyn Platform> {
         let generation = self.builds.fetch_add(1, Ordering::SeqCst) + 1;
         Box::new(TestPlatform { on_connect: self.on_connect, generation })
+    }
+
+    fn lock_identity(&self) -> Option<&Secret> {
+        self.token.as_ref()
     }
 
     fn describe(&self) -> String {
@@ -55,6 +64,7 @@ impl Platform for TestPlatform {
         match self.on_connect {
             OnConnect::PanicTimes(n) if self.generation <= n => panic!("test adapter exploded"),
             OnConnect::Hang => thread::sleep(Duration::from_secs(30)),
+            OnConnect::HangFirst(d) if self.generation == 1 => thread::sleep(d),
             _ => {}
         }
         Ok(Arc::new(NullOutlet))
@@ -76,7 +86,7 @@ impl Outlet for NullOutlet {
 }
 
 fn instance(name: &str, on_connect: OnConnect) -> PlatformInstance {
-    let spec = Arc::new(TestSpec { on_connect, builds: AtomicU32::new(0) });
+    let spec = Arc::new(TestSpec { on_connect, builds: AtomicU32::new(0), token: None });
     PlatformInstance {
         name: name.into(),
         kind: "test",
@@ -90,12 +100,7 @@ fn instance(name: &str, on_connect: OnConnect) -> PlatformInstance {
 fn config(dir: &Path, platforms: Vec<PlatformInstance>) -> Config {
     Config {
         file: dir.join("gateway.toml"),
-        gateway: Gateway {
-            state_dir: dir.join("state"),
-            lock_dir: dir.join("locks"),
-            log_level: log::LevelFilter::Info,
-            log_file: None,
-        },
+        gateway: Gateway { state_dir: dir.join("state"), log_level: log::LevelFilter::Info, log_file: None },
         reconnect: Reconnect {
             base: Duration::from_millis(100),
             cap: Duration::from_millis(800),
@@ -107,6 +112,7 @@ fn config(dir: &Path, platforms: Vec<PlatformInstance>) -> Config {
         access: Default::default(),
         delivery: Default::default(),
         platforms,
+        warnings: vec![],
     }
 }
 
@@ -121,7 +127,6 @@ fn supervise(config: Config) -> (Sender<()>, Receiver<ExitDecision>) {
         inbound,
         outlets: Outbox::open(&state_dir, Default::default(), &[]).expect("open the outbox"),
         state_dir: state_dir.clone(),
-        lock_dir: config.gateway.lock_dir.clone(),
     };
     let directory = Arc::new(Directory::load(&state_dir));
     let (stop_tx, stop) = unbounded();
@@ -141,7 +146,11 @@ fn wait_status(dir: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         if let Some(s) = status.filter(|s| pred(s)) {
             return s;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}",
+            std::fs::read_to_string(dir.join("state/status.json"))
+        );
         thread::sleep(Duration::from_millis(5));
     }
 }
@@ -186,4 +195,29 @@ fn a_stop_request_ends_a_receive_loop_at_once() {
     assert_eq!(decision.code, 0);
     let s = wait_status(dir.path(), "stopped", |s| s["state"] == "stopped");
     assert_eq!(s["platforms"]["idle"]["state"], "stopped");
+}
+
+/// Issue 7 §6: whether this process holds a token lock is decided by bookkeeping, not by
+/// PID. A generation abandoned by a connect timeout keeps the lock until its thread
+/// ends; the next generation meets it as a retryable `<kind>_token_lock`, and connects
+/// once the old one has let go, never ending `fatal`.
+#[test]
+fn a_respawn_waits_for_the_earlier_generation_to_let_go_of_the_token_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bot = instance("bot", OnConnect::Connect);
+    // Locks are host-wide: a token no other test process uses.
+    let token = format!("{}:harness-{:?}", std::process::id(), Instant::now());
+    bot.spec = Arc::new(TestSpec {
+        on_connect: OnConnect::HangFirst(Duration::from_millis(1500)),
+        builds: AtomicU32::new(0),
+        token: Some(Secret::new(token)),
+    });
+    let (stop, done) = supervise(config(dir.path(), vec![bot]));
+    let s =
+        wait_status(dir.path(), "the lock still held", |s| s["platforms"]["bot"]["error_code"] == "test_token_lock");
+    assert_eq!(s["platforms"]["bot"]["state"], "retrying", "{s:#}");
+    assert!(s["platforms"]["bot"]["error_message"].as_str().unwrap().contains("earlier connection"), "{s:#}");
+    wait_status(dir.path(), "connected after the old one let go", |s| s["platforms"]["bot"]["state"] == "connected");
+    stop.send(()).unwrap();
+    assert_eq!(done.recv_timeout(Duration::from_secs(3)).unwrap().code, 0);
 }

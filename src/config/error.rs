@@ -105,6 +105,37 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// For a "duplicate key" at byte `offset` of `text`: the dotted key path it is about,
+/// and a message saying whether it is a key or a table and where it was first defined.
+/// A line-based reading of the text, good for the `key = value` and `[table]` lines a
+/// gateway config holds; `None` when the line is neither.
+pub(crate) fn duplicate(text: &str, offset: usize) -> Option<(String, String)> {
+    let (line_no, _) = line_col(text, offset);
+    let lines: Vec<&str> = text.lines().collect();
+    let line = lines.get(line_no - 1)?.trim();
+    let header = |l: &str| {
+        let l = l.trim();
+        let inner = l.strip_prefix('[')?.split(']').next()?;
+        Some(inner.trim_start_matches('[').split('.').map(|p| p.trim().trim_matches('"')).collect::<Vec<_>>().join("."))
+    };
+    let first =
+        |found: &dyn Fn(&str) -> bool, from: usize| (from..line_no - 1).find(|&i| found(lines[i])).map(|i| i + 1);
+    let at = |first: Option<usize>| first.map_or(String::new(), |n| format!(" (first defined at line {n})"));
+    if line.starts_with('[') {
+        let table = header(line)?;
+        let first = first(&|l| header(l).as_deref() == Some(table.as_str()), 0);
+        return Some((table, format!("duplicate table{}; merge the two into one", at(first))));
+    }
+    let key = line.split('=').next()?.trim().trim_matches('"').to_string();
+    // The table this key is in: the nearest header above it.
+    let table_line = (0..line_no - 1).rev().find(|&i| header(lines[i]).is_some());
+    let table = table_line.and_then(|i| header(lines[i]));
+    let is_key = |l: &str| l.split('=').next().is_some_and(|k| l.contains('=') && k.trim().trim_matches('"') == key);
+    let first = first(&is_key, table_line.map_or(0, |i| i + 1));
+    let path = table.map_or(key.clone(), |t| format!("{t}.{key}"));
+    Some((path, format!("duplicate key{}; keep one", at(first))))
+}
+
 /// ` (did you mean `X`?)` for the candidate closest to `wrong`, or nothing when none is
 /// close enough to be a plausible typo.
 pub(crate) fn did_you_mean<'c>(wrong: &str, candidates: impl IntoIterator<Item = &'c str>) -> String {

@@ -65,13 +65,15 @@ pub struct Config {
     pub delivery: crate::delivery::DeliveryConfig,
     /// Every `[platforms.NAME]` table, enabled or not, sorted by name.
     pub platforms: Vec<PlatformInstance>,
+    /// Things in the file that work but should change (a key no longer used): printed by
+    /// `check`, logged by `run`.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// `[gateway]`
 #[derive(Clone, Debug)]
 pub struct Gateway {
     pub state_dir: PathBuf,
-    pub lock_dir: PathBuf,
     pub log_level: log::LevelFilter,
     pub log_file: Option<PathBuf>,
 }
@@ -121,6 +123,12 @@ pub trait PlatformSpec: Send + Sync {
     /// The bot token that must be used by one gateway at a time on this host.
     fn lock_identity(&self) -> Option<&Secret> {
         None
+    }
+
+    /// The server the token is used against (the API base URL): two pollers conflict
+    /// only on one server, so it is part of the lock's name.
+    fn lock_scope(&self) -> &str {
+        ""
     }
 
     /// Every credential this platform holds, so the logger can blank them out wherever
@@ -175,17 +183,31 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     load_or_default(path, !is_default)
 }
 
+/// What the command loading the config needs from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    /// Everything, secrets included (`run`, `check`, `send`): an unset `${VAR}` is an error.
+    Secrets,
+    /// Only where the state is (`status`, `pairing`): an unset `${VAR}` reads as absent,
+    /// except in a path, so they work from a shell without the token variables.
+    NoSecrets,
+}
+
 /// Load and validate `path`, with `${VAR}` taken from the process environment.
 /// `explicit` says the user named the file (`--config`, `$SWITCHBOARD_CONFIG`): then a
 /// missing file is an error. Otherwise a missing file means "use the embedded default",
 /// so a fresh checkout runs with no setup.
 pub fn load_or_default(path: &Path, explicit: bool) -> Result<Config, ConfigErrors> {
+    load_for(path, explicit, Needs::Secrets)
+}
+
+/// [`load_or_default`] for a command that needs what `needs` says.
+pub fn load_for(path: &Path, explicit: bool, needs: Needs) -> Result<Config, ConfigErrors> {
     let env = |name: &str| std::env::var(name).ok();
+    let parse = |text: &str, file: &Path| parse_with(text, file, &env, crate::platforms::KINDS, needs);
     match std::fs::read_to_string(path) {
-        Ok(text) => parse_str(&text, path, &env),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => {
-            parse_str(DEFAULT_CONFIG, Path::new(EMBEDDED_LABEL), &env)
-        }
+        Ok(text) => parse(&text, path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !explicit => parse(DEFAULT_CONFIG, Path::new(EMBEDDED_LABEL)),
         Err(e) => {
             Err(ConfigErrors::whole_file(&path.display().to_string(), format!("cannot read the config file: {e}")))
         }
@@ -205,6 +227,17 @@ pub(crate) fn parse_with_kinds(
     env: &dyn Fn(&str) -> Option<String>,
     kinds: &[Kind],
 ) -> Result<Config, ConfigErrors> {
+    parse_with(text, file, env, kinds, Needs::Secrets)
+}
+
+/// [`parse_with_kinds`] for a command that needs what `needs` says.
+pub(crate) fn parse_with(
+    text: &str,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    kinds: &[Kind],
+    needs: Needs,
+) -> Result<Config, ConfigErrors> {
     // Every value taken from the environment is remembered, so that no error message can
     // show one (a token put where a duration belongs would otherwise be quoted back).
     let used: RefCell<Vec<(String, String)>> = RefCell::new(Vec::new());
@@ -215,7 +248,7 @@ pub(crate) fn parse_with_kinds(
         }
         value
     };
-    let result = parse_document(text, file, &recording_env, kinds);
+    let result = parse_document(text, file, &recording_env, kinds, needs);
     result.map_err(|errors| errors.without_values(&used.into_inner()))
 }
 
@@ -224,19 +257,21 @@ fn parse_document(
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
     kinds: &[Kind],
+    needs: Needs,
 ) -> Result<Config, ConfigErrors> {
-    let doc = Doc { file: file.display().to_string(), text, env };
+    let doc = Doc { file: file.display().to_string(), text, env, unset_ok: needs == Needs::NoSecrets };
     // The recovering parser reports every syntax error, not just the first. Only the
     // parser's message is used: the error's `Display` quotes the offending line, which
     // may hold a token.
     let (table, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
-        let errors = syntax.iter().map(|e| doc.error(e.span(), None, e.message().to_string())).collect();
+        let errors = syntax.iter().map(|e| syntax_error(&doc, e.span(), e.message())).collect();
         return Err(ConfigErrors::sorted(errors));
     }
     let mut errors = Vec::new();
     let mut root = Section::root(&doc, table.get_ref());
-    let gateway = read(&mut errors, root.section("gateway"), |s| read_gateway(s, env));
+    let mut warnings = Vec::new();
+    let gateway = read(&mut errors, root.section("gateway"), |s| read_gateway(s, &mut warnings));
     let reconnect = read(&mut errors, root.section("reconnect"), read_reconnect);
     let agent = read(&mut errors, root.section("agent"), crate::agent::parse_config);
     let sessions = read(&mut errors, root.section("sessions"), crate::session::parse_config);
@@ -247,7 +282,19 @@ fn parse_document(
     if !errors.is_empty() {
         return Err(ConfigErrors::sorted(errors));
     }
-    Ok(Config { file: file.to_path_buf(), gateway, reconnect, agent, sessions, access, delivery, platforms })
+    Ok(Config { file: file.to_path_buf(), gateway, reconnect, agent, sessions, access, delivery, platforms, warnings })
+}
+
+/// A parser error as a [`ConfigError`]. The parser says only "duplicate key"; the key (or
+/// table) it means and where it was first defined are added from the text.
+fn syntax_error(doc: &Doc<'_>, span: Option<std::ops::Range<usize>>, message: &str) -> ConfigError {
+    match span.clone().filter(|_| message.starts_with("duplicate key")) {
+        Some(span) => match error::duplicate(doc.text, span.start) {
+            Some((key, message)) => doc.error(Some(span), Some(key), message),
+            None => doc.error(Some(span), None, message.to_string()),
+        },
+        None => doc.error(span, None, message.to_string()),
+    }
 }
 
 /// Run `f` on `section`, then collect the section's problems into `errors`.
@@ -266,26 +313,18 @@ const LOG_LEVELS: &[(&str, log::LevelFilter)] = &[
     ("trace", log::LevelFilter::Trace),
 ];
 
-fn read_gateway(s: &mut Section<'_>, env: &dyn Fn(&str) -> Option<String>) -> Gateway {
+fn read_gateway(s: &mut Section<'_>, warnings: &mut Vec<ConfigError>) -> Gateway {
     let state_dir = s.path_or("state_dir", "./state");
-    let lock_dir = s.path("lock_dir").or_else(|| default_lock_dir(env)).unwrap_or_else(|| {
-        s.invalid("lock_dir", "no default lock directory ($HOME is not set); set lock_dir");
-        PathBuf::new()
-    });
+    // Token locks used to be files in `lock_dir`; a directory that depended on who started
+    // the gateway let two of them poll one token (`crate::lock` says what replaced it).
+    // Old configs keep working: the key is accepted, ignored, and named in a warning.
+    if s.path("lock_dir").is_some() {
+        let message = "no longer used and ignored: bot-token locks are host-wide abstract sockets now; remove the key";
+        warnings.push(s.note("lock_dir", message));
+    }
     let log_level = s.choice("log_level", LOG_LEVELS, log::LevelFilter::Info);
     let log_file = s.path("log_file");
-    Gateway { state_dir, lock_dir, log_level, log_file }
-}
-
-/// Token locks must be host-wide (two gateways with different state directories still
-/// have to see each other), so the default is per user, not under `state_dir`:
-/// `$SWITCHBOARD_LOCK_DIR`, else `$XDG_STATE_HOME/switchboard/locks`, else
-/// `~/.local/state/switchboard/locks`. Empty variables count as unset, as XDG says.
-fn default_lock_dir(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
-    let var = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    var("SWITCHBOARD_LOCK_DIR")
-        .or_else(|| var("XDG_STATE_HOME").map(|d| d.join("switchboard/locks")))
-        .or_else(|| var("HOME").map(|h| h.join(".local/state/switchboard/locks")))
+    Gateway { state_dir, log_level, log_file }
 }
 
 fn read_reconnect(s: &mut Section<'_>) -> Reconnect {
@@ -387,7 +426,6 @@ impl Config {
         let mut lines = vec![
             format!("config: {}", self.file.display()),
             format!("state_dir: {}", g.state_dir.display()),
-            format!("lock_dir: {}", g.lock_dir.display()),
             format!("log: {}{log_file}", g.log_level.as_str().to_ascii_lowercase()),
             format!(
                 "reconnect: base {}, cap {}, max_attempts {attempts}, connect_timeout {}",
@@ -407,6 +445,52 @@ impl Config {
         }
         lines.iter().map(|line| format!("{line}\n")).collect()
     }
+}
+
+impl Config {
+    /// What `run` would refuse that loading cannot see, because it depends on the
+    /// machine or on the whole file: no enabled platform (`run` exits 78 at once), and a
+    /// `state_dir` or `log_file` that cannot be created. `check` reports these.
+    pub fn run_problems(&self) -> Vec<ConfigError> {
+        let file = self.file.display().to_string();
+        let problem = |key: &str, message: String| ConfigError {
+            file: file.clone(),
+            position: None,
+            key: Some(key.to_string()),
+            message,
+        };
+        let mut problems = Vec::new();
+        if !self.platforms.iter().any(|p| p.enabled) {
+            let message = "no platform is enabled, so `run` would stop at once (exit 78); add one, \
+                           e.g. `[platforms.console]` for the terminal";
+            problems.push(problem("platforms", message.to_string()));
+        }
+        if let Some(why) = unusable_dir(&self.gateway.state_dir) {
+            problems.push(problem("gateway.state_dir", format!("{}: {why}", self.gateway.state_dir.display())));
+        }
+        if let Some(log_file) = &self.gateway.log_file {
+            let dir = log_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let why = if log_file.is_dir() { Some("it is a directory".to_string()) } else { unusable_dir(dir) };
+            if let Some(why) = why {
+                problems.push(problem("gateway.log_file", format!("{}: {why}", log_file.display())));
+            }
+        }
+        problems
+    }
+}
+
+/// Why `dir` can be neither used nor created, if so: it, or the nearest part of it that
+/// exists, is not a directory. (Permissions are left to `run`, which names the path.)
+fn unusable_dir(dir: &Path) -> Option<String> {
+    let existing = dir.ancestors().find(|a| !a.as_os_str().is_empty() && a.exists())?;
+    if existing.is_dir() {
+        return None;
+    }
+    Some(if existing == dir {
+        "it is not a directory".to_string()
+    } else {
+        format!("cannot be created: {} is not a directory", existing.display())
+    })
 }
 
 impl Config {

@@ -17,6 +17,8 @@ asks for keys through the getters. Each getter:
 
 A section can be *lenient* (a disabled platform): unset variables and missing or empty
 secrets are then not errors, and a key whose value used an unset variable reads as absent.
+A whole document is read that way for unset variables when its command needs no secret
+(`status`, `pairing`: [`Doc::unset_ok`]), except in paths, which say where to look.
 */
 
 use std::ops::Range;
@@ -37,6 +39,10 @@ pub(crate) struct Doc<'a> {
     pub(crate) file: String,
     pub(crate) text: &'a str,
     pub(crate) env: &'a dyn Fn(&str) -> Option<String>,
+    /// An unset `${VAR}` outside a path reads as absent instead of being an error: the
+    /// command reading the config needs no secret (`status` from a shell without the
+    /// token variables).
+    pub(crate) unset_ok: bool,
 }
 
 impl Doc<'_> {
@@ -88,12 +94,17 @@ impl<'a> Section<'a> {
 
     /// A string (with `${VAR}` expanded), or `None` when the key is absent.
     pub fn string(&mut self, key: &str) -> Option<String> {
+        self.string_with(key, self.lenient || self.doc.unset_ok)
+    }
+
+    /// [`Section::string`], where an unset variable reads as absent only if `unset_ok`.
+    fn string_with(&mut self, key: &str, unset_ok: bool) -> Option<String> {
         let value = self.lookup(key)?;
         let DeValue::String(raw) = value.get_ref() else {
             self.wrong_type(key, value, "a string");
             return None;
         };
-        self.expand(key, raw, value.span())
+        self.expand_with(key, raw, value.span(), unset_ok)
     }
 
     pub fn string_or(&mut self, key: &str, default: &str) -> String {
@@ -124,6 +135,12 @@ impl<'a> Section<'a> {
             let why = if raw.is_empty() { String::new() } else { format!(" (`{raw}` expanded to nothing)") };
             let message = format!("the secret is empty{why}; set it, or set `enabled = false` on this platform");
             self.error_at(value.span(), key, message);
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            // Otherwise it breaks the request URL, and the error blames `api_base`.
+            let message = "contains a space or a line break, which no token does (a stray newline in the \
+                           environment file, or a pasted label?); set it to the token alone";
+            self.error_at(value.span(), key, message.to_string());
         }
         Secret::new(text)
     }
@@ -218,7 +235,9 @@ impl<'a> Section<'a> {
 
     /// A filesystem path (a non-empty string), or `None` when absent or invalid.
     pub fn path(&mut self, key: &str) -> Option<PathBuf> {
-        let text = self.string(key)?;
+        // Strict even when secrets are not needed: a path with a missing part would send
+        // `status` to look in the wrong place.
+        let text = self.string_with(key, self.lenient)?;
         if text.is_empty() {
             self.invalid(key, "must not be empty");
             return None;
@@ -241,6 +260,12 @@ impl<'a> Section<'a> {
         let hint = did_you_mean(&word, names.iter().copied());
         self.invalid(key, &format!("unknown value `{word}`{hint}; expected one of: {}", names.join(", ")));
         default
+    }
+
+    /// A message about `key` that is not an error (a warning), pointing at the key.
+    pub(crate) fn note(&mut self, key: &str, message: &str) -> ConfigError {
+        let span = self.table.and_then(|t| t.get_key_value(key)).map(|(k, _)| k.span()).or_else(|| self.span.clone());
+        self.doc.error(span, Some(self.key_path(key)), message.to_string())
     }
 
     /// Record a problem with the value of `key` (a bad URL, a value out of range).
@@ -350,9 +375,14 @@ impl<'a> Section<'a> {
 
     /// `raw` with `${VAR}`s expanded; `None` (and an error, unless muted) when it cannot be.
     fn expand(&mut self, key: &str, raw: &str, span: Range<usize>) -> Option<String> {
+        self.expand_with(key, raw, span, self.lenient || self.doc.unset_ok)
+    }
+
+    /// [`Section::expand`], where an unset variable mutes the key only if `unset_ok`.
+    fn expand_with(&mut self, key: &str, raw: &str, span: Range<usize>, unset_ok: bool) -> Option<String> {
         match expand::expand(raw, self.doc.env) {
             Ok(text) => Some(text),
-            Err(ExpandError::Unset(_)) if self.lenient => {
+            Err(ExpandError::Unset(_)) if unset_ok => {
                 self.muted.push(key.to_string());
                 None
             }
@@ -391,7 +421,7 @@ impl Section<'static> {
         let vars: Vec<(String, String)> = env.iter().map(|&(k, v)| (k.to_string(), v.to_string())).collect();
         let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let env: &'static dyn Fn(&str) -> Option<String> = Box::leak(Box::new(lookup));
-        let doc = Box::leak(Box::new(Doc { file: "test.toml".to_string(), text, env }));
+        let doc = Box::leak(Box::new(Doc { file: "test.toml".to_string(), text, env, unset_ok: false }));
         let table = DeTable::parse(text).expect("test TOML must parse");
         let table: &'static DeTable<'static> = Box::leak(Box::new(table.into_inner()));
         Section::new(doc, "platforms.test".to_string(), Some(table), None)

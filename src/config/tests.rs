@@ -83,7 +83,7 @@ fn bot(config: &Config, name: &str) -> Secret {
 fn defaults_fill_every_section() {
     let config = parse("").unwrap();
     assert_eq!(config.gateway.state_dir, Path::new("./state"));
-    assert_eq!(config.gateway.lock_dir, Path::new("/home/u/.local/state/switchboard/locks"));
+    assert!(config.warnings.is_empty());
     assert_eq!(config.gateway.log_level, log::LevelFilter::Info);
     assert_eq!(config.gateway.log_file, None);
     assert_eq!(config.reconnect, Reconnect::default());
@@ -94,22 +94,16 @@ fn defaults_fill_every_section() {
     assert!(config.platforms.is_empty());
 }
 
+/// Token locks are abstract sockets now: a config that still sets `lock_dir` keeps
+/// loading, with a warning that names the key and its line.
 #[test]
-fn lock_dir_prefers_switchboard_var_then_xdg_then_home() {
-    let pick = |vars: &'static [(&'static str, &'static str)]| {
-        let env = move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
-        parse_with_kinds("", Path::new("g.toml"), &env, KINDS).map(|c| c.gateway.lock_dir)
-    };
-    let all = &[("SWITCHBOARD_LOCK_DIR", "/locks"), ("XDG_STATE_HOME", "/xdg"), ("HOME", "/h")];
-    assert_eq!(pick(all).unwrap(), Path::new("/locks"));
-    assert_eq!(pick(&[("XDG_STATE_HOME", "/xdg"), ("HOME", "/h")]).unwrap(), Path::new("/xdg/switchboard/locks"));
-    assert_eq!(
-        pick(&[("XDG_STATE_HOME", ""), ("HOME", "/h")]).unwrap(),
-        Path::new("/h/.local/state/switchboard/locks")
-    );
-    assert!(pick(&[]).unwrap_err().to_string().contains("gateway.lock_dir: no default lock directory"));
-    let explicit = parse("[gateway]\nlock_dir = \"/run/locks\"\n").unwrap();
-    assert_eq!(explicit.gateway.lock_dir, Path::new("/run/locks"));
+fn token_locks_need_no_lock_dir_and_an_old_lock_dir_is_a_warning() {
+    let old = parse("[gateway]\nlock_dir = \"/run/locks\"\n").unwrap();
+    let warnings: Vec<String> = old.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].starts_with("gateway.toml:2:1: gateway.lock_dir: no longer used"), "{warnings:?}");
+    // No environment at all ($HOME unset) is fine: nothing depends on it any more.
+    assert!(parse_with_kinds("", Path::new("g.toml"), &|_| None, KINDS).is_ok());
 }
 
 #[test]
@@ -412,7 +406,7 @@ fn explicit_missing_file_is_an_error() {
 fn load_reads_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sb.toml");
-    std::fs::write(&path, "[gateway]\nlock_dir = \"/l\"\n[reconnect]\nbase = \"1s\"\n").unwrap();
+    std::fs::write(&path, "[reconnect]\nbase = \"1s\"\n").unwrap();
     let config = load(&path).unwrap();
     assert_eq!(config.file, path);
     assert_eq!(config.reconnect.base, Duration::from_secs(1));
@@ -485,4 +479,72 @@ fn environment_values_never_appear_in_errors() {
 fn a_platform_may_not_be_called_origin() {
     let e = errors("[platforms.origin]\nkind = \"plain\"\n");
     assert!(e[0].contains("platforms.origin: `origin` is a delivery target"), "{e:?}");
+}
+
+/// Issue 7 §5 "Commands that need no secret must not require one": `status` and
+/// `pairing` read the config without the token variables, but a path still needs its.
+#[test]
+fn commands_that_need_no_secret_do_not_require_one() {
+    let text = "[gateway]\nstate_dir = \"/srv/state\"\n[platforms.tg]\nkind = \"bot\"\ntoken = \"${UNSET_TOKEN}\"\n";
+    let strict = parse(text).unwrap_err().to_string();
+    assert!(strict.contains("platforms.tg.token: environment variable `UNSET_TOKEN` is not set"), "{strict}");
+    let config = parse_with(text, Path::new("gateway.toml"), &env, KINDS, Needs::NoSecrets).unwrap();
+    assert_eq!(config.gateway.state_dir, Path::new("/srv/state"));
+    assert_eq!(bot(&config, "tg").expose(), "");
+    // Where the state is must still be known exactly.
+    let text = "[gateway]\nstate_dir = \"${UNSET_DIR}/state\"\n";
+    let e = parse_with(text, Path::new("gateway.toml"), &env, KINDS, Needs::NoSecrets).unwrap_err().to_string();
+    assert!(e.contains("gateway.state_dir: environment variable `UNSET_DIR` is not set"), "{e}");
+}
+
+/// Issue 7 §9 "`check` passes what `run` rejects": a token with a space or a newline
+/// made `run` fail with a hint about `api_base`. It is a config error naming the key.
+#[test]
+fn check_passes_what_run_rejects_a_token_with_a_space_or_newline() {
+    for token in ["123:abc def", "123:abc\n", "${TOKEN} "] {
+        let e = errors(&format!("[platforms.tg]\nkind = \"bot\"\ntoken = {token:?}\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("gateway.toml:3:9: platforms.tg.token: contains a space or a line break"), "{e:?}");
+        assert!(!e[0].contains("abc") && !e[0].contains(SECRET), "{e:?}");
+    }
+}
+
+/// Issue 7 §9 "`check` passes what `run` rejects": no enabled platform, and a state_dir
+/// or log_file that cannot be created, are found before `run` meets them.
+#[test]
+fn check_passes_what_run_rejects_no_platform_and_uncreatable_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let text = format!(
+        "[gateway]\nstate_dir = \"{}\"\nlog_file = \"{}\"\n[platforms.tg]\nkind = \"plain\"\nenabled = false\n",
+        file.display(),
+        file.join("logs/switchboard.log").display()
+    );
+    let problems: Vec<String> = parse(&text).unwrap().run_problems().iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].starts_with("gateway.toml: platforms: no platform is enabled"), "{problems:?}");
+    assert_eq!(problems[1], format!("gateway.toml: gateway.state_dir: {}: it is not a directory", file.display()));
+    assert!(problems[2].contains(&format!("cannot be created: {} is not a directory", file.display())), "{problems:?}");
+    // A log file whose directory does not exist yet is fine: `run` creates it.
+    let text = format!(
+        "[gateway]\nlog_file = \"{}\"\n[platforms.p]\nkind = \"plain\"\n",
+        dir.path().join("new/x.log").display()
+    );
+    assert_eq!(parse(&text).unwrap().run_problems(), []);
+}
+
+/// Issue 7 §9 "The command line": a duplicate TOML table reported `duplicate key`
+/// without naming it. The key, file and line are named, and where it first was.
+#[test]
+fn a_duplicate_toml_table_or_key_is_named_with_file_and_line() {
+    let e = errors("[gateway]\nstate_dir = \"a\"\n[reconnect]\nbase = \"1s\"\n[gateway]\nlog_level = \"debug\"\n");
+    assert_eq!(e, ["gateway.toml:5:2: gateway: duplicate table (first defined at line 1); merge the two into one"]);
+    let e = errors("[platforms.a]\nkind = \"plain\"\n[platforms.a]\n");
+    assert_eq!(
+        e,
+        ["gateway.toml:3:12: platforms.a: duplicate table (first defined at line 1); merge the two into one"]
+    );
+    let e = errors("[platforms.tg]\nkind = \"bot\"\ntoken = \"${TOKEN}\"\ntoken = \"x\"\n");
+    assert_eq!(e, ["gateway.toml:4:1: platforms.tg.token: duplicate key (first defined at line 3); keep one"]);
 }

@@ -184,6 +184,10 @@ impl PlatformSpec for TelegramSpec {
         Some(&self.settings.token)
     }
 
+    fn lock_scope(&self) -> &str {
+        &self.settings.api_base
+    }
+
     fn message_limit(&self) -> Limit {
         MESSAGE_LIMIT
     }
