@@ -293,20 +293,23 @@ impl Store {
     }
 
     /// Set the claimed delivery aside for good, as `record`. It leaves the queue by a
-    /// rename first, so a crash can never leave it queued to be sent again.
+    /// rename, so a crash can never leave it queued to be sent again.
     pub fn park(&self, stem: &str, record: &Record, park: Park) -> io::Result<()> {
         let dir = self.parked_dir(park);
         fsutil::create_private_dir(dir)?;
         let target = dir.join(format!("{stem}.json"));
         let sending = self.path(stem, "sending");
+        // The claim takes the final record first, so the parked file shows why from the
+        // moment it appears (a crash before the rename leaves an interrupted claim,
+        // which is parked as unknown: never sent again).
+        fsutil::write_atomic(&sending, &to_json(record))?;
         if let Err(e) = fs::rename(&sending, &target) {
             // Another filesystem (a symlinked dead-letter directory): copy, then remove.
             log::debug!("{}: cannot rename {} ({e}); copying", self.name, sending.display());
             fsutil::write_atomic(&target, &to_json(record))?;
             return fs::remove_file(&sending);
         }
-        sync_dir(&self.queue)?;
-        fsutil::write_atomic(&target, &to_json(record))
+        sync_dir(&self.queue)
     }
 }
 
