@@ -1,6 +1,9 @@
 //! The adapter harness and the supervisor loop with real threads, driven by test
 //! platforms whose behaviour cannot be provoked over a wire: a panic, a connect that
 //! hangs and ignores stop requests, a receive loop that only ends on stop.
+//!
+//! No test asserts how long something took (a loaded 2-core box makes any bound flaky;
+//! numbers belong in `make bench`): each checks what happened, and in which order.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,12 +35,14 @@ enum OnConnect {
 struct TestSpec {
     on_connect: OnConnect,
     builds: AtomicU32,
+    /// Receive loops that have ended, over all generations.
+    runs_ended: Arc<AtomicU32>,
 }
 
 impl PlatformSpec for TestSpec {
     fn build(&self) -> Box<dyn Platform> {
         let generation = self.builds.fetch_add(1, Ordering::SeqCst) + 1;
-        Box::new(TestPlatform { on_connect: self.on_connect, generation })
+        Box::new(TestPlatform { on_connect: self.on_connect, generation, runs_ended: self.runs_ended.clone() })
     }
 
     fn describe(&self) -> String {
@@ -48,6 +53,7 @@ impl PlatformSpec for TestSpec {
 struct TestPlatform {
     on_connect: OnConnect,
     generation: u32,
+    runs_ended: Arc<AtomicU32>,
 }
 
 impl Platform for TestPlatform {
@@ -63,6 +69,7 @@ impl Platform for TestPlatform {
     fn run(&mut self, ctx: &Context) -> Result<(), Fatal> {
         // Receives nothing and ends only when asked to.
         while ctx.sleep(Duration::from_secs(3600)).is_ok() {}
+        self.runs_ended.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -76,7 +83,12 @@ impl Outlet for NullOutlet {
 }
 
 fn instance(name: &str, on_connect: OnConnect) -> PlatformInstance {
-    let spec = Arc::new(TestSpec { on_connect, builds: AtomicU32::new(0) });
+    instance_counting(name, on_connect, Arc::default())
+}
+
+/// [`instance`], counting in `runs_ended` the receive loops that end.
+fn instance_counting(name: &str, on_connect: OnConnect, runs_ended: Arc<AtomicU32>) -> PlatformInstance {
+    let spec = Arc::new(TestSpec { on_connect, builds: AtomicU32::new(0), runs_ended });
     PlatformInstance {
         name: name.into(),
         kind: "test",
@@ -158,14 +170,20 @@ fn a_panicking_adapter_is_reported_retryable_and_respawned() {
     assert_eq!(done.recv_timeout(Duration::from_secs(3)).unwrap().code, 0);
 }
 
+/// Issue 7 §8: this test asserted that `fine` connected within 300 ms of starting the
+/// loop (opening the inbox and the outbox, fsyncs included), which a loaded box misses.
+/// What it means to check is the order: `fine` connects while `hung` still hangs.
 #[test]
 fn a_hung_connect_times_out_without_delaying_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let platforms = vec![instance("hung", OnConnect::Hang), instance("fine", OnConnect::Connect)];
-    let started = Instant::now();
-    let (stop, done) = supervise(config(dir.path(), platforms));
-    wait_status(dir.path(), "fine connected", |s| s["platforms"]["fine"]["state"] == "connected");
-    assert!(started.elapsed() < Duration::from_millis(300), "the healthy platform waited for the hung one");
+    let mut config = config(dir.path(), platforms);
+    // Room for `fine` to connect before `hung` times out, however busy the machine.
+    config.reconnect.connect_timeout = Duration::from_secs(3);
+    let (stop, done) = supervise(config);
+    let s = wait_status(dir.path(), "fine connected", |s| s["platforms"]["fine"]["state"] == "connected");
+    let hung = &s["platforms"]["hung"];
+    assert_eq!((hung["state"].as_str(), &hung["error_code"]), (Some("connecting"), &Value::Null), "waited: {s:#}");
     let s = wait_status(dir.path(), "the timeout", |s| s["platforms"]["hung"]["error_code"] == "connect_timeout");
     assert_eq!(s["platforms"]["hung"]["state"], "retrying");
     assert_eq!(s["state"], "degraded");
@@ -176,13 +194,15 @@ fn a_hung_connect_times_out_without_delaying_the_others() {
 #[test]
 fn a_stop_request_ends_a_receive_loop_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (stop, done) = supervise(config(dir.path(), vec![instance("idle", OnConnect::Connect)]));
+    let runs_ended = Arc::new(AtomicU32::new(0));
+    let idle = instance_counting("idle", OnConnect::Connect, runs_ended.clone());
+    let (stop, done) = supervise(config(dir.path(), vec![idle]));
     wait_status(dir.path(), "connected", |s| s["platforms"]["idle"]["state"] == "connected");
-    let asked = Instant::now();
     stop.send(()).unwrap();
     let decision = done.recv_timeout(Duration::from_secs(3)).unwrap();
-    // Well inside the 1 s stop grace: the adapter reported, nothing was abandoned.
-    assert!(asked.elapsed() < Duration::from_millis(500), "took {:?}", asked.elapsed());
+    // The receive loop itself ended, before the gateway did: the adapter reported its
+    // stop, rather than being abandoned when the stop grace ran out.
+    assert_eq!(runs_ended.load(Ordering::SeqCst), 1, "the receive loop did not end");
     assert_eq!(decision.code, 0);
     let s = wait_status(dir.path(), "stopped", |s| s["state"] == "stopped");
     assert_eq!(s["platforms"]["idle"]["state"], "stopped");
