@@ -149,11 +149,12 @@ fn supervise(config: Config) -> (Sender<()>, Receiver<ExitDecision>) {
 fn wait_status(dir: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = std::fs::read(dir.join("state/status.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        if let Some(s) = status.filter(|s| pred(s)) {
-            return s;
+        let status: Option<Value> =
+            std::fs::read(dir.join("state/status.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(s) = status.as_ref().filter(|s| pred(s)) {
+            return s.clone();
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {status:#?}");
         thread::sleep(Duration::from_millis(5));
     }
 }
@@ -161,7 +162,15 @@ fn wait_status(dir: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
 #[test]
 fn a_panicking_adapter_is_reported_retryable_and_respawned() {
     let dir = tempfile::tempdir().unwrap();
-    let (stop, done) = supervise(config(dir.path(), vec![instance("boom", OnConnect::PanicTimes(1))]));
+    let mut config = config(dir.path(), vec![instance("boom", OnConnect::PanicTimes(1))]);
+    // Unwinding with RUST_BACKTRACE set symbolises a backtrace first, which on a loaded
+    // machine can take longer than the usual 300 ms connect timeout: the panic must be
+    // what ends the connect. And the status shows the panic only until the respawn
+    // connects: `base` long, so that a test thread starved by the load still sees it.
+    config.reconnect.connect_timeout = Duration::from_secs(8);
+    config.reconnect.base = Duration::from_secs(1);
+    config.reconnect.cap = Duration::from_secs(8);
+    let (stop, done) = supervise(config);
     let s = wait_status(dir.path(), "the panic", |s| s["platforms"]["boom"]["error_code"] == "adapter_panic");
     assert_eq!(s["platforms"]["boom"]["state"], "retrying");
     assert!(s["platforms"]["boom"]["error_message"].as_str().unwrap().contains("test adapter exploded"));
