@@ -12,7 +12,7 @@ mod support;
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -382,19 +382,20 @@ fn the_offset_file_is_never_seen_half_written() {
     let dir = tempfile::tempdir().unwrap();
     let adapter = start(settings(&fake), dir.path()).unwrap();
     let (done, path) = (Arc::new(AtomicBool::new(false)), offset_file(dir.path()));
+    let reads = Arc::new(AtomicUsize::new(0));
     let reader = {
-        let (done, path) = (done.clone(), path.clone());
+        let (done, path, reads) = (done.clone(), path.clone(), reads.clone());
         thread::spawn(move || {
-            let (mut reads, mut bad) = (0, Vec::new());
+            let mut bad = Vec::new();
             while !done.load(Ordering::Relaxed) {
                 if let Ok(text) = fs::read_to_string(&path) {
-                    reads += 1;
+                    reads.fetch_add(1, Ordering::Relaxed);
                     if text.trim().parse::<i64>().is_err() || !text.ends_with('\n') {
                         bad.push(text);
                     }
                 }
             }
-            (reads, bad)
+            bad
         })
     };
     let ids: Vec<i64> = (0..40).map(|i| fake.push_text(1, 1, &format!("m{i}"))).collect();
@@ -403,9 +404,10 @@ fn the_offset_file_is_never_seen_half_written() {
     }
     let last = ids[ids.len() - 1];
     assert!(wait_until(deadline(SOON), || stored_offset(dir.path()) == Some(last + 1)));
+    // On a loaded machine the reader may not have run yet: let it read at least once.
+    assert!(wait_until(deadline(SOON), || reads.load(Ordering::Relaxed) > 0), "the reader never ran");
     done.store(true, Ordering::Relaxed);
-    let (reads, bad) = reader.join().unwrap();
-    assert!(reads > 0);
+    let bad = reader.join().unwrap();
     assert!(bad.is_empty(), "partial contents seen: {bad:?}");
     assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
