@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use serde_json::json;
@@ -85,12 +85,11 @@ impl Adapter {
         self.done.recv_timeout(within).ok()
     }
 
-    /// Request a stop; returns how `run` ended and how long that took.
-    fn stop(self) -> (Result<(), Fatal>, Duration) {
-        let asked = Instant::now();
+    /// Request a stop; returns how `run` ended. It must end within [`SOON`], far less
+    /// than any wait the stop tests set up (a 60 s long poll or conflict wait).
+    fn stop(self) -> Result<(), Fatal> {
         drop(self.stop);
-        let ended = self.done.recv_timeout(SOON).expect("run ends after a stop");
-        (ended, asked.elapsed())
+        self.done.recv_timeout(SOON).expect("run ends after a stop")
     }
 }
 
@@ -142,7 +141,7 @@ fn connects_receives_and_acknowledges() {
     assert_eq!(poll.params["allowed_updates"], json!(["message"]));
     assert_eq!(poll.params["timeout"], json!(1));
     assert!(wait_until(deadline(SOON), || stored_offset(dir.path()) == Some(group + 1)));
-    assert_eq!(adapter.stop().0, Ok(()));
+    assert_eq!(adapter.stop(), Ok(()));
 }
 
 #[test]
@@ -251,10 +250,10 @@ fn hung_requests_time_out_as_network_errors() {
     let dir = tempfile::tempdir().unwrap();
     fake.fail_always("getMe", Some(Fault::Hang(Duration::from_secs(10))));
     let quick = TelegramSettings { request_timeout: Duration::from_millis(200), ..settings(&fake) };
-    let started = Instant::now();
+    // Without the timeout the first held getMe would be answered after 10 s, and the
+    // connect would succeed.
     assert_fatal(&connect_error(quick, dir.path()), "telegram_network_error", true);
     assert_eq!(fake.count("getMe"), 3);
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
 }
 
 #[test]
@@ -275,7 +274,6 @@ fn rate_limit_waits_retry_after() {
     let times = fake.call_times("getUpdates");
     let gap = times[1] - times[0];
     assert!(gap >= Duration::from_secs(1), "next poll after {gap:?}");
-    assert!(gap < Duration::from_millis(2500), "next poll after {gap:?}");
     assert_eq!(adapter.ended(Duration::ZERO), None, "a 429 is not fatal");
 }
 
@@ -318,11 +316,9 @@ fn stop_during_a_long_poll_is_prompt() {
     let fake = FakeTelegram::start(TOKEN);
     let dir = tempfile::tempdir().unwrap();
     let adapter =
-        start(TelegramSettings { poll_timeout: Duration::from_secs(30), ..settings(&fake) }, dir.path()).unwrap();
+        start(TelegramSettings { poll_timeout: Duration::from_secs(60), ..settings(&fake) }, dir.path()).unwrap();
     assert_eq!(fake.wait_count("getUpdates", 1, deadline(SOON)), 1);
-    let (ended, took) = adapter.stop();
-    assert_eq!(ended, Ok(()));
-    assert!(took < Duration::from_secs(1), "stop took {took:?}");
+    assert_eq!(adapter.stop(), Ok(()));
 }
 
 #[test]
@@ -330,12 +326,10 @@ fn stop_during_a_conflict_wait_is_prompt() {
     let fake = FakeTelegram::start(TOKEN);
     let dir = tempfile::tempdir().unwrap();
     fake.fail_next("getUpdates", 409, api_error(409, CONFLICT), 1);
-    let slow = TelegramSettings { conflict_wait: Duration::from_secs(30), ..settings(&fake) };
+    let slow = TelegramSettings { conflict_wait: Duration::from_secs(60), ..settings(&fake) };
     let adapter = start(slow, dir.path()).unwrap();
     assert_eq!(fake.wait_count("getUpdates", 1, deadline(SOON)), 1);
-    let (ended, took) = adapter.stop();
-    assert_eq!(ended, Ok(()));
-    assert!(took < Duration::from_secs(1), "stop took {took:?}");
+    assert_eq!(adapter.stop(), Ok(()));
 }
 
 #[test]
@@ -347,7 +341,7 @@ fn restart_resumes_at_the_stored_offset() {
     let two = fake.push_text(1, 1, "two");
     assert_eq!((first.recv().text, first.recv().text), ("one".to_string(), "two".to_string()));
     assert!(wait_until(deadline(SOON), || stored_offset(dir.path()) == Some(two + 1)));
-    assert_eq!(first.stop().0, Ok(()));
+    assert_eq!(first.stop(), Ok(()));
 
     fake.push_text(1, 1, "three");
     let polls_before = fake.count("getUpdates");
@@ -355,7 +349,7 @@ fn restart_resumes_at_the_stored_offset() {
     // Updates come in order, so "three" first means "one" and "two" did not come again.
     assert_eq!(second.recv().text, "three");
     assert_eq!(fake.calls("getUpdates")[polls_before].params["offset"], json!(two + 1));
-    assert_eq!(second.stop().0, Ok(()));
+    assert_eq!(second.stop(), Ok(()));
 }
 
 #[test]
@@ -367,7 +361,7 @@ fn an_update_not_yet_handed_over_comes_again_after_a_restart() {
     let first = start_with(settings(&fake), dir.path(), stuck_tx, stuck_rx).unwrap();
     let id = fake.push_text(1, 1, "keep me");
     assert!(fake.wait_served(id, deadline(SOON)));
-    assert_eq!(first.stop().0, Ok(()));
+    assert_eq!(first.stop(), Ok(()));
     assert_eq!(stored_offset(dir.path()), None, "nothing was acknowledged");
 
     let second = start(settings(&fake), dir.path()).unwrap();
