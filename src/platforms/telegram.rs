@@ -351,7 +351,9 @@ impl Api {
         let sent = request.header("Content-Type", "application/json").send(body);
         let mut response = sent.map_err(|e| transport_error(&e, self.token.expose()))?;
         let status = response.status().as_u16();
-        let header_wait = http::retry_after(response.headers(), SystemTime::now());
+        // Read only where it counts, so a server that sends a hostile one on every
+        // answer does not fill the log with clamp warnings.
+        let header_wait = (status == 429).then(|| http::retry_after(response.headers(), SystemTime::now())).flatten();
         // The status is in: with the body lost, a refusal is still a refusal and a success
         // is unconfirmed (`interpret` reads an empty body so).
         let bytes = http::read_body(&mut response).unwrap_or_else(|e| {
