@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use support::fake_telegram::{FakeTelegram, Fault, TOKEN, api_error};
+use support::fake_telegram::{FakeTelegram, Fault, TOKEN, api_error, rate_limited};
 use support::gateway::{Gateway, OPEN_ACCESS, binary, reconnect, telegram};
 use support::{deadline, unused_url, wait_until};
 
@@ -650,4 +650,93 @@ fn modes_under_umask_000_directories_are_0700_and_files_0600() {
         }
     }
     assert!(seen > 10, "too little was created to tell");
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 7 §1 and §2: hostile numbers and flapping links, seen from outside
+
+/// Issue 7 §2: a link that connects and drops at once (getMe fine, every getUpdates a
+/// 502) was reconnected every `base` for ever, each logged as attempt 1, status attempts
+/// 0. Each drop soon after a reconnect is a failed attempt: the count grows in
+/// `status.json`, the log numbers the attempts, and `max_attempts` ends it (exit 1).
+#[test]
+fn r_a_flapping_link_backs_off_counts_its_attempts_and_gives_up() {
+    let fake = FakeTelegram::start(TOKEN);
+    fake.fail_always("getUpdates", Some(Fault::Status(502, api_error(502, "Bad Gateway"))));
+    let mut g = Gateway::start(&format!("{}{}", reconnect(200, 4, 5000), telegram("tg", &fake.url(), TOKEN)));
+    // The attempt counts `status.json` shows while the platform waits to reconnect.
+    let mut seen: Vec<u64> = vec![];
+    let ended = wait_until(deadline(Duration::from_secs(30)), || {
+        let tg = g.status().map(|s| platform(&s, "tg")).unwrap_or_default();
+        if tg["state"] == "retrying"
+            && let Some(n) = tg["attempts"].as_u64()
+            && seen.last() != Some(&n)
+        {
+            seen.push(n);
+        }
+        tg["state"] == "gave_up"
+    });
+    assert!(ended, "never gave up; attempts seen: {seen:?}\nlog:\n{}", g.log());
+    assert_eq!(g.wait_exit(SOON), Some(1), "{}", g.log());
+    assert!(seen.windows(2).all(|w| w[0] < w[1]) && seen.len() >= 2, "attempts did not grow: {seen:?}");
+    let tg = platform(&g.status().unwrap(), "tg");
+    assert_eq!((tg["state"].as_str(), tg["attempts"].as_u64()), (Some("gave_up"), Some(4)));
+    // One getMe per connect: the first one and four reconnects, each of which worked.
+    assert_eq!(fake.count("getMe"), 5);
+    let log = g.log();
+    for n in 2..=4 {
+        assert!(log.contains(&format!("tg: reconnecting (attempt {n})")), "attempt {n}:\n{log}");
+        let flap = format!("after reconnecting, failed attempt {}", n - 1);
+        assert!(log.contains(&flap) && log.contains(&format!("queued for reconnection, attempt {n} in")), "{log}");
+    }
+    assert!(log.contains("gave up after 4 attempts"), "{log}");
+}
+
+const OTHER_TOKEN: &str = "999:other-bot";
+
+/// A gateway with two bots, `tg` on `a` and `other` on `b`, where `a` answers the first
+/// `sendMessage` with `fault` (a hostile rate limit). The gateway must clamp the wait
+/// and log it, and go on: `tg` keeps receiving, `other` keeps answering, nothing panics.
+fn a_hostile_rate_limit_is_clamped(fault: Fault) {
+    let (a, b) = (FakeTelegram::start(TOKEN), FakeTelegram::start(OTHER_TOKEN));
+    a.inject("sendMessage", fault, 1);
+    let config = format!(
+        "{}{OPEN_ACCESS}{}{}",
+        reconnect(200, 20, 5000),
+        telegram("tg", &a.url(), TOKEN),
+        telegram("other", &b.url(), OTHER_TOKEN)
+    );
+    let mut g = Gateway::start(&config);
+    g.wait_status("running", SOON, |s| s["state"] == "running");
+    a.push_text(1, 1, "first");
+    let clamped = wait_until(deadline(SOON), || g.log().contains("suspicious wait from a server"));
+    assert!(clamped, "no clamp logged:\n{}", g.log());
+    // The same bot still receives (its offset moves past a message from another chat;
+    // its answer waits behind the clamped hold), and the other bot still answers.
+    let second = a.push_text(2, 2, "second");
+    assert!(a.wait_offset(second + 1, deadline(SOON)).is_some_and(|o| o > second), "tg stopped receiving");
+    b.push_text(3, 3, "third");
+    assert_eq!(b.wait_sent(1, deadline(SOON)), [("3".to_string(), "echo: third".to_string())]);
+    assert_eq!(g.child.try_wait().unwrap(), None, "the gateway ended:\n{}", g.log());
+    let s = g.status().unwrap();
+    assert_eq!((s["state"].as_str(), platform(&s, "tg")["state"].as_str()), (Some("running"), Some("connected")));
+    assert!(!g.log().contains("panicked"), "{}", g.log());
+    g.signal("TERM");
+    assert_eq!(g.wait_exit(SOON), Some(0), "{}", g.log());
+}
+
+/// Issue 7 §1: a 429 with `retry_after` 18446744073709551615 on `sendMessage` overflowed
+/// `Instant + Duration` in the outbox worker, which died with it.
+#[test]
+fn r_send_message_429_with_retry_after_u64_max_is_clamped() {
+    a_hostile_rate_limit_is_clamped(Fault::Status(429, rate_limited(u64::MAX)));
+}
+
+/// Issue 7 §1: a `Retry-After` date in the year 1000000000000 overflowed the date
+/// arithmetic.
+#[test]
+fn r_retry_after_date_in_the_year_1000000000000_is_clamped() {
+    let body = api_error(429, "Too Many Requests").to_string();
+    let date = ("Retry-After".to_string(), "Sun, 06 Nov 1000000000000 08:49:37 GMT".to_string());
+    a_hostile_rate_limit_is_clamped(Fault::WithHeaders(429, body, vec![date]));
 }

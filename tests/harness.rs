@@ -1,6 +1,9 @@
 //! The adapter harness and the supervisor loop with real threads, driven by test
 //! platforms whose behaviour cannot be provoked over a wire: a panic, a connect that
 //! hangs and ignores stop requests, a receive loop that only ends on stop.
+//!
+//! No test asserts how long something took (a loaded 2-core box makes any bound flaky;
+//! numbers belong in `make bench`): each checks what happened, and in which order.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,12 +40,14 @@ struct TestSpec {
     builds: AtomicU32,
     /// A bot token, to take the host-wide token lock with.
     token: Option<Secret>,
+    /// Receive loops that have ended, over all generations.
+    runs_ended: Arc<AtomicU32>,
 }
 
 impl PlatformSpec for TestSpec {
     fn build(&self) -> Box<dyn Platform> {
         let generation = self.builds.fetch_add(1, Ordering::SeqCst) + 1;
-        Box::new(TestPlatform { on_connect: self.on_connect, generation })
+        Box::new(TestPlatform { on_connect: self.on_connect, generation, runs_ended: self.runs_ended.clone() })
     }
 
     fn lock_identity(&self) -> Option<&Secret> {
@@ -57,6 +62,7 @@ impl PlatformSpec for TestSpec {
 struct TestPlatform {
     on_connect: OnConnect,
     generation: u32,
+    runs_ended: Arc<AtomicU32>,
 }
 
 impl Platform for TestPlatform {
@@ -73,6 +79,7 @@ impl Platform for TestPlatform {
     fn run(&mut self, ctx: &Context) -> Result<(), Fatal> {
         // Receives nothing and ends only when asked to.
         while ctx.sleep(Duration::from_secs(3600)).is_ok() {}
+        self.runs_ended.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -86,7 +93,12 @@ impl Outlet for NullOutlet {
 }
 
 fn instance(name: &str, on_connect: OnConnect) -> PlatformInstance {
-    let spec = Arc::new(TestSpec { on_connect, builds: AtomicU32::new(0), token: None });
+    instance_counting(name, on_connect, Arc::default())
+}
+
+/// [`instance`], counting in `runs_ended` the receive loops that end.
+fn instance_counting(name: &str, on_connect: OnConnect, runs_ended: Arc<AtomicU32>) -> PlatformInstance {
+    let spec = Arc::new(TestSpec { on_connect, builds: AtomicU32::new(0), runs_ended, token: None });
     PlatformInstance {
         name: name.into(),
         kind: "test",
@@ -142,15 +154,12 @@ fn supervise(config: Config) -> (Sender<()>, Receiver<ExitDecision>) {
 fn wait_status(dir: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = std::fs::read(dir.join("state/status.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        if let Some(s) = status.filter(|s| pred(s)) {
-            return s;
+        let status: Option<Value> =
+            std::fs::read(dir.join("state/status.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(s) = status.as_ref().filter(|s| pred(s)) {
+            return s.clone();
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {:?}",
-            std::fs::read_to_string(dir.join("state/status.json"))
-        );
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {status:#?}");
         thread::sleep(Duration::from_millis(5));
     }
 }
@@ -158,7 +167,15 @@ fn wait_status(dir: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
 #[test]
 fn a_panicking_adapter_is_reported_retryable_and_respawned() {
     let dir = tempfile::tempdir().unwrap();
-    let (stop, done) = supervise(config(dir.path(), vec![instance("boom", OnConnect::PanicTimes(1))]));
+    let mut config = config(dir.path(), vec![instance("boom", OnConnect::PanicTimes(1))]);
+    // Unwinding with RUST_BACKTRACE set symbolises a backtrace first, which on a loaded
+    // machine can take longer than the usual 300 ms connect timeout: the panic must be
+    // what ends the connect. And the status shows the panic only until the respawn
+    // connects: `base` long, so that a test thread starved by the load still sees it.
+    config.reconnect.connect_timeout = Duration::from_secs(8);
+    config.reconnect.base = Duration::from_secs(1);
+    config.reconnect.cap = Duration::from_secs(8);
+    let (stop, done) = supervise(config);
     let s = wait_status(dir.path(), "the panic", |s| s["platforms"]["boom"]["error_code"] == "adapter_panic");
     assert_eq!(s["platforms"]["boom"]["state"], "retrying");
     assert!(s["platforms"]["boom"]["error_message"].as_str().unwrap().contains("test adapter exploded"));
@@ -167,14 +184,20 @@ fn a_panicking_adapter_is_reported_retryable_and_respawned() {
     assert_eq!(done.recv_timeout(Duration::from_secs(3)).unwrap().code, 0);
 }
 
+/// Issue 7 §8: this test asserted that `fine` connected within 300 ms of starting the
+/// loop (opening the inbox and the outbox, fsyncs included), which a loaded box misses.
+/// What it means to check is the order: `fine` connects while `hung` still hangs.
 #[test]
 fn a_hung_connect_times_out_without_delaying_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let platforms = vec![instance("hung", OnConnect::Hang), instance("fine", OnConnect::Connect)];
-    let started = Instant::now();
-    let (stop, done) = supervise(config(dir.path(), platforms));
-    wait_status(dir.path(), "fine connected", |s| s["platforms"]["fine"]["state"] == "connected");
-    assert!(started.elapsed() < Duration::from_millis(300), "the healthy platform waited for the hung one");
+    let mut config = config(dir.path(), platforms);
+    // Room for `fine` to connect before `hung` times out, however busy the machine.
+    config.reconnect.connect_timeout = Duration::from_secs(3);
+    let (stop, done) = supervise(config);
+    let s = wait_status(dir.path(), "fine connected", |s| s["platforms"]["fine"]["state"] == "connected");
+    let hung = &s["platforms"]["hung"];
+    assert_eq!((hung["state"].as_str(), &hung["error_code"]), (Some("connecting"), &Value::Null), "waited: {s:#}");
     let s = wait_status(dir.path(), "the timeout", |s| s["platforms"]["hung"]["error_code"] == "connect_timeout");
     assert_eq!(s["platforms"]["hung"]["state"], "retrying");
     assert_eq!(s["state"], "degraded");
@@ -185,13 +208,15 @@ fn a_hung_connect_times_out_without_delaying_the_others() {
 #[test]
 fn a_stop_request_ends_a_receive_loop_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (stop, done) = supervise(config(dir.path(), vec![instance("idle", OnConnect::Connect)]));
+    let runs_ended = Arc::new(AtomicU32::new(0));
+    let idle = instance_counting("idle", OnConnect::Connect, runs_ended.clone());
+    let (stop, done) = supervise(config(dir.path(), vec![idle]));
     wait_status(dir.path(), "connected", |s| s["platforms"]["idle"]["state"] == "connected");
-    let asked = Instant::now();
     stop.send(()).unwrap();
     let decision = done.recv_timeout(Duration::from_secs(3)).unwrap();
-    // Well inside the 1 s stop grace: the adapter reported, nothing was abandoned.
-    assert!(asked.elapsed() < Duration::from_millis(500), "took {:?}", asked.elapsed());
+    // The receive loop itself ended, before the gateway did: the adapter reported its
+    // stop, rather than being abandoned when the stop grace ran out.
+    assert_eq!(runs_ended.load(Ordering::SeqCst), 1, "the receive loop did not end");
     assert_eq!(decision.code, 0);
     let s = wait_status(dir.path(), "stopped", |s| s["state"] == "stopped");
     assert_eq!(s["platforms"]["idle"]["state"], "stopped");
@@ -210,6 +235,7 @@ fn a_respawn_waits_for_the_earlier_generation_to_let_go_of_the_token_lock() {
     bot.spec = Arc::new(TestSpec {
         on_connect: OnConnect::HangFirst(Duration::from_millis(1500)),
         builds: AtomicU32::new(0),
+        runs_ended: Arc::default(),
         token: Some(Secret::new(token)),
     });
     let (stop, done) = supervise(config(dir.path(), vec![bot]));

@@ -322,8 +322,9 @@ impl Outbox {
                         lane.queue.remove(&job.stem);
                         lane.hold = None;
                     }
-                    Verdict::Retry(d) => lane.hold = Some(Hold { until: now + d, transient: true }),
-                    Verdict::Wait(d) => lane.hold = Some(Hold { until: now + d, transient: false }),
+                    // Checked: a `Wait` is what the platform asked for, a number from outside.
+                    Verdict::Retry(d) => lane.hold = Some(Hold { until: backoff::deadline(now, d), transient: true }),
+                    Verdict::Wait(d) => lane.hold = Some(Hold { until: backoff::deadline(now, d), transient: false }),
                 }
             }
             drop(state);

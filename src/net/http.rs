@@ -176,23 +176,34 @@ pub fn is_transient_status(status: u16) -> bool {
     status == 408 || (500..600).contains(&status)
 }
 
-/// The `Retry-After` header of a response, as a wait from `now`.
+/// The `Retry-After` header of a response, as a wait from `now`, at most
+/// [`MAX_SERVER_WAIT`](super::MAX_SERVER_WAIT).
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     parse_retry_after(headers.get("retry-after")?.to_str().ok()?, now)
 }
 
 /// Parse a `Retry-After` value: delay-seconds (`120`) or an IMF-fixdate
 /// (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110 §10.2.3). A date in the past is a zero wait.
+/// The value comes from the network: a wait longer than
+/// [`MAX_SERVER_WAIT`](super::MAX_SERVER_WAIT) (delay-seconds too large for any integer
+/// type, a date too far ahead for the clock) is clamped to it, with a warning.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = UNIX_EPOCH + Duration::from_secs(parse_imf_fixdate(value)?);
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let asked = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Only digits, so the one way to fail is a number beyond u64: a very long wait.
+        value.parse().map_or(Duration::MAX, Duration::from_secs)
+    } else {
+        let secs = parse_imf_fixdate(value)?;
+        match UNIX_EPOCH.checked_add(Duration::from_secs(secs)) {
+            Some(at) => at.duration_since(now).unwrap_or(Duration::ZERO),
+            None => Duration::MAX,
+        }
+    };
+    Some(super::server_wait(asked, "a Retry-After header"))
 }
 
 /// Seconds since the Unix epoch of an IMF-fixdate, the only date form servers must send.
+/// A date too far ahead to count in seconds saturates at `u64::MAX`.
 fn parse_imf_fixdate(value: &str) -> Option<u64> {
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let parts: Vec<&str> = value.split_ascii_whitespace().collect();
@@ -204,11 +215,13 @@ fn parse_imf_fixdate(value: &str) -> Option<u64> {
     if !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || s > 60 {
         return None;
     }
-    Some(days_since_epoch(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
+    let seconds_of_day = h * 3600 + m * 60 + s;
+    Some(days_since_epoch(year, month, day).saturating_mul(86_400).saturating_add(seconds_of_day))
 }
 
 /// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (year ≥ 1970),
-/// counting from March so that the leap day ends the year.
+/// counting from March so that the leap day ends the year. Saturating: the year comes
+/// from the network and may be as large as `u64` holds.
 fn days_since_epoch(year: u64, month: u64, day: u64) -> u64 {
     let y = if month <= 2 { year - 1 } else { year };
     let (era, yoe) = (y / 400, y % 400);
@@ -216,7 +229,7 @@ fn days_since_epoch(year: u64, month: u64, day: u64) -> u64 {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     // 719_468 days separate 0000-03-01 from 1970-01-01.
-    era * 146_097 + doe - 719_468
+    era.saturating_mul(146_097).saturating_add(doe).saturating_sub(719_468)
 }
 
 /// `text` with every occurrence of `secret` replaced by `***`. An empty secret is left
@@ -320,13 +333,35 @@ mod tests {
         assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now), Some(Duration::from_secs(10)));
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("Tue, 29 Feb 2000 00:00:00 GMT", UNIX_EPOCH),
-            Some(Duration::from_secs(951_782_400))
-        );
+        assert_eq!(parse_imf_fixdate("Tue, 29 Feb 2000 00:00:00 GMT"), Some(951_782_400));
         for bad in ["", "soon", "-1", "1.5", "Sun, 06 Nov 1994 08:49:37 CET", "Sun, 06 Foo 1994 08:49:37 GMT"] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
         }
+    }
+
+    /// Issue 7 §1: `retry_after` 2^64 − 1 and a date in the year 10^12 overflowed the
+    /// clock and panicked; every wait a server asks for is at most an hour.
+    #[test]
+    fn r_hostile_retry_after_values_are_clamped_to_max_server_wait() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_767); // Sun, 06 Nov 1994 08:49:27 GMT
+        let max = Some(crate::net::MAX_SERVER_WAIT);
+        assert_eq!(parse_retry_after("3600", now), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 09:19:27 GMT", now), Some(Duration::from_secs(1800)));
+        for hostile in [
+            "3601",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999999999999999999",
+            "Sun, 06 Nov 1000000000000 08:49:37 GMT",
+            "Sun, 06 Nov 18446744073709551615 23:59:60 GMT",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(parse_retry_after(hostile, now), max, "{hostile:?}");
+        }
+        assert_eq!(parse_retry_after("+5", now), None, "delay-seconds are digits only");
+        let mut headers = HeaderMap::new();
+        headers.insert("Retry-After", "Sun, 06 Nov 1000000000000 08:49:37 GMT".parse().unwrap());
+        assert_eq!(retry_after(&headers, SystemTime::now()), max);
     }
 
     #[test]

@@ -18,7 +18,7 @@ Failures follow the Hermes gateway's Telegram handling, see
 | what                              | in the adapter                        | then                                  |
 |-----------------------------------|---------------------------------------|---------------------------------------|
 | network, DNS, timeout, 5xx, junk  | `network_retries` quick retries       | retryable `telegram_network_error`    |
-| 429                               | wait `parameters.retry_after`         | go on                                 |
+| 429                               | wait `parameters.retry_after` (≤ 1 h) | go on                                 |
 | 409 (another poller)              | `conflict_retries`, waits n × `conflict_wait` | permanent `telegram_polling_conflict` |
 | 401 / 404 (bad token)             | none                                  | permanent `telegram_unauthorized`     |
 | any other 4xx                     | none                                  | retryable `telegram_api_error`        |
@@ -54,7 +54,7 @@ use crate::adapter::{Context, Fatal, Outlet, Platform, SendError, Stopped, TYPIN
 use crate::config::{PlatformSpec, Secret, Section};
 use crate::fsutil;
 use crate::message::{ChatType, Inbound, Outbound, Source};
-use crate::net::http;
+use crate::net::{self, http};
 use crate::text::{Limit, Unit};
 
 /// Telegram's message text limit: 4096 characters "after entities parsing", which
@@ -238,35 +238,67 @@ impl fmt::Display for ApiError {
 
 /// The Bot API's answer envelope: `{"ok":true,"result":…}` or
 /// `{"ok":false,"error_code":…,"description":…,"parameters":{"retry_after":…}}`.
-#[derive(Deserialize)]
+///
+/// Read field by field from a JSON value rather than as one typed struct, so that a field
+/// of an unexpected type (a negative or fractional `retry_after`, a `migrate_to_chat_id`
+/// beyond `i64`) spoils only itself, not the description and the status beside it.
 struct Envelope {
     ok: bool,
-    result: Option<Value>,
+    result: Value,
     description: Option<String>,
-    parameters: Option<ResponseParameters>,
+    /// `parameters.retry_after`, already clamped to [`net::MAX_SERVER_WAIT`].
+    retry_after: Option<Duration>,
+    /// `parameters.migrate_to_chat_id`: the group became this supergroup.
+    migrate_to: Option<i64>,
 }
 
-#[derive(Deserialize)]
-struct ResponseParameters {
-    retry_after: Option<u64>,
+impl Envelope {
+    fn read(body: &[u8]) -> Option<Envelope> {
+        let mut value: Value = serde_json::from_slice(body).ok()?;
+        let parameters = value.get("parameters").filter(|p| p.is_object());
+        let retry_after = parameters.and_then(|p| seconds(p.get("retry_after")?));
+        let migrate_to = parameters.and_then(|p| p.get("migrate_to_chat_id")?.as_i64());
+        Some(Envelope {
+            ok: value.get("ok")?.as_bool()?,
+            result: value.get_mut("result").map(Value::take).unwrap_or(Value::Null),
+            description: value.get("description").and_then(Value::as_str).map(str::to_string),
+            retry_after: retry_after.map(|d| net::server_wait(d, "Telegram's retry_after")),
+            migrate_to,
+        })
+    }
+}
+
+/// A count of seconds as Telegram sends it (an integer; a fraction is taken as it is).
+/// Negative or not a number: none. Larger than a `Duration` holds: `Duration::MAX`, for
+/// the caller to clamp.
+fn seconds(value: &Value) -> Option<Duration> {
+    if let Some(secs) = value.as_u64() {
+        return Some(Duration::from_secs(secs));
+    }
+    let secs = value.as_f64().filter(|s| *s >= 0.0)?;
+    Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
 }
 
 /// Read a Bot API answer: its `result` on success, else why not. `header_wait` is the
 /// HTTP `Retry-After`, used only when the body names no `retry_after`.
 fn interpret<T: DeserializeOwned>(status: u16, body: &[u8], header_wait: Option<Duration>) -> Result<T, ApiError> {
-    let envelope: Option<Envelope> = serde_json::from_slice(body).ok();
+    let envelope = Envelope::read(body);
     if (200..300).contains(&status) {
         // A 200 that is not the Bot API's JSON comes from a proxy or a truncated
         // transfer, never from Telegram itself: the request arrived, its outcome is unknown.
         let malformed = || ApiError::Unconfirmed(format!("malformed answer (HTTP {status})"));
-        let result = envelope.filter(|e| e.ok).ok_or_else(malformed)?.result.unwrap_or(Value::Null);
+        let result = envelope.filter(|e| e.ok).ok_or_else(malformed)?.result;
         return serde_json::from_value(result).map_err(|_| malformed());
     }
     let description = envelope.as_ref().and_then(|e| e.description.clone());
-    let description = description.unwrap_or_else(|| format!("HTTP {status}"));
+    let mut description = description.unwrap_or_else(|| format!("HTTP {status}"));
+    if let Some(id) = envelope.as_ref().and_then(|e| e.migrate_to) {
+        // A group upgraded to a supergroup has a new id; say it, so the dead letter does.
+        description.push_str(&format!(" (the group is now chat {id})"));
+    }
     Err(match status {
         429 => {
-            let body_wait = envelope.and_then(|e| e.parameters?.retry_after).map(Duration::from_secs);
+            let body_wait = envelope.and_then(|e| e.retry_after);
             ApiError::RateLimited(body_wait.or(header_wait).unwrap_or(FALLBACK_RETRY_AFTER))
         }
         401 | 404 => ApiError::Unauthorized(description),
@@ -323,7 +355,9 @@ impl Api {
         let sent = request.header("Content-Type", "application/json").send(body);
         let mut response = sent.map_err(|e| transport_error(&e, self.token.expose()))?;
         let status = response.status().as_u16();
-        let header_wait = http::retry_after(response.headers(), SystemTime::now());
+        // Read only where it counts, so a server that sends a hostile one on every
+        // answer does not fill the log with clamp warnings.
+        let header_wait = (status == 429).then(|| http::retry_after(response.headers(), SystemTime::now())).flatten();
         // The status is in: with the body lost, a refusal is still a refusal and a success
         // is unconfirmed (`interpret` reads an empty body so).
         let bytes = http::read_body(&mut response).unwrap_or_else(|e| {
@@ -602,7 +636,7 @@ impl Telegram {
         // A long poll may rightly take `poll_timeout` before it answers; the margin
         // covers connecting and the transfer.
         let timeout = match method {
-            "getUpdates" => self.settings.poll_timeout + self.settings.request_timeout,
+            "getUpdates" => self.settings.poll_timeout.saturating_add(self.settings.request_timeout),
             _ => self.settings.request_timeout,
         };
         let body = body.to_string();
@@ -896,6 +930,43 @@ mod tests {
         assert_eq!(error(502, "<html>"), ApiError::Network("HTTP 502: HTTP 502".into()));
         let blocked = r#"{"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"}"#;
         assert!(matches!(error(403, blocked), ApiError::Rejected(403, _)));
+    }
+
+    /// Issue 7 §1: a 429 with `retry_after` 2^64 − 1 panicked the outbox worker. Every
+    /// wait Telegram asks for is at most `net::MAX_SERVER_WAIT`; a `retry_after` of the
+    /// wrong type is no `retry_after`, and spoils nothing else.
+    #[test]
+    fn r_hostile_retry_after_is_clamped() {
+        let max = ApiError::RateLimited(net::MAX_SERVER_WAIT);
+        let limited = |retry_after: Value, header: Option<Duration>| {
+            let body = json!({"ok": false, "error_code": 429, "description": "Too Many Requests",
+                              "parameters": {"retry_after": retry_after}});
+            interpret::<IgnoredAny>(429, body.to_string().as_bytes(), header).unwrap_err()
+        };
+        assert_eq!(limited(json!(u64::MAX), None), max);
+        assert_eq!(limited(json!(3601), None), max);
+        assert_eq!(limited(json!(1e300), None), max);
+        assert_eq!(limited(json!(3600), None), ApiError::RateLimited(Duration::from_secs(3600)));
+        assert_eq!(limited(json!(2.5), None), ApiError::RateLimited(Duration::from_millis(2500)));
+        let header = Some(Duration::from_secs(3));
+        for odd in [json!(-1), json!(i64::MIN), json!("7"), json!(null), json!([1])] {
+            assert_eq!(limited(odd.clone(), header), ApiError::RateLimited(Duration::from_secs(3)), "{odd}");
+        }
+        assert_eq!(limited(json!(-1), None), ApiError::RateLimited(FALLBACK_RETRY_AFTER));
+    }
+
+    #[test]
+    fn a_migrated_group_names_its_new_id() {
+        let body = json!({"ok": false, "error_code": 400,
+                          "description": "Bad Request: group chat was upgraded to a supergroup chat",
+                          "parameters": {"migrate_to_chat_id": -1001234567890i64}});
+        let err = interpret::<IgnoredAny>(400, body.to_string().as_bytes(), None).unwrap_err();
+        assert!(matches!(&err, ApiError::Rejected(400, m) if m.contains("now chat -1001234567890")), "{err:?}");
+        // One that fits no chat id is left out; the rest of the answer still counts.
+        let body = json!({"ok": false, "description": "Bad Request: upgraded",
+                          "parameters": {"migrate_to_chat_id": u64::MAX, "retry_after": "x"}});
+        let err = interpret::<IgnoredAny>(400, body.to_string().as_bytes(), None).unwrap_err();
+        assert_eq!(err, ApiError::Rejected(400, "Bad Request: upgraded".into()));
     }
 
     #[test]

@@ -8,9 +8,12 @@ unit-tested here with made-up instants.
 
 Bookkeeping per platform instance: its state, the current generation (events from any
 other generation are stale and ignored), and `attempts`, the number of failed connects
-in the current outage. Failed platforms wait in `retries`, a `BTreeMap` keyed by
-`(next retry instant, name)`; connecting platforms have a deadline in
-`connect_deadlines`. The loop in `supervisor.rs` sleeps until the earliest of both.
+in the current outage. A reconnect that drops again within [`FLAP_WINDOW`] did not end
+the outage: it counts as one more failed attempt, so a link that connects and drops at
+once (a proxy that cuts every long poll) backs off to the cap and eventually gives up,
+instead of being reconnected every `base` for ever. Failed platforms wait in `retries`,
+a `BTreeMap` keyed by `(next retry instant, name)`; connecting platforms have a deadline
+in `connect_deadlines`. The loop in `supervisor.rs` sleeps until the earliest of both.
 */
 
 use std::collections::BTreeMap;
@@ -20,8 +23,10 @@ use crate::adapter::{Event, Fatal};
 use crate::backoff;
 use crate::config::Reconnect;
 
-/// A platform that drops within this long of (re)connecting keeps its attempt count,
-/// so a flapping link backs off instead of being retried every `base`.
+/// A platform that drops within this long of reconnecting is still in the same outage:
+/// the drop counts as one more failed attempt, so a flapping link backs off instead of
+/// being retried every `base`. (The first connect after startup is not a reconnect: its
+/// drop is a runtime failure, queued at attempt 0.)
 pub const FLAP_WINDOW: Duration = Duration::from_secs(60);
 
 /// How long a graceful stop waits for adapters to report that they ended.
@@ -103,8 +108,9 @@ pub struct PlatformRecord {
     pub error: Option<Fatal>,
     pub connected_since: Option<Instant>,
     pub last_event_at: Option<Instant>,
-    /// `attempts` when the platform last connected, restored if it flaps.
-    attempts_before_connect: u32,
+    /// `attempts` when the platform last connected at the end of an outage (`None` for
+    /// the first connect): a drop within [`FLAP_WINDOW`] resumes the outage from there.
+    flap_attempts: Option<u32>,
     /// Set once the first connect outcome is known; the startup phase ends when every
     /// enabled platform has one.
     started: bool,
@@ -172,7 +178,7 @@ impl Supervisor {
                     error: None,
                     connected_since: None,
                     last_event_at: None,
-                    attempts_before_connect: 0,
+                    flap_attempts: None,
                     started: false,
                 };
                 (name, record)
@@ -278,7 +284,7 @@ impl Supervisor {
         self.connect_deadlines.retain(|(_, n), _| n != name);
         let reconnected = r.error.is_some();
         r.state = PlatformState::Connected;
-        r.attempts_before_connect = r.attempts;
+        r.flap_attempts = reconnected.then_some(r.attempts);
         r.attempts = 0;
         r.error = None;
         r.next_retry = None;
@@ -313,10 +319,12 @@ impl Supervisor {
         let (base, cap, max) = (self.reconnect.base, self.reconnect.cap, self.reconnect.max_attempts);
         let Some(r) = self.platforms.get_mut(name) else { return };
         let was_connected = r.state == PlatformState::Connected;
-        r.attempts = match (was_connected, r.connected_since) {
-            (true, Some(since)) if now.saturating_duration_since(since) < FLAP_WINDOW => r.attempts_before_connect,
+        let up_for = r.connected_since.map(|since| now.saturating_duration_since(since));
+        let flapped = was_connected && up_for.is_some_and(|d| d < FLAP_WINDOW) && r.flap_attempts.is_some();
+        r.attempts = match (was_connected, r.flap_attempts) {
+            (true, Some(before)) if flapped => before.saturating_add(1),
             (true, _) => 0,
-            (false, _) => r.attempts + 1,
+            (false, _) => r.attempts.saturating_add(1),
         };
         r.last_event_at = Some(now);
         r.connected_since = None;
@@ -332,8 +340,14 @@ impl Supervisor {
             r.next_retry = None;
         } else {
             let wait = backoff::delay(r.attempts.max(1), base, cap);
-            let at = now + wait;
-            let how = if was_connected { "disconnected" } else { "failed to connect" };
+            let at = backoff::deadline(now, wait);
+            let how = match up_for {
+                Some(up) if flapped => {
+                    format!("disconnected {} after reconnecting, failed attempt {}", human(up), r.attempts)
+                }
+                _ if was_connected => "disconnected".to_string(),
+                _ => "failed to connect".to_string(),
+            };
             log::warn!(
                 "{name}: {how} ({}: {}); queued for reconnection, attempt {} in {}",
                 fatal.code,
@@ -375,7 +389,7 @@ impl Supervisor {
         r.generation += 1;
         r.state = PlatformState::Connecting;
         r.next_retry = None;
-        let deadline = now + self.reconnect.connect_timeout;
+        let deadline = backoff::deadline(now, self.reconnect.connect_timeout);
         self.connect_deadlines.insert((deadline, name.to_string()), r.generation);
         actions.push(Action::Spawn { name: name.to_string(), generation: r.generation });
     }
@@ -387,7 +401,7 @@ impl Supervisor {
             return;
         }
         log::info!("stopping: shutdown requested");
-        self.stop_deadline = Some(now + STOP_GRACE);
+        self.stop_deadline = Some(backoff::deadline(now, STOP_GRACE));
         self.retries.clear();
         self.connect_deadlines.clear();
         for (name, r) in &mut self.platforms {
@@ -646,7 +660,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flapping_platform_keeps_its_attempt_count() {
+    fn a_drop_soon_after_reconnecting_following_failed_connects_is_one_more_failed_attempt() {
         let mut s = sup(&["tg"], 20);
         let mut now = Instant::now();
         s.start(now);
@@ -658,8 +672,88 @@ mod tests {
         s.handle(connected("tg", 4), now);
         s.handle(failed("tg", 4, true), now + Duration::from_secs(10));
         let r = record(&s, "tg");
-        assert_eq!(r.attempts, 3);
-        assert_eq!(r.next_retry, Some(now + Duration::from_secs(10) + Duration::from_secs(120)));
+        assert_eq!(r.attempts, 4);
+        assert_eq!(r.next_retry, Some(now + Duration::from_secs(10) + Duration::from_secs(240)));
+    }
+
+    /// Connect at once, drop at once, forever: the reconnects (each of which worked the
+    /// first time) return `(waits in ms, attempts after each drop, spawns)`.
+    fn flap(s: &mut Supervisor, mut now: Instant, until: Instant) -> (Vec<u128>, Vec<u32>, usize) {
+        let (mut waits, mut attempts, mut spawned) = (vec![], vec![], 0);
+        while record(s, "tg").state == PlatformState::Retrying {
+            let due = s.next_deadline().unwrap();
+            if due > until {
+                break;
+            }
+            waits.push((due - now).as_millis());
+            now = due;
+            let generation = match spawns(&s.handle(Input::Deadline, now))[..] {
+                [(_, generation)] => generation,
+                ref other => panic!("expected one spawn, got {other:?}"),
+            };
+            spawned += 1;
+            s.handle(connected("tg", generation), now);
+            now += Duration::from_millis(5);
+            s.handle(failed("tg", generation, true), now);
+            attempts.push(record(s, "tg").attempts);
+        }
+        (waits, attempts, spawned)
+    }
+
+    /// Issue 7 §2: a link that connects and drops again at once (getMe fine, every
+    /// getUpdates a 502) was reconnected every `base` for ever, always as attempt 1:
+    /// a reconnect that worked the first time saved its attempt count as 0.
+    #[test]
+    fn r_flaps_after_successful_reconnects_back_off_and_give_up() {
+        let mut s = sup(&["tg"], 8);
+        let t0 = Instant::now();
+        s.start(t0);
+        s.handle(connected("tg", 1), t0);
+        // The first connect dropping is a runtime failure, queued at attempt 0.
+        s.handle(failed("tg", 1, true), t0 + Duration::from_secs(1));
+        assert_eq!(record(&s, "tg").attempts, 0);
+        let (waits, attempts, _) = flap(&mut s, t0 + Duration::from_secs(1), t0 + Duration::from_secs(100_000));
+        let secs: Vec<u128> = waits.iter().map(|ms| ms / 1000).collect();
+        assert_eq!(secs, [30, 30, 60, 120, 240, 300, 300, 300], "the same waits as failed connects");
+        assert_eq!(attempts, [1, 2, 3, 4, 5, 6, 7, 8], "each flap is a failed attempt");
+        let r = record(&s, "tg");
+        assert_eq!((r.state, r.attempts, r.next_retry), (PlatformState::GaveUp, 8, None));
+        assert_eq!(s.gateway_state(), GatewayState::Stopped, "nothing left: exit 1");
+        assert_eq!(s.exit.as_ref().map(|e| e.code), Some(EXIT_FAILURE));
+    }
+
+    #[test]
+    fn r_flapping_with_base_300ms_does_not_reconnect_21_times_in_8_s() {
+        let ms = Duration::from_millis;
+        let reconnect = Reconnect { base: ms(300), cap: ms(2400), max_attempts: 0, connect_timeout: ms(5000) };
+        let mut s = Supervisor::new(reconnect, [("tg".to_string(), "telegram")]);
+        let t0 = Instant::now();
+        s.start(t0);
+        s.handle(connected("tg", 1), t0);
+        s.handle(failed("tg", 1, true), t0);
+        let (waits, attempts, spawned) = flap(&mut s, t0, t0 + Duration::from_secs(8));
+        assert_eq!(waits[..6], [300, 300, 600, 1200, 2400, 2400], "base, base, 2·base … cap");
+        assert_eq!(attempts[..3], [1, 2, 3]);
+        assert!(spawned <= 7, "{spawned} reconnects in 8 s");
+    }
+
+    #[test]
+    fn a_reconnect_that_stays_up_past_the_flap_window_ends_the_outage() {
+        let mut s = sup(&["tg"], 20);
+        let t0 = Instant::now();
+        s.start(t0);
+        s.handle(connected("tg", 1), t0);
+        s.handle(failed("tg", 1, true), t0);
+        s.handle(Input::Deadline, t0 + BASE);
+        s.handle(connected("tg", 2), t0 + BASE);
+        s.handle(failed("tg", 2, true), t0 + BASE + Duration::from_millis(1));
+        assert_eq!(record(&s, "tg").attempts, 1, "a flap");
+        let t1 = record(&s, "tg").next_retry.unwrap();
+        s.handle(Input::Deadline, t1);
+        s.handle(connected("tg", 3), t1);
+        s.handle(failed("tg", 3, true), t1 + FLAP_WINDOW);
+        let r = record(&s, "tg");
+        assert_eq!((r.attempts, r.next_retry), (0, Some(t1 + FLAP_WINDOW + BASE)), "up for a minute: a new outage");
     }
 
     #[test]

@@ -18,8 +18,9 @@ form or query string, and answers `{"ok":true,"result":…}` or
 A path with another token gets 401 Unauthorized, anything else 404, as Telegram does.
 
 Tests push updates ([`FakeTelegram::push_text`], [`FakeTelegram::push_update`]), script
-failures per method ([`FakeTelegram::inject`], [`FakeTelegram::fail_next`],
-[`FakeTelegram::fail_always`], [`FakeTelegram::fail_getme_with`]), take the whole server
+failures per method ([`FakeTelegram::inject`] any [`Fault`], headers included,
+[`FakeTelegram::fail_next`], [`FakeTelegram::fail_always`],
+[`FakeTelegram::fail_getme_with`]), take the whole server
 off the network and back ([`FakeTelegram::set_down`]), and observe calls ([`FakeTelegram::count`],
 [`FakeTelegram::call_times`], [`FakeTelegram::last_offset`], [`FakeTelegram::sent`]).
 Every `wait_*` method blocks on a condition variable until its condition holds or the
@@ -58,6 +59,8 @@ pub enum Fault {
     Status(u16, Value),
     /// Answer with this status and a body that need not be JSON.
     Raw(u16, String),
+    /// [`Fault::Raw`] with extra headers (`Retry-After`), as `(name, value)` pairs.
+    WithHeaders(u16, String, Vec<(String, String)>),
     /// Answer with bytes that are not HTTP; the client sees a broken exchange (as after a
     /// dropped connection) and closes it.
     Garbage,
@@ -362,6 +365,7 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
         None | Some(Fault::Pass) => serve(shared, request, &method, &params),
         Some(Fault::Status(status, body)) => respond(request, status, &body.to_string()),
         Some(Fault::Raw(status, body)) => respond(request, status, &body),
+        Some(Fault::WithHeaders(status, body, headers)) => respond_with(request, status, &body, &headers),
         Some(Fault::Garbage) => {
             let mut writer = request.into_writer();
             let _ = writer.write_all(b"this is not HTTP\r\n\r\n").and_then(|_| writer.flush());
@@ -484,9 +488,19 @@ fn number(v: &Value) -> Option<i64> {
 }
 
 fn respond(request: tiny_http::Request, status: u16, body: &str) {
+    respond_with(request, status, body, &[]);
+}
+
+fn respond_with(request: tiny_http::Request, status: u16, body: &str, headers: &[(String, String)]) {
     let header =
         tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("a valid static header");
-    let response = tiny_http::Response::from_string(body).with_status_code(status).with_header(header);
+    let mut response = tiny_http::Response::from_string(body).with_status_code(status).with_header(header);
+    for (name, value) in headers {
+        // A header tiny_http cannot send is left out: the test then sees its absence.
+        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(header);
+        }
+    }
     // The client may have given up (a stopped adapter's abandoned long poll).
     let _ = request.respond(response);
 }
