@@ -146,8 +146,12 @@ fn pending_inbound(state_dir: &Path) -> Vec<Value> {
 fn listed_by_status(dir: &Path) -> (usize, usize) {
     let out = cli(dir, &["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let count = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
-    (count("unknown outcome:"), count("dead letter:"))
+    // `status` summarises: "dead letters (given up): 7 (tg 7), each kept for …".
+    let count = |prefix: &str| {
+        let line = text.lines().find_map(|l| l.strip_prefix(prefix));
+        line.and_then(|rest| rest.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+    };
+    (count("unknown outcomes (maybe delivered, not re-sent):"), count("dead letters (given up):"))
 }
 
 /// The warnings and errors of `log` (its last 40), to show with a failure.
@@ -864,7 +868,7 @@ fn a_reply_that_could_not_be_stored_is_sent_when_space_returns() {
     assert!(wait_until(deadline(SOON), || dir.path().join("started").exists()), "the agent never started");
     let filler = tmpfs.fill();
     fs::write(dir.path().join("go"), b"").expect("release the agent");
-    let refused = wait_until(deadline(SOON), || g.log().contains("cannot queue a reply"));
+    let refused = wait_until(deadline(SOON), || g.log().contains("cannot queue the answer"));
     assert!(refused, "the unstorable reply is not in the log:\n{}", g.log());
 
     drop(filler);
