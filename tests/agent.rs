@@ -173,11 +173,9 @@ fn rate_limits_that_never_end_give_rate_limited() {
 fn a_long_retry_after_is_not_waited_for() {
     let fake = FakeOpenAi::start();
     fake.fail_next(429, api_error("come back tomorrow", None), &[("Retry-After", "86400")], 1);
-    let start = Instant::now();
     let e = ask(&*openai(settings(&fake), false), "hi").unwrap_err();
     assert_eq!(e.kind, AgentErrorKind::RateLimited);
     assert!(e.detail.contains("not retried"), "{e:?}");
-    assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(fake.requests().len(), 1);
 }
 
@@ -310,45 +308,40 @@ fn a_stalled_stream_times_out() {
     let fake = FakeOpenAi::start();
     fake.push_stream(&["never", "mind"], Duration::from_secs(5));
     let agent = openai(OpenAiSettings { timeout: Duration::from_millis(300), ..settings(&fake) }, true);
-    let start = Instant::now();
     let e = ask(&*agent, "hi").unwrap_err();
     assert_eq!(e.kind, AgentErrorKind::Timeout, "{e:?}");
-    assert!(start.elapsed() < Duration::from_secs(3), "the stall detector took {:?}", start.elapsed());
 }
 
-/// Run a turn on a thread, cancel it once `started` holds, and return its result and
-/// how long it took to return after the cancel.
-fn cancel_when(agent: Box<dyn Agent>, started: impl FnOnce() -> bool) -> (Result<Reply, AgentError>, Duration) {
+/// Run a turn on a thread, cancel it once `started` holds, and return its result. It
+/// must come within [`SOON`] of the cancel: every fake used with this answers (or
+/// retries) far later, so a turn that ignored the cancel fails here, not by a stopwatch.
+fn cancel_when(agent: Box<dyn Agent>, started: impl FnOnce() -> bool) -> Result<Reply, AgentError> {
     let cancel = Cancel::new();
     let turn_cancel = cancel.clone();
     let agent: Arc<dyn Agent> = Arc::from(agent);
     let (tx, rx) = crossbeam_channel::bounded(1);
     thread::spawn(move || {
-        let _ = tx.send((ask_with(&*agent, "hi", &turn_cancel), Instant::now()));
+        let _ = tx.send(ask_with(&*agent, "hi", &turn_cancel));
     });
     assert!(started(), "the turn did not start in time");
-    let cancelled_at = Instant::now();
     cancel.cancel();
-    let (result, returned_at) = rx.recv_timeout(SOON).expect("the turn returns after cancel");
-    (result, returned_at.saturating_duration_since(cancelled_at))
+    rx.recv_timeout(SOON).expect("the turn returns soon after the cancel")
 }
 
 #[test]
 fn cancel_stops_a_slow_request_at_once() {
     let fake = FakeOpenAi::start();
     fake.push_slow("too late", Duration::from_secs(10));
-    let (result, took) = cancel_when(openai(settings(&fake), false), || fake.wait_requests(1, deadline(SOON)) == 1);
+    let result = cancel_when(openai(settings(&fake), false), || fake.wait_requests(1, deadline(SOON)) == 1);
     assert_eq!(result.unwrap_err().kind, AgentErrorKind::Cancelled);
-    assert!(took < Duration::from_secs(1), "cancel took {took:?}");
 }
 
 #[test]
 fn cancel_stops_a_stream_at_once() {
     let fake = FakeOpenAi::start();
     fake.push_stream(&["one", "two"], Duration::from_secs(10));
-    let (result, took) = cancel_when(openai(settings(&fake), true), || fake.wait_requests(1, deadline(SOON)) == 1);
+    let result = cancel_when(openai(settings(&fake), true), || fake.wait_requests(1, deadline(SOON)) == 1);
     assert_eq!(result.unwrap_err().kind, AgentErrorKind::Cancelled);
-    assert!(took < Duration::from_secs(1), "cancel took {took:?}");
 }
 
 /// Issue 7, section 8: `/stop` was noticed only at the next data event, and the stream
@@ -359,7 +352,7 @@ fn issue7_stop_closes_the_stream_socket() {
     let fake = FakeOpenAi::start();
     fake.push(Answer::KeepAlive { every: Duration::from_millis(20) });
     let agent = openai(OpenAiSettings { timeout: Duration::from_secs(60), ..settings(&fake) }, true);
-    let (result, _) = cancel_when(agent, || fake.wait_requests(1, deadline(SOON)) == 1);
+    let result = cancel_when(agent, || fake.wait_requests(1, deadline(SOON)) == 1);
     assert_eq!(result.unwrap_err().kind, AgentErrorKind::Cancelled);
     assert_eq!(fake.wait_hangups(1, deadline(SOON)), 1, "the stream's connection is still open");
 }
@@ -368,9 +361,8 @@ fn issue7_stop_closes_the_stream_socket() {
 fn cancel_stops_the_wait_between_retries() {
     let fake = FakeOpenAi::start();
     fake.fail_next(429, api_error("wait", None), &[("Retry-After", "30")], 1);
-    let (result, took) = cancel_when(openai(settings(&fake), false), || fake.wait_requests(1, deadline(SOON)) == 1);
+    let result = cancel_when(openai(settings(&fake), false), || fake.wait_requests(1, deadline(SOON)) == 1);
     assert_eq!(result.unwrap_err().kind, AgentErrorKind::Cancelled);
-    assert!(took < Duration::from_secs(1), "cancel took {took:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -446,13 +438,11 @@ const TREE: &str = r#"echo $$ > "$1/shell.pid"; sleep 30 & echo $! > "$1/child.p
 #[test]
 fn command_timeout_kills_the_whole_tree() {
     let dir = tempfile::tempdir().unwrap();
-    let start = Instant::now();
     let e = ask(&*sh(TREE, dir.path(), Duration::from_millis(500)), "hi").unwrap_err();
     assert_eq!(
         (e.kind, e.user_message.as_str()),
         (AgentErrorKind::Timeout, "The assistant took too long and was stopped.")
     );
-    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
     for file in ["shell.pid", "child.pid"] {
         let pid = read_pid(&dir.path().join(file));
         assert!(wait_until(deadline(SOON), || process_gone(&pid)), "{file} {pid} still runs");
@@ -464,12 +454,11 @@ fn cancel_kills_the_command_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let child_pid = dir.path().join("child.pid");
     let agent = sh(TREE, dir.path(), Duration::from_secs(30));
-    let (result, took) = cancel_when(agent, || {
+    let result = cancel_when(agent, || {
         read_pid(&child_pid);
         true
     });
     assert_eq!(result.unwrap_err().kind, AgentErrorKind::Cancelled);
-    assert!(took < Duration::from_secs(1), "cancel took {took:?}");
     for file in ["shell.pid", "child.pid"] {
         let pid = read_pid(&dir.path().join(file));
         assert!(wait_until(deadline(SOON), || process_gone(&pid)), "{file} {pid} still runs");

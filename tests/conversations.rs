@@ -10,7 +10,7 @@ mod support;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -87,19 +87,18 @@ fn the_session_keeps_history_and_new_starts_afresh() {
 }
 
 #[test]
-fn stop_during_a_slow_turn_answers_within_a_second() {
+fn stop_during_a_slow_turn_answers_at_once_and_frees_the_session() {
     let fake = FakeTelegram::start(TOKEN);
     let dir = tempfile::tempdir().unwrap();
-    let _gateway = open_bot(dir.path(), &fake, &slow_agent(dir.path(), 20.0));
+    let _gateway = open_bot(dir.path(), &fake, &slow_agent(dir.path(), 60.0));
     fake.push_text(5, 5, "think hard");
     assert!(wait_until(deadline(SOON), || dir.path().join("started").exists()), "the agent never started");
     // Typing is shown while it runs.
     assert!(fake.wait_count("sendChatAction", 1, deadline(SOON)) >= 1);
-    let asked = Instant::now();
+    // The agent would answer after 60 s, well past the waits for both replies below.
     fake.push_text(5, 5, "/stop");
     let sent = fake.wait_sent(1, deadline(SOON));
     assert_eq!(texts(&sent), ["Stopped."]);
-    assert!(asked.elapsed() < Duration::from_secs(1), "took {:?}", asked.elapsed());
     // The session is free again at once.
     fake.push_text(5, 5, "/help");
     assert!(fake.wait_sent(2, deadline(SOON))[1].1.contains("/stop"));

@@ -215,12 +215,11 @@ mod tests {
         assert!(!cancel.is_cancelled());
         assert!(!cancel.wait(Duration::from_millis(1)));
         let other = cancel.clone();
-        let start = Instant::now();
         let waiter = thread::spawn(move || other.wait(Duration::from_secs(10)));
         thread::sleep(Duration::from_millis(20));
         cancel.cancel();
+        // `wait` returns true only when woken by the cancel, false when its 10 s ran out.
         assert!(waiter.join().unwrap());
-        assert!(start.elapsed() < Duration::from_secs(5));
         assert!(cancel.is_cancelled());
         cancel.cancel();
         assert!(cancel.wait(Duration::from_secs(10)), "a cancelled token returns at once");
