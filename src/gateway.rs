@@ -180,7 +180,7 @@ fn build_auth(config: &Config) -> Auth {
 fn router_config(config: &Config) -> RouterConfig {
     let enabled = config.platforms.iter().filter(|p| p.enabled);
     RouterConfig {
-        workers: config.agent.workers,
+        max_concurrent_turns: config.agent.max_concurrent_turns,
         busy: config.agent.busy,
         stream: config.agent.stream,
         edit_interval: config.agent.edit_interval,

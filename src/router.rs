@@ -8,11 +8,18 @@ chat commands at once, and otherwise hands the message to a turn on the worker p
 At most one turn runs per session key. A message for a session that is busy waits in
 that session's queue (`busy = "queue"`) or interrupts the running turn and goes next
 (`busy = "interrupt"`); `/queue <text>` always waits. Sessions are independent: up to
-`workers` turns run at the same time.
+`max_concurrent_turns` turns run at the same time, each on a turn thread of the [`Pool`];
+when more sessions want one, the others wait for a free thread in the order they came.
 
-The workers and the router run under [`supervise`]: a worker that panics is restarted
-and runs its turn again (twice at most, then the message gets an apology); a panic of the
-router, whose table of running turns cannot be rebuilt, ends the process with code 1.
+Real models take seconds, so a turn mostly waits, and a small fixed pool makes the
+fiftieth user wait for forty-nine answers. The pool starts a thread (`turn-N`) when a turn
+finds none free, up to the cap, and a thread that found no turn for [`TURN_IDLE`] ends: an
+idle gateway keeps no turn thread, a busy one as many as it has turns running.
+
+The turn threads and the router run under [`supervise`]: a turn thread that panics is
+restarted and runs its turn again (twice at most, then the message gets an apology); a
+panic of the router, whose table of running turns cannot be rebuilt, ends the process
+with code 1.
 
 The router counts the messages it has accepted and not yet finished, so a stopping
 gateway can [`Router::drain`]: answer what it accepted before exiting. What it cannot
@@ -42,7 +49,8 @@ use crate::typing::Typing;
 /// The router's settings, taken from the config once.
 #[derive(Clone, Debug)]
 pub struct RouterConfig {
-    pub workers: usize,
+    /// At most this many turns run at once (at least 1).
+    pub max_concurrent_turns: usize,
     pub busy: BusyMode,
     pub stream: bool,
     pub edit_interval: Duration,
@@ -53,7 +61,7 @@ pub struct RouterConfig {
     pub platforms: Vec<String>,
 }
 
-/// Everything a turn may use. Shared by the router thread and the workers.
+/// Everything a turn may use. Shared by the router thread and the turn threads.
 pub struct Services {
     pub agent: Box<dyn Agent>,
     pub sessions: Arc<SessionStore>,
@@ -101,19 +109,16 @@ pub struct Router {
 }
 
 impl Router {
-    /// Start the router and its workers. `replay` (the inbox's unfinished messages from
-    /// before a restart) is handled first, before anything from `inbound`.
+    /// Start the router; its turn threads start on demand. `replay` (the inbox's
+    /// unfinished messages from before a restart) is handled first, before anything
+    /// from `inbound`.
     pub fn start(inbound: Receiver<Accepted>, services: Services, replay: Vec<Accepted>) -> std::io::Result<Router> {
         let services = Arc::new(services);
         let open = Arc::new(OpenCount::default());
-        let (work_tx, work_rx) = unbounded::<Work>();
         let (done_tx, done_rx) = unbounded::<Done>();
-        for n in 0..services.config.workers.max(1) {
-            let worker = turn_worker(services.clone(), work_rx.clone(), done_tx.clone());
-            supervise::spawn(format!("turn-{n}"), worker)?;
-        }
+        let pool = Pool::new(services.clone(), done_tx, turn_idle());
         let router = Router { inbound, open: open.clone() };
-        let mut dispatcher = Dispatcher { services, open, slots: HashMap::new(), work: work_tx, turns: 0 };
+        let mut dispatcher = Dispatcher { services, open, slots: HashMap::new(), pool, turns: 0 };
         let inbound = router.inbound.clone();
         // The table of running turns cannot be rebuilt after a panic: the gateway exits 1
         // and the inbox journal answers the accepted messages after the restart.
@@ -140,33 +145,141 @@ const TURN_PANICS: u32 = 2;
 /// The answer to a message whose turn panicked [`TURN_PANICS`] times.
 pub const PANIC_APOLOGY: &str = "Sorry, something went wrong while answering this message, so it was skipped.";
 
-/// The body of a turn worker thread: run turns as they come, tell the router of each
-/// one's end. It is called again after a panic ([`supervise::spawn`]) and finds the turn
-/// the panic interrupted still in hand: it runs it again, and after its second panic
-/// answers it with [`PANIC_APOLOGY`], so a message that always panics cannot loop.
-fn turn_worker(services: Arc<Services>, work: Receiver<Work>, done: Sender<Done>) -> impl FnMut() + Send + 'static {
+/// How long a turn thread waits for a turn before it ends. Long enough that a steady
+/// trickle of messages reuses threads, short enough that a burst's threads are gone soon
+/// after it.
+pub const TURN_IDLE: Duration = Duration::from_secs(30);
+
+/// Debug builds only: milliseconds that replace [`TURN_IDLE`], so that a test can watch
+/// idle turn threads end. A release build ignores it.
+pub const TURN_IDLE_VAR: &str = "SWITCHBOARD_TEST_TURN_IDLE_MS";
+
+fn turn_idle() -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var(TURN_IDLE_VAR).ok().and_then(|v| v.parse().ok()) {
+        return Duration::from_millis(ms);
+    }
+    TURN_IDLE
+}
+
+/// The turn threads: started when a turn finds none free, at most
+/// `max_concurrent_turns`, ended after [`TURN_IDLE`] without a turn.
+///
+/// Turns wait in one FIFO channel, so the first thread free takes the oldest. The
+/// counts are changed under one lock, and a turn is sent under it too: a thread that
+/// gives up waiting looks at the channel once more under the lock, so it never ends
+/// while a turn counted on it waits (see [`next_turn`]).
+struct Pool {
+    shared: Arc<PoolShared>,
+    work: Sender<Work>,
+}
+
+struct PoolShared {
+    services: Arc<Services>,
+    work: Receiver<Work>,
+    /// Held here as well as by every thread: with no thread alive, the router's
+    /// channel of ended turns must still be open.
+    done: Sender<Done>,
+    idle: Duration,
+    threads: Mutex<Threads>,
+}
+
+#[derive(Default)]
+struct Threads {
+    /// Turn threads alive.
+    alive: usize,
+    /// Of them, those waiting for a turn that no sent turn is counted on yet.
+    waiting: usize,
+    /// Threads started so far, to name the next one.
+    started: u64,
+}
+
+impl Pool {
+    fn new(services: Arc<Services>, done: Sender<Done>, idle: Duration) -> Pool {
+        let (work, work_rx) = unbounded();
+        let shared = PoolShared { services, work: work_rx, done, idle, threads: Mutex::default() };
+        Pool { shared: Arc::new(shared), work }
+    }
+
+    /// Run `work` on a waiting thread, a new one, or (all `max_concurrent_turns` busy)
+    /// the first one to finish its turn.
+    fn submit(&self, work: Work) {
+        let max = self.shared.services.config.max_concurrent_turns.max(1);
+        let mut threads = self.shared.threads.lock();
+        // The receiver lives in `shared`, which this pool holds: the send cannot fail.
+        let _ = self.work.send(work);
+        if threads.waiting > 0 {
+            threads.waiting -= 1;
+            return;
+        }
+        if threads.alive >= max {
+            return;
+        }
+        threads.alive += 1;
+        threads.started += 1;
+        let name = format!("turn-{}", threads.started);
+        if let Err(e) = supervise::spawn(name, turn_worker(self.shared.clone())) {
+            threads.alive -= 1;
+            // The turn stays in the channel: the next thread free, or the next start of
+            // one, takes it.
+            log::error!("cannot start a turn thread: {e}; the turn waits for another one");
+        }
+    }
+}
+
+/// The next turn for a thread of `pool`, or `None` when it waited [`TURN_IDLE`] in vain
+/// (or the router is gone): the thread then ends, counted out.
+fn next_turn(pool: &PoolShared) -> Option<Work> {
+    {
+        let mut threads = pool.threads.lock();
+        if let Ok(work) = pool.work.try_recv() {
+            return Some(work);
+        }
+        threads.waiting += 1;
+    }
+    // A turn received here was counted on a waiting thread by `submit`: this one.
+    if let Ok(work) = pool.work.recv_timeout(pool.idle) {
+        return Some(work);
+    }
+    let mut threads = pool.threads.lock();
+    // Sent while the wait ended, and counted on this thread: take it.
+    if let Ok(work) = pool.work.try_recv() {
+        return Some(work);
+    }
+    threads.waiting -= 1;
+    threads.alive -= 1;
+    None
+}
+
+/// The body of a turn thread: run turns as they come, tell the router of each one's
+/// end, and return (ending the thread) when idle. It is called again after a panic
+/// ([`supervise::spawn`]) and finds the turn the panic interrupted still in hand: it runs
+/// it again, and after its second panic answers it with [`PANIC_APOLOGY`], so a message
+/// that always panics cannot loop.
+fn turn_worker(pool: Arc<PoolShared>) -> impl FnMut() + Send + 'static {
     // The turn being run and how often it panicked; kept across a restart.
     let mut in_hand: Option<(Work, u32)> = None;
     move || {
+        let services = &pool.services;
         loop {
             let (next, panics) = match in_hand.take() {
                 Some((interrupted, panics)) => {
                     services.typing.end(interrupted.turn);
                     (interrupted, panics + 1)
                 }
-                None => match work.recv() {
-                    Ok(next) => (next, 0),
-                    Err(_) => return,
+                None => match next_turn(&pool) {
+                    Some(next) => (next, 0),
+                    None => return,
                 },
             };
             let (current, panics) = in_hand.insert((next, panics));
             if *panics < TURN_PANICS {
-                turn::run(&services, current);
+                turn::run(services, current);
             } else {
-                give_up(&services, current);
+                give_up(services, current);
             }
             let (finished, _) = in_hand.take().expect("put in hand above");
-            let _ = done.send(Done { key: finished.key, turn: finished.turn });
+            let _ = pool.done.send(Done { key: finished.key, turn: finished.turn });
         }
     }
 }
@@ -206,7 +319,7 @@ struct Dispatcher {
     services: Arc<Services>,
     open: Arc<OpenCount>,
     slots: HashMap<String, Slot>,
-    work: Sender<Work>,
+    pool: Pool,
     turns: u64,
 }
 
@@ -289,9 +402,7 @@ impl Dispatcher {
         let cancel = Cancel::new();
         let running = Running { turn: self.turns, cancel: cancel.clone(), started: Instant::now() };
         self.slots.entry(key.clone()).or_default().running = Some(running);
-        let work = Work { turn: self.turns, key, accepted, cancel, known_answer: None };
-        // The workers live as long as the router: the channel cannot be closed here.
-        let _ = self.work.send(work);
+        self.pool.submit(Work { turn: self.turns, key, accepted, cancel, known_answer: None });
     }
 
     /// A turn ended: its message is finished; the next one of the session may start.
@@ -327,7 +438,7 @@ impl Dispatcher {
     }
 
     /// Reply `text` to a message that needs no turn. A reply that cannot be stored (a
-    /// full disk) goes to a worker, which keeps trying without holding up the router.
+    /// full disk) goes to a turn thread, which keeps trying without holding up the router.
     fn answer(&mut self, accepted: &Accepted, text: String) {
         if self.services.reply(&accepted.msg, text.clone()) {
             return self.finish(accepted);
@@ -337,8 +448,7 @@ impl Dispatcher {
         let key = format!("reply:{}", accepted.id);
         let work =
             Work { turn: self.turns, key, accepted: accepted.clone(), cancel: Cancel::new(), known_answer: Some(text) };
-        // The workers live as long as the router: the channel cannot be closed here.
-        let _ = self.work.send(work);
+        self.pool.submit(work);
     }
 
     fn stop(&mut self, key: &str) -> String {

@@ -493,8 +493,10 @@ fn config_of_each_backend() {
         assert!(!shown.contains(KEY), "the key is shown: {shown}");
     }
 
-    let c =
-        load("[agent]\nbackend = \"command\"\ncommand = [\"./bot\", \"-q\"]\ntimeout = \"9s\"\nworkers = 2\n").unwrap();
+    let c = load(
+        "[agent]\nbackend = \"command\"\ncommand = [\"./bot\", \"-q\"]\ntimeout = \"9s\"\nmax_concurrent_turns = 2\n",
+    )
+    .unwrap();
     assert_eq!(
         c.agent.backend,
         AgentBackend::Command(CommandSettings {
@@ -502,7 +504,7 @@ fn config_of_each_backend() {
             ..CommandSettings::new(&["./bot", "-q"])
         })
     );
-    assert_eq!(c.agent.workers, 2);
+    assert_eq!(c.agent.max_concurrent_turns, 2);
 }
 
 #[test]

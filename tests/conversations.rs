@@ -493,7 +493,7 @@ fn replays_for_a_platform_that_is_gone_are_dead_lettered_and_the_others_answered
     );
     let mut g = Gateway::start_in(dir.path(), &locks, &with_tg);
     g.wait_platform("tg", "connected", SOON);
-    // More than the four workers, from different chats: each waits for the slow agent.
+    // Several chats at once: each waits for the slow agent.
     let mut last = 0;
     for chat in 1..=7 {
         last = fake.push_text(chat, chat, &format!("question {chat}"));
@@ -554,4 +554,126 @@ fn send_as_another_user_than_the_state_directory_owner_refuses() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("belongs to user id 65534") && stderr.contains("sudo -u '#65534'"), "{stderr}");
     assert!(!state.join("outbox").exists(), "a file was written");
+}
+
+/// Issue 8, section 1: a gateway on a model that takes seconds. The turns of different
+/// sessions run at once (default `max_concurrent_turns` 64): 20 agents are running at
+/// the same time, each having marked itself in `running/` and waiting for `release`.
+/// With the old 4 workers never more than 4 were. (A command agent and not the fake
+/// model: the fake's HTTP server, tiny_http, can leave a connection of a burst unserved
+/// until another one ends, which never happens while all answers are held.)
+#[test]
+fn twenty_sessions_turns_run_at_once() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let (running, release) = (dir.path().join("running"), dir.path().join("release"));
+    fs::create_dir(&running).unwrap();
+    let agent = command_agent(
+        dir.path(),
+        &format!(
+            "import json, os, sys, time\nturn = json.load(sys.stdin)\n\
+             open(os.path.join({running:?}, turn['text']), 'w').close()\n\
+             while not os.path.exists({release:?}):\n    time.sleep(0.01)\nprint('done: ' + turn['text'])\n",
+            running = running.display().to_string(),
+            release = release.display().to_string()
+        ),
+    );
+    let g = open_bot(dir.path(), &fake, &agent);
+    for chat in 1..=20 {
+        fake.push_text(chat, chat, &format!("question {chat}"));
+    }
+    let count = || fs::read_dir(&running).map_or(0, |d| d.count());
+    assert!(wait_until(deadline(SOON), || count() == 20), "{} agents at once\n{}", count(), g.log());
+    fs::write(&release, "").unwrap();
+    let sent = fake.wait_sent(20, deadline(SOON));
+    assert_eq!(sent.len(), 20, "{}", g.log());
+    assert!(sent.iter().all(|(_, text)| text.starts_with("done: question ")), "{sent:?}");
+}
+
+/// The last user message of each request the fake model got, in arrival order.
+fn questions(llm: &FakeOpenAi) -> Vec<String> {
+    let last = |r: &Value| r["messages"].as_array().and_then(|m| m.last()).map(|m| m["content"].to_string());
+    llm.requests().iter().filter_map(last).map(|q| q.trim_matches('"').to_string()).collect()
+}
+
+/// Issue 8, section 1: `max_concurrent_turns` caps the turns running at once (a local
+/// model server with two slots): six sessions want a turn, never more than two run.
+#[test]
+fn max_concurrent_turns_caps_the_turns_running_at_once() {
+    let (fake, llm) = (FakeTelegram::start(TOKEN), FakeOpenAi::start());
+    llm.hold();
+    let dir = tempfile::tempdir().unwrap();
+    let g = open_bot(dir.path(), &fake, &openai_agent(&llm.url(), "max_concurrent_turns = 2\n"));
+    let mut last = 0;
+    for chat in 1..=6 {
+        last = fake.push_text(chat, chat, &format!("question {chat}"));
+    }
+    assert!(fake.wait_offset(last + 1, deadline(SOON)).is_some());
+    assert_eq!(llm.wait_in_flight(2, deadline(SOON)), 2, "{}", g.log());
+    // The first two to come run first.
+    let mut first = questions(&llm);
+    first.sort();
+    assert_eq!(first, ["question 1", "question 2"]);
+    llm.release();
+    assert_eq!(fake.wait_sent(6, deadline(SOON)).len(), 6, "{}", g.log());
+    assert_eq!(llm.peak(), 2, "{}", g.log());
+    assert!(!g.log().contains("WARN"), "{}", g.log());
+}
+
+/// Issue 8, section 1: sessions beyond `max_concurrent_turns` wait in the order their
+/// messages came.
+#[test]
+fn turns_beyond_the_cap_wait_in_arrival_order() {
+    let (fake, llm) = (FakeTelegram::start(TOKEN), FakeOpenAi::start());
+    llm.hold();
+    let dir = tempfile::tempdir().unwrap();
+    let g = open_bot(dir.path(), &fake, &openai_agent(&llm.url(), "max_concurrent_turns = 1\n"));
+    fake.push_text(1, 1, "question 1");
+    assert_eq!(llm.wait_in_flight(1, deadline(SOON)), 1, "{}", g.log());
+    let mut last = 0;
+    for chat in 2..=5 {
+        last = fake.push_text(chat, chat, &format!("question {chat}"));
+    }
+    assert!(fake.wait_offset(last + 1, deadline(SOON)).is_some());
+    llm.release();
+    assert_eq!(fake.wait_sent(5, deadline(SOON)).len(), 5, "{}", g.log());
+    assert_eq!(questions(&llm), ["question 1", "question 2", "question 3", "question 4", "question 5"]);
+}
+
+/// The threads of process `pid` whose name starts with `turn-`.
+fn turn_threads(pid: u32) -> usize {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    tasks.filter(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|name| name.starts_with("turn-"))).count()
+}
+
+/// Issue 8, section 1: turn threads start on demand and end when idle, so an idle
+/// gateway keeps none. (`SWITCHBOARD_TEST_TURN_IDLE_MS` shortens the idle time, debug
+/// builds only.)
+#[test]
+fn idle_turn_threads_end() {
+    let (fake, llm) = (FakeTelegram::start(TOKEN), FakeOpenAi::start());
+    llm.hold();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{OPEN_ACCESS}{}{}",
+        reconnect(200, 20, 5000),
+        openai_agent(&llm.url(), ""),
+        telegram("tg", &fake.url(), TOKEN)
+    );
+    let env = [("SWITCHBOARD_TEST_TURN_IDLE_MS", "200")];
+    let g = Gateway::start_in_env(dir.path(), &dir.path().join("locks"), &config, &env);
+    g.wait_platform("tg", "connected", SOON);
+    assert_eq!(turn_threads(g.pid()), 0, "turn threads before any message");
+    // Three: the fake's server serves a burst of at most four new connections at once.
+    for chat in 1..=3 {
+        fake.push_text(chat, chat, &format!("question {chat}"));
+    }
+    assert_eq!(llm.wait_in_flight(3, deadline(SOON)), 3, "{}", g.log());
+    assert_eq!(turn_threads(g.pid()), 3);
+    llm.release();
+    assert_eq!(fake.wait_sent(3, deadline(SOON)).len(), 3, "{}", g.log());
+    assert!(wait_until(deadline(SOON), || turn_threads(g.pid()) == 0), "{} turn threads left", turn_threads(g.pid()));
+    // A later message starts one again.
+    fake.push_text(1, 1, "again");
+    assert_eq!(fake.wait_sent(4, deadline(SOON)).len(), 4, "{}", g.log());
 }

@@ -140,6 +140,32 @@ fn turn_worker_panic_twice_on_one_message_apologises_and_finishes_it() {
     assert_eq!(texts(&fake.wait_sent(3, deadline(SOON)))[2..], ["echo: after"]);
 }
 
+/// The threads of process `pid` whose name starts with `turn-`.
+fn turn_threads(pid: u32) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    tasks.filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.starts_with("turn-"))).count()
+}
+
+/// Issue 8, section 1: turn threads start on demand and end when idle. A turn thread
+/// that panicked is restarted with its turn as before, and still ends when idle; the
+/// next message starts a thread again.
+#[test]
+fn a_restarted_turn_thread_still_ends_when_idle() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}{OPEN_ACCESS}{}", reconnect(50, 20, 5000), telegram("tg", &fake.url(), TOKEN));
+    let env = [("SWITCHBOARD_TEST_PANIC", "turn-run:1"), ("SWITCHBOARD_TEST_TURN_IDLE_MS", "200")];
+    let g = Gateway::start_in_env(dir.path(), &dir.path().join("locks"), &config, &env);
+    g.wait_platform("tg", "connected", SOON);
+    fake.push_text(5, 5, "hello");
+    assert_eq!(texts(&fake.wait_sent(1, deadline(SOON))), ["echo: hello"], "{}", g.log());
+    assert!(g.log().contains("thread turn-1 panicked (test panic at turn-run); restarting"), "{}", g.log());
+    let idle = support::wait_until(deadline(SOON), || turn_threads(g.pid()) == 0);
+    assert!(idle, "{} turn threads left", turn_threads(g.pid()));
+    fake.push_text(5, 5, "again");
+    assert_eq!(texts(&fake.wait_sent(2, deadline(SOON))), ["echo: hello", "echo: again"], "{}", g.log());
+}
+
 #[test]
 fn router_panic_exits_1() {
     let fake = FakeTelegram::start(TOKEN);

@@ -2,7 +2,7 @@
 `[agent]`: which backend answers, and how the router runs turns.
 
 The table mixes two concerns on purpose, because users think of them together: the
-router's settings (`workers`, `busy`, `stream`, `edit_interval`) and the chosen backend's
+router's settings (`max_concurrent_turns`, `busy`, `stream`, `edit_interval`) and the chosen backend's
 own keys. Only the chosen backend's keys are read, so a key of another backend is
 reported as unknown (a `model` under `backend = "command"` is a mistake worth hearing
 about).
@@ -10,7 +10,7 @@ about).
 | key             | backend  | default   | meaning                                                   |
 |-----------------|----------|-----------|-----------------------------------------------------------|
 | `backend`       | all      | `"echo"`  | `echo`, `openai` or `command`                             |
-| `workers`       | all      | 4         | turns running at once (each of another session), ≥ 1      |
+| `max_concurrent_turns` | all | 64     | turns running at once (each of another session), 1 to 1024 |
 | `busy`          | all      | `"queue"` | a message during a turn: `queue` it, or `interrupt` the turn |
 | `stream`        | all      | false     | stream replies (edit the message as text arrives); `openai` only |
 | `edit_interval` | all      | `"1s"`    | least time between two edits of a streamed reply          |
@@ -26,6 +26,13 @@ about).
 | `command`       | command  | required  | `["program", "arg", …]`, run without a shell              |
 | `env`           | command  | `["PATH", "HOME", "LANG", "TZ", "USER"]` | the only variables the program gets |
 
+`max_concurrent_turns` used to be `workers` (default 4). The old name is still read, as a
+deprecated alias that loads with a warning asking to rename it: a gateway.toml copied from
+an old example must not stop a gateway on upgrade. Setting both is an error. A model
+server with a few slots (llama.cpp's `--parallel`, Ollama's `OLLAMA_NUM_PARALLEL`) wants
+the setting at its slot count: more turns would only wait in the server's queue, where
+`/stop` cannot reach them cheaply.
+
 `env` is an allowlist because the gateway's own environment holds the bot tokens and API
 keys the config expands: a program with tools could print them into a chat. Even a listed
 variable is withheld when its value holds one of the config's secrets (`command.rs`).
@@ -33,14 +40,15 @@ variable is withheld when its value holds one of the config's secrets (`command.
 
 use std::time::Duration;
 
-use crate::config::{Secret, Section};
+use crate::config::{ConfigError, Secret, Section};
 
 /// `[agent]`
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentConfig {
     pub backend: AgentBackend,
-    /// `workers`: how many turns (of different sessions) may run at once. At least 1.
-    pub workers: usize,
+    /// `max_concurrent_turns`: how many turns (of different sessions) may run at once,
+    /// from 1 to [`MAX_CONCURRENT_TURNS`].
+    pub max_concurrent_turns: usize,
     /// `busy`: what a message for a session with a running turn does.
     pub busy: BusyMode,
     /// `stream`: deliver a reply while it is written, by editing one message.
@@ -53,7 +61,7 @@ impl Default for AgentConfig {
     fn default() -> AgentConfig {
         AgentConfig {
             backend: AgentBackend::Echo,
-            workers: 4,
+            max_concurrent_turns: DEFAULT_CONCURRENT_TURNS,
             busy: BusyMode::Queue,
             stream: false,
             edit_interval: Duration::from_secs(1),
@@ -66,9 +74,9 @@ impl AgentConfig {
     pub fn describe(&self) -> String {
         let stream = if self.stream { "on" } else { "off" };
         format!(
-            "{}; workers {}, busy {}, stream {stream} (edit every {:?})",
+            "{}; up to {} turns at once, busy {}, stream {stream} (edit every {:?})",
             self.backend.describe(),
-            self.workers,
+            self.max_concurrent_turns,
             self.busy.as_str(),
             self.edit_interval
         )
@@ -82,6 +90,14 @@ impl AgentConfig {
         }
     }
 }
+
+/// `max_concurrent_turns` when absent. Real models take seconds: a small default makes
+/// the fiftieth user wait for forty-nine answers. A turn thread costs little (its stack is
+/// mostly untouched) and ends when idle (`crate::router`).
+pub const DEFAULT_CONCURRENT_TURNS: usize = 64;
+/// The most `max_concurrent_turns` may be: a thread each, and far beyond what one model
+/// server answers at once.
+pub const MAX_CONCURRENT_TURNS: u32 = 1024;
 
 /// `busy`: what happens to a message that arrives while its session's turn runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,17 +241,15 @@ impl CommandSettings {
     }
 }
 
-/// Read `[agent]`. Problems are recorded in the section.
-pub fn parse_config(s: &mut Section<'_>) -> AgentConfig {
+/// Read `[agent]`. Problems are recorded in the section; a deprecated key that still
+/// works goes into `warnings`.
+pub fn parse_config(s: &mut Section<'_>, warnings: &mut Vec<ConfigError>) -> AgentConfig {
     let d = AgentConfig::default();
     let kind = s.choice("backend", KINDS, Kind::Echo);
-    let workers = s.u32_or("workers", 4);
-    if workers == 0 {
-        s.invalid("workers", "must be at least 1");
-    }
+    let max_concurrent_turns = concurrent_turns(s, warnings);
     let edit_interval = positive_duration(s, "edit_interval", d.edit_interval);
     AgentConfig {
-        workers: (workers as usize).max(1),
+        max_concurrent_turns,
         busy: s.choice("busy", BUSY_MODES, d.busy),
         stream: s.bool_or("stream", d.stream),
         edit_interval,
@@ -245,6 +259,29 @@ pub fn parse_config(s: &mut Section<'_>) -> AgentConfig {
             Kind::Command => AgentBackend::Command(parse_command(s)),
         },
     }
+}
+
+/// `max_concurrent_turns`, or its old name `workers` with a warning.
+fn concurrent_turns(s: &mut Section<'_>, warnings: &mut Vec<ConfigError>) -> usize {
+    const KEY: &str = "max_concurrent_turns";
+    let (new, old) = (s.u32(KEY), s.u32("workers"));
+    let (key, n) = match (new, old) {
+        (Some(n), None) => (KEY, n),
+        (None, Some(n)) => {
+            let message = "renamed to `max_concurrent_turns` (read as that for now, default 64); rename the key";
+            warnings.push(s.note("workers", message));
+            ("workers", n)
+        }
+        (Some(n), Some(_)) => {
+            s.key_error("workers", "the old name of `max_concurrent_turns`, which is set too; remove this one");
+            (KEY, n)
+        }
+        (None, None) => return DEFAULT_CONCURRENT_TURNS,
+    };
+    if !(1..=MAX_CONCURRENT_TURNS).contains(&n) {
+        s.invalid(key, &format!("must be from 1 to {MAX_CONCURRENT_TURNS}"));
+    }
+    n.clamp(1, MAX_CONCURRENT_TURNS) as usize
 }
 
 fn parse_openai(s: &mut Section<'_>) -> OpenAiSettings {
@@ -358,9 +395,18 @@ mod tests {
     use super::*;
 
     fn parse(toml: &str, env: &[(&str, &str)]) -> (AgentConfig, Vec<String>) {
+        let (config, errors, warnings) = parse_warned(toml, env);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        (config, errors)
+    }
+
+    /// The config, its errors and its warnings.
+    fn parse_warned(toml: &str, env: &[(&str, &str)]) -> (AgentConfig, Vec<String>, Vec<String>) {
         let mut s = Section::new_for_test(toml, env);
-        let config = parse_config(&mut s);
-        (config, s.finish().iter().map(|e| e.to_string()).collect())
+        let mut warnings = vec![];
+        let config = parse_config(&mut s, &mut warnings);
+        let errors = s.finish().iter().map(|e| e.to_string()).collect();
+        (config, errors, warnings.iter().map(|e| e.to_string()).collect())
     }
 
     fn ok(toml: &str) -> AgentConfig {
@@ -370,27 +416,47 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_echo_with_four_queueing_workers() {
+    fn defaults_are_echo_with_64_queueing_turns() {
         let config = ok("");
         assert_eq!(config, AgentConfig::default());
-        assert_eq!(config.workers, 4);
+        assert_eq!(config.max_concurrent_turns, 64);
         assert_eq!(config.busy, BusyMode::Queue);
         assert!(!config.stream);
         assert_eq!(config.edit_interval, Duration::from_secs(1));
-        assert_eq!(config.describe(), "echo; workers 4, busy queue, stream off (edit every 1s)");
+        assert_eq!(config.describe(), "echo; up to 64 turns at once, busy queue, stream off (edit every 1s)");
     }
 
     #[test]
     fn router_settings() {
-        let config = ok("workers = 2\nbusy = \"interrupt\"\nstream = true\nedit_interval = \"500ms\"\n");
-        assert_eq!((config.workers, config.busy, config.stream), (2, BusyMode::Interrupt, true));
+        let config = ok("max_concurrent_turns = 2\nbusy = \"interrupt\"\nstream = true\nedit_interval = \"500ms\"\n");
+        assert_eq!((config.max_concurrent_turns, config.busy, config.stream), (2, BusyMode::Interrupt, true));
         assert_eq!(config.edit_interval, Duration::from_millis(500));
-        let (config, errors) = parse("workers = 0\nbusy = \"later\"\nedit_interval = \"0s\"\n", &[]);
-        assert_eq!(config.workers, 1);
+        let (config, errors) = parse("max_concurrent_turns = 0\nbusy = \"later\"\nedit_interval = \"0s\"\n", &[]);
+        assert_eq!(config.max_concurrent_turns, 1);
         assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(errors[0].contains("test.workers: must be at least 1"), "{errors:?}");
+        assert!(errors[0].contains("test.max_concurrent_turns: must be from 1 to 1024"), "{errors:?}");
         assert!(errors[1].contains("test.edit_interval: must be more than 0"), "{errors:?}");
         assert!(errors[2].contains("test.busy: unknown value `later`"), "{errors:?}");
+    }
+
+    /// Issue 8, section 1: `workers` was renamed; an old config still loads, with a
+    /// warning naming the new key, and means the same.
+    #[test]
+    fn workers_is_a_deprecated_alias_of_max_concurrent_turns() {
+        let (config, errors, warnings) = parse_warned("workers = 3\n", &[]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(config.max_concurrent_turns, 3);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("test.workers: renamed to `max_concurrent_turns`"), "{warnings:?}");
+        let (_, errors, _) = parse_warned("workers = 0\n", &[]);
+        assert!(errors[0].contains("test.workers: must be from 1 to 1024"), "{errors:?}");
+        let (config, errors, _) = parse_warned("workers = 3\nmax_concurrent_turns = 5\n", &[]);
+        assert_eq!(config.max_concurrent_turns, 5);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("test.workers: the old name of `max_concurrent_turns`"), "{errors:?}");
+        let (config, errors) = parse("max_concurrent_turns = 5000\n", &[]);
+        assert_eq!(config.max_concurrent_turns, 1024);
+        assert!(errors[0].contains("must be from 1 to 1024"), "{errors:?}");
     }
 
     #[test]

@@ -273,7 +273,7 @@ fn parse_document(
     let mut warnings = Vec::new();
     let gateway = read(&mut errors, root.section("gateway"), |s| read_gateway(s, &mut warnings));
     let reconnect = read(&mut errors, root.section("reconnect"), read_reconnect);
-    let agent = read(&mut errors, root.section("agent"), crate::agent::parse_config);
+    let agent = read(&mut errors, root.section("agent"), |s| crate::agent::parse_config(s, &mut warnings));
     let sessions = read(&mut errors, root.section("sessions"), crate::session::parse_config);
     let access = read(&mut errors, root.section("access"), crate::auth::parse_config);
     let delivery = read(&mut errors, root.section("delivery"), crate::delivery::parse_config);

@@ -171,8 +171,13 @@ impl<'a> Section<'a> {
     }
 
     pub fn u32_or(&mut self, key: &str, default: u32) -> u32 {
+        self.u32(key).unwrap_or(default)
+    }
+
+    /// A whole number up to `u32::MAX`, or `None` when absent or invalid.
+    pub fn u32(&mut self, key: &str) -> Option<u32> {
         // `unsigned` checked the bound, so the conversion cannot fail.
-        self.unsigned(key, u32::MAX.into()).and_then(|n| u32::try_from(n).ok()).unwrap_or(default)
+        self.unsigned(key, u32::MAX.into()).and_then(|n| u32::try_from(n).ok())
     }
 
     pub fn u64_or(&mut self, key: &str, default: u64) -> u64 {

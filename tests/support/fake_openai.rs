@@ -14,6 +14,9 @@ Script answers with [`FakeOpenAi::push_reply`], [`FakeOpenAi::push_reply_with_us
 [`Answer`]. Observe the requests with [`FakeOpenAi::requests`] (the JSON bodies),
 [`FakeOpenAi::calls`] (with arrival time and headers) and [`FakeOpenAi::wait_requests`],
 which blocks on a condition variable until the count is reached or the deadline passes.
+[`FakeOpenAi::hold`] keeps every answer back until [`FakeOpenAi::release`]; the fake
+counts the requests it is answering at once ([`FakeOpenAi::wait_in_flight`],
+[`FakeOpenAi::peak`]), which shows how many turns a gateway runs in parallel.
 
 Each request is handled on its own thread, so a slow answer never delays another.
 Dropping the fake releases held answers at once and stops the server.
@@ -81,6 +84,11 @@ struct State {
     calls: Vec<Call>,
     /// Streams whose client hung up: a write to it failed.
     hangups: usize,
+    /// Answers wait until this is false again.
+    held: bool,
+    /// Requests received whose answer has not begun, and the most there were at once.
+    in_flight: usize,
+    peak: usize,
     closing: bool,
 }
 
@@ -179,6 +187,27 @@ impl FakeOpenAi {
         self.shared.wait_until(deadline, |s| s.hangups >= n).hangups
     }
 
+    /// Keep every answer back (the scripted one included) until [`FakeOpenAi::release`].
+    pub fn hold(&self) {
+        self.shared.change(|s| s.held = true);
+    }
+
+    /// Send the answers held back, and answer at once from now on.
+    pub fn release(&self) {
+        self.shared.change(|s| s.held = false);
+    }
+
+    /// The most requests that waited for their answer at the same time.
+    pub fn peak(&self) -> usize {
+        self.shared.lock().peak
+    }
+
+    /// Wait until at least `n` requests wait for their answer at once or `deadline`
+    /// passes; returns how many do.
+    pub fn wait_in_flight(&self, n: usize, deadline: Instant) -> usize {
+        self.shared.wait_until(deadline, |s| s.in_flight >= n).in_flight
+    }
+
     /// Wait until at least `n` requests arrived or `deadline` passes; returns the count.
     pub fn wait_requests(&self, n: usize, deadline: Instant) -> usize {
         self.shared.wait_until(deadline, |s| s.calls.len() >= n).calls.len()
@@ -211,9 +240,20 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
     let stream = body["stream"] == json!(true);
     let answer = shared.change(|s| {
         s.calls.push(Call { at: Instant::now(), path, authorization, content_type, body });
+        s.in_flight += 1;
+        s.peak = s.peak.max(s.in_flight);
         s.script.pop_front().or_else(|| s.default.clone())
     });
-    serve(shared, request, answer.unwrap_or(Answer::Text { text: "ok".into(), usage: None }), stream);
+    let mut answer = answer.unwrap_or(Answer::Text { text: "ok".into(), usage: None });
+    drop(shared.wait_until(Instant::now() + Duration::from_secs(3600), |s| !s.held));
+    while let Answer::Slow(delay, inner) = answer {
+        drop(shared.wait_until(Instant::now() + delay, |_| false));
+        answer = *inner;
+    }
+    // Counted out before the answer is written: the client cannot have it, and send its
+    // next request, while this one still counts.
+    shared.change(|s| s.in_flight -= 1);
+    serve(shared, request, answer, stream);
 }
 
 fn serve(shared: &Shared, request: tiny_http::Request, answer: Answer, stream: bool) {
