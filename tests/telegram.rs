@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use serde_json::json;
-use switchboard::adapter::{Context, Fatal, Outlet, SendError};
+use switchboard::adapter::{Context, Fatal, Outlet, SendError, Stop};
 use switchboard::config::{PlatformSpec, Secret};
 use switchboard::delivery::Outbox;
 use switchboard::inbox::Accepted;
@@ -49,7 +49,7 @@ fn settings(fake: &FakeTelegram) -> TelegramSettings {
 struct Adapter {
     outlet: Arc<dyn Outlet>,
     inbound: Receiver<Accepted>,
-    stop: Sender<()>,
+    stop: Stop,
     done: Receiver<Result<(), Fatal>>,
 }
 
