@@ -275,6 +275,13 @@ impl Context {
     /// a stop is dropped unread, which is safe because nothing is acknowledged to a
     /// platform until its result has been handled.
     ///
+    /// A DNS lookup or a TCP connect in progress is not cut short (ureq's `shutdown`
+    /// closes established connections only): a stop during one waits for its own
+    /// timeout (`timeout_resolve`, `timeout_connect`). A name is looked up at most once
+    /// a minute ([`crate::net::resolve`]), and a graceful stop of the gateway gives up
+    /// on an adapter after the stop grace, so only a stop during a connect attempt to
+    /// an unresponsive host is slow.
+    ///
     /// A panic in `f` unwinds the adapter thread, so the harness reports it as the
     /// retryable `adapter_panic`: it is never mistaken for a stop.
     pub fn interruptible<T>(&self, f: impl FnOnce() -> T) -> Result<T, Stopped> {
