@@ -8,21 +8,30 @@ needs from the gateway comes through its [`Context`]; it never sees the supervis
 
 [`spawn`] runs one *generation* of a platform instance on its own named thread
 (`adapter-<name>`): take the host-wide token lock, connect, publish the outlet, report
-[`Event::Connected`], run, and report how it ended. A panic (on the adapter thread, or on
-a helper thread of [`Context::interruptible`]) is caught and reported as a retryable
-fatal `adapter_panic`, so one broken adapter never takes the gateway down. However a
-generation ends, its platform is no longer listed as connected; after a fatal end its
-outlet is withdrawn, after a clean one it still sends the replies already queued.
+[`Event::Connected`], run, and report how it ended. A panic is caught and reported as a
+retryable fatal `adapter_panic`, so one broken adapter never takes the gateway down.
+However a generation ends, its platform is no longer listed as connected; after a fatal
+end its outlet is withdrawn, after a clean one it still sends the replies already queued.
+
+A stop request must be honoured at once, even by an adapter blocked in a 30 s long poll,
+and without a thread per blocking call to wait on it (issue 8 §4: that was a thread per
+long poll). So the adapter makes its blocking calls on its own thread and registers, once,
+how to cut them short ([`Context::on_stop`]: shut down the ureq agent or the socket the
+calls run on). The [`Stop`] handle that requests the stop runs those actions, and the
+blocked read returns at once with an error that [`Context::interruptible`] reports as
+[`Stopped`].
 */
 
 use std::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::mem;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, select};
+use parking_lot::Mutex;
 
 use crate::config::PlatformInstance;
 use crate::delivery::Outbox;
@@ -77,8 +86,8 @@ pub trait Platform: Send {
     fn connect(&mut self, ctx: &Context) -> Result<Arc<dyn Outlet>, Fatal>;
 
     /// Receive until stopped (`Ok`) or broken (`Err`). Every blocking wait goes through
-    /// the context ([`Context::interruptible`], [`Context::sleep`]) so that a stop
-    /// request is honoured at once.
+    /// the context ([`Context::interruptible`] with [`Context::on_stop`],
+    /// [`Context::sleep`]) so that a stop request is honoured at once.
     fn run(&mut self, ctx: &Context) -> Result<(), Fatal>;
 }
 
@@ -163,18 +172,31 @@ pub struct Context {
     inbound: Sender<Accepted>,
     /// The journal that makes a hand-over durable; `None` outside the gateway (tests).
     inbox: Option<Arc<Inbox>>,
-    /// Never sent on: the supervisor drops the sender to request a stop, which wakes
-    /// every `select!` that includes this receiver.
+    /// Never sent on: [`Stop`] drops the sender to request a stop, which wakes every
+    /// `select!` that includes this receiver.
     stop: Receiver<()>,
+    /// What wakes the adapter's blocked I/O on a stop.
+    on_stop: Arc<StopActions>,
 }
 
 impl Context {
     /// A context for driving a platform outside the supervisor (tests, tools), with no
-    /// inbox journal. Dropping the returned sender requests a stop.
-    pub fn new(name: &str, state_dir: PathBuf, inbound: Sender<Accepted>) -> (Context, Sender<()>) {
-        let (stop_tx, stop) = bounded(0);
-        let ctx = Context { name: name.to_string(), generation: 0, state_dir, inbound, inbox: None, stop };
-        (ctx, stop_tx)
+    /// inbox journal. Dropping the returned [`Stop`] requests a stop.
+    pub fn new(name: &str, state_dir: PathBuf, inbound: Sender<Accepted>) -> (Context, Stop) {
+        Context::with_stop(name.to_string(), 0, state_dir, inbound, None)
+    }
+
+    fn with_stop(
+        name: String,
+        generation: u64,
+        state_dir: PathBuf,
+        inbound: Sender<Accepted>,
+        inbox: Option<Arc<Inbox>>,
+    ) -> (Context, Stop) {
+        let (signal, stop) = bounded(0);
+        let on_stop = Arc::new(StopActions::default());
+        let handle = Stop { signal: Some(signal), actions: on_stop.clone() };
+        (Context { name, generation, state_dir, inbound, inbox, stop, on_stop }, handle)
     }
 
     /// True once a stop has been requested.
@@ -237,39 +259,99 @@ impl Context {
         }
     }
 
-    /// Run a blocking call (a long poll, a read from stdin) on a helper thread and wait
-    /// for it or for a stop request, whichever comes first. A blocking socket read
-    /// cannot be cancelled from outside, so on stop the helper is left to finish on its
-    /// own; its result is dropped unread, which is safe because nothing is acknowledged
-    /// to a platform until its result has been handled.
+    /// Run `action` when a stop is requested (at once, if one already was), to wake
+    /// the blocking calls of this adapter: `agent.shutdown()` of the ureq agent its long
+    /// polls run on, `shutdown(Both)` of its socket. Register once per agent or socket,
+    /// not per call. The action runs on the thread that requests the stop (the
+    /// supervisor's), so it must not block; a panic in it is logged and goes no further.
+    pub fn on_stop(&self, action: impl FnOnce() + Send + 'static) {
+        self.on_stop.add(Box::new(action));
+    }
+
+    /// Make a blocking call (a long poll) on this thread, unless a stop was requested.
+    /// The call must be one that a stop cuts short, through an action registered with
+    /// [`Context::on_stop`]: a stop then makes it fail at once, and its failure is
+    /// reported as [`Stopped`], never as a network error. A result that comes in after
+    /// a stop is dropped unread, which is safe because nothing is acknowledged to a
+    /// platform until its result has been handled.
     ///
-    /// A panic in `f` is carried back and resumed on the calling thread, so the harness
-    /// reports it as the retryable `adapter_panic`: it is never mistaken for a stop. So
-    /// is a helper thread that cannot be started.
-    pub fn interruptible<T, F>(&self, f: F) -> Result<T, Stopped>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
-    {
-        let (tx, rx) = bounded(1);
-        let spawned = thread::Builder::new().name(format!("adapter-{}-io", self.name)).spawn(move || {
-            let _ = tx.send(catch_unwind(AssertUnwindSafe(|| {
-                crate::testhook::panic_point("adapter-io");
-                f()
-            })));
-        });
-        if let Err(e) = spawned {
-            panic!("cannot start a helper thread: {e}");
+    /// A DNS lookup or a TCP connect in progress is not cut short (ureq's `shutdown`
+    /// closes established connections only): a stop during one waits for its own
+    /// timeout (`timeout_resolve`, `timeout_connect`). A name is looked up at most once
+    /// a minute ([`crate::net::resolve`]), and a graceful stop of the gateway gives up
+    /// on an adapter after the stop grace, so only a stop during a connect attempt to
+    /// an unresponsive host is slow.
+    ///
+    /// A panic in `f` unwinds the adapter thread, so the harness reports it as the
+    /// retryable `adapter_panic`: it is never mistaken for a stop.
+    pub fn interruptible<T>(&self, f: impl FnOnce() -> T) -> Result<T, Stopped> {
+        if self.stop_requested() {
+            return Err(Stopped);
         }
-        select! {
-            recv(rx) -> res => match res {
-                Ok(Ok(value)) => Ok(value),
-                Ok(Err(payload)) => resume_unwind(payload),
-                // The helper always sends before it ends, whether `f` returned or panicked.
-                Err(_) => panic!("the helper thread ended without an answer"),
-            },
-            recv(self.stop) -> _ => Err(Stopped),
+        crate::testhook::panic_point("adapter-io");
+        let value = f();
+        if self.stop_requested() { Err(Stopped) } else { Ok(value) }
+    }
+}
+
+/// Requests a stop of one adapter generation when dropped (or on [`Stop::stop`]): wakes
+/// every wait of its [`Context`], then runs the actions it registered with
+/// [`Context::on_stop`].
+pub struct Stop {
+    signal: Option<Sender<()>>,
+    actions: Arc<StopActions>,
+}
+
+impl Stop {
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        // The stop is visible before any socket closes, so that an adapter woken by a
+        // closed connection sees a stop and not a network failure.
+        drop(self.signal.take());
+        self.actions.run();
+    }
+}
+
+/// One action of [`Context::on_stop`].
+type StopAction = Box<dyn FnOnce() + Send>;
+
+/// The actions of [`Context::on_stop`], and whether they already ran.
+#[derive(Default)]
+struct StopActions {
+    state: Mutex<(bool, Vec<StopAction>)>,
+}
+
+impl StopActions {
+    fn add(&self, action: StopAction) {
+        let mut state = self.state.lock();
+        if state.0 {
+            drop(state);
+            run_action(action);
+        } else {
+            state.1.push(action);
         }
+    }
+
+    fn run(&self) {
+        let actions = {
+            let mut state = self.state.lock();
+            state.0 = true;
+            mem::take(&mut state.1)
+        };
+        actions.into_iter().for_each(run_action);
+    }
+}
+
+/// Run one stop action. It runs on the supervisor's thread, which a bug in one adapter's
+/// action must not take down.
+fn run_action(action: StopAction) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(action)) {
+        log::error!("a stop action panicked: {}", supervise::panic_message(&*payload));
     }
 }
 
@@ -285,28 +367,26 @@ pub struct Wiring {
     pub state_dir: PathBuf,
 }
 
-/// A running generation. Dropping `stop` (or calling [`Running::stop`]) asks it to end.
+/// A running generation. Dropping it (or calling [`Running::stop`]) asks it to end.
 pub struct Running {
-    stop: Sender<()>,
+    stop: Stop,
 }
 
 impl Running {
     pub fn stop(self) {
-        drop(self.stop);
+        self.stop.stop();
     }
 }
 
 /// Start one generation of `instance` on its own thread.
 pub fn spawn(instance: &PlatformInstance, generation: u64, wiring: &Wiring) -> Running {
-    let (stop_tx, stop) = bounded(0);
-    let ctx = Context {
-        name: instance.name.clone(),
+    let (ctx, stop) = Context::with_stop(
+        instance.name.clone(),
         generation,
-        state_dir: wiring.state_dir.clone(),
-        inbound: wiring.inbound.clone(),
-        inbox: Some(wiring.inbox.clone()),
-        stop,
-    };
+        wiring.state_dir.clone(),
+        wiring.inbound.clone(),
+        Some(wiring.inbox.clone()),
+    );
     let events = wiring.events.clone();
     let (instance, wiring) = (instance.clone(), wiring.clone());
     let name = instance.name.clone();
@@ -335,7 +415,7 @@ pub fn spawn(instance: &PlatformInstance, generation: u64, wiring: &Wiring) -> R
         let fatal = Fatal::retryable("spawn_failed", format!("cannot start adapter thread: {e}"));
         let _ = events.send(Event::Fatal { name, generation, fatal });
     }
-    Running { stop: stop_tx }
+    Running { stop }
 }
 
 /// One generation: lock, connect, publish, run. The lock is held until this returns
@@ -365,23 +445,56 @@ mod tests {
         assert!(std::mem::size_of::<Fatal>() <= 80);
     }
 
+    /// Issue 8 §4: a blocking call ran on a new thread so that a stop need not wait for
+    /// it. It runs on the adapter's thread now, and a stop wakes it by shutting down the
+    /// socket it is blocked on.
     #[test]
-    fn interruptible_returns_at_once_on_stop() {
+    fn r_a_stop_wakes_a_blocked_read_through_its_stop_action() {
         let (inbound, _rx) = crossbeam_channel::unbounded();
         let (ctx, stop) = Context::new("t", PathBuf::from("."), inbound);
-        let started = std::time::Instant::now();
-        let waiter = thread::spawn(move || ctx.interruptible(|| thread::sleep(Duration::from_secs(5))));
-        thread::sleep(Duration::from_millis(20));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut socket = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_peer, _) = listener.accept().unwrap();
+        let closer = socket.try_clone().unwrap();
+        ctx.on_stop(move || drop(closer.shutdown(std::net::Shutdown::Both)));
+        let (blocked_tx, blocked) = bounded(1);
+        let reader = thread::spawn(move || {
+            ctx.interruptible(|| {
+                blocked_tx.send(()).unwrap();
+                // The peer never writes: only the shutdown ends this read.
+                std::io::Read::read(&mut socket, &mut [0; 16])
+            })
+        });
+        blocked.recv().unwrap();
         drop(stop);
-        assert_eq!(waiter.join().unwrap(), Err(Stopped));
-        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(reader.join().unwrap().map(drop), Err(Stopped));
     }
 
     #[test]
-    fn interruptible_resumes_a_panic_of_its_helper() {
+    fn a_stop_action_registered_after_the_stop_runs_at_once() {
+        let (inbound, _rx) = crossbeam_channel::unbounded();
+        let (ctx, stop) = Context::new("t", PathBuf::from("."), inbound);
+        let ran = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = ran.clone();
+        ctx.on_stop(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        ctx.on_stop(|| panic!("a broken stop action"));
+        stop.stop();
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let counter = ran.clone();
+        ctx.on_stop(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(ctx.interruptible(|| unreachable!("no call after a stop")), Err::<(), _>(Stopped));
+    }
+
+    #[test]
+    fn a_panic_in_a_blocking_call_is_not_a_stop() {
         let (inbound, _rx) = crossbeam_channel::unbounded();
         let (ctx, _stop) = Context::new("t", PathBuf::from("."), inbound);
-        let caught = catch_unwind(AssertUnwindSafe(|| ctx.interruptible(|| -> u8 { panic!("in the helper") })));
-        assert_eq!(supervise::panic_message(&*caught.unwrap_err()), "in the helper");
+        let caught = catch_unwind(AssertUnwindSafe(|| ctx.interruptible(|| -> u8 { panic!("in the call") })));
+        assert_eq!(supervise::panic_message(&*caught.unwrap_err()), "in the call");
     }
 }

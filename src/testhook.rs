@@ -11,7 +11,7 @@ The variable is a comma-separated list of points, each optionally with a count:
 `turn-run:2,typing:1` the first two turns and the first typing indicator. It is read
 once, at the first point reached.
 
-Points: `adapter-io` (the helper thread of [`crate::adapter::Context::interruptible`]),
+Points: `adapter-io` (a blocking call of [`crate::adapter::Context::interruptible`]),
 `outbox-send`, `turn-run`, `router`, `typing`, `directory-write`.
 */
 

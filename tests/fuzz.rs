@@ -62,9 +62,9 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use crossbeam_channel::{Receiver, bounded, unbounded};
 use serde_json::{Value, json};
-use switchboard::adapter::{Context, Fatal, Outlet, SendError};
+use switchboard::adapter::{Context, Fatal, Outlet, SendError, Stop};
 use switchboard::agent::{self, AgentBackend, AgentConfig, AgentErrorKind, Cancel, OpenAiSettings, Turn};
 use switchboard::auth::pairing::{Pairing, Request};
 use switchboard::commands::{self, Command};
@@ -675,7 +675,7 @@ struct TgRig {
 }
 
 struct Live {
-    stop: Sender<()>,
+    stop: Stop,
     done: Receiver<thread::Result<Result<(), Fatal>>>,
     inbound: Receiver<Accepted>,
 }
@@ -1897,7 +1897,7 @@ struct TgOutletRig {
     fake: FakeTelegram,
     outlet: Arc<dyn Outlet>,
     _dir: tempfile::TempDir,
-    _stop: Sender<()>,
+    _stop: Stop,
 }
 
 impl TgOutletRig {

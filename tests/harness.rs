@@ -5,6 +5,8 @@
 //! No test asserts how long something took (a loaded 2-core box makes any bound flaky;
 //! numbers belong in `make bench`): each checks what happened, and in which order.
 
+use std::io::Read;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -33,6 +35,9 @@ enum OnConnect {
     /// its bot token lock all the while), then connects; later ones connect at once.
     HangFirst(Duration),
     Connect,
+    /// Connect, then receive with a blocking socket read that only the stop action it
+    /// registers ends (no helper thread waits on it).
+    BlockedReader,
 }
 
 struct TestSpec {
@@ -77,6 +82,17 @@ impl Platform for TestPlatform {
     }
 
     fn run(&mut self, ctx: &Context) -> Result<(), Fatal> {
+        if let OnConnect::BlockedReader = self.on_connect {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut socket = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let closer = socket.try_clone().unwrap();
+            ctx.on_stop(move || drop(closer.shutdown(Shutdown::Both)));
+            // Nothing ever writes to it: the read ends when the stop shuts it down.
+            let read = ctx.interruptible(|| socket.read(&mut [0; 8]));
+            assert!(read.is_err(), "the read ended without a stop: {read:?}");
+            self.runs_ended.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
         // Receives nothing and ends only when asked to.
         while ctx.sleep(Duration::from_secs(3600)).is_ok() {}
         self.runs_ended.fetch_add(1, Ordering::SeqCst);
@@ -220,6 +236,25 @@ fn a_stop_request_ends_a_receive_loop_at_once() {
     assert_eq!(decision.code, 0);
     let s = wait_status(dir.path(), "stopped", |s| s["state"] == "stopped");
     assert_eq!(s["platforms"]["idle"]["state"], "stopped");
+}
+
+/// Issue 8 §4: a blocking call runs on the adapter thread (a helper thread per call
+/// was a thread per long poll). A stop request from the supervisor runs the stop action
+/// the adapter registered, which shuts the socket down under the blocked read: the
+/// receive loop ends and reports its stop, rather than being abandoned.
+#[test]
+fn r_a_stop_request_wakes_a_receive_loop_blocked_in_a_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs_ended = Arc::new(AtomicU32::new(0));
+    let reader = instance_counting("reader", OnConnect::BlockedReader, runs_ended.clone());
+    let (stop, done) = supervise(config(dir.path(), vec![reader]));
+    wait_status(dir.path(), "connected", |s| s["platforms"]["reader"]["state"] == "connected");
+    stop.send(()).unwrap();
+    let decision = done.recv_timeout(Duration::from_secs(3)).unwrap();
+    assert_eq!(runs_ended.load(Ordering::SeqCst), 1, "the blocked read did not end");
+    assert_eq!(decision.code, 0);
+    let s = wait_status(dir.path(), "stopped", |s| s["state"] == "stopped");
+    assert_eq!(s["platforms"]["reader"]["state"], "stopped");
 }
 
 /// Issue 7 §6: whether this process holds a token lock is decided by bookkeeping, not by

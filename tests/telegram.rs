@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use serde_json::json;
-use switchboard::adapter::{Context, Fatal, Outlet, SendError};
+use switchboard::adapter::{Context, Fatal, Outlet, SendError, Stop};
 use switchboard::config::{PlatformSpec, Secret};
 use switchboard::delivery::Outbox;
 use switchboard::inbox::Accepted;
@@ -49,7 +49,7 @@ fn settings(fake: &FakeTelegram) -> TelegramSettings {
 struct Adapter {
     outlet: Arc<dyn Outlet>,
     inbound: Receiver<Accepted>,
-    stop: Sender<()>,
+    stop: Stop,
     done: Receiver<Result<(), Fatal>>,
 }
 
@@ -319,6 +319,43 @@ fn stop_during_a_long_poll_is_prompt() {
         start(TelegramSettings { poll_timeout: Duration::from_secs(60), ..settings(&fake) }, dir.path()).unwrap();
     assert_eq!(fake.wait_count("getUpdates", 1, deadline(SOON)), 1);
     assert_eq!(adapter.stop(), Ok(()));
+}
+
+/// Issue 8 §4: a stop cuts the long poll short by shutting down the adapter's agent
+/// (no helper thread waits on it any more). The outlet sends on an agent of its own, so
+/// the replies to what was received still go out after a clean stop.
+#[test]
+fn r_the_outlet_still_sends_after_a_stop_mid_long_poll() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let Adapter { outlet, inbound: _inbound, stop, done } =
+        start(TelegramSettings { poll_timeout: Duration::from_secs(60), ..settings(&fake) }, dir.path()).unwrap();
+    assert_eq!(fake.wait_count("getUpdates", 1, deadline(SOON)), 1);
+    drop(stop);
+    assert_eq!(done.recv_timeout(SOON).expect("run ends after a stop"), Ok(()));
+    let msg = Outbound { chat_id: "42".into(), thread_id: None, reply_to: None, edit_of: None, text: "late".into() };
+    assert!(outlet.send(&msg).is_ok());
+    assert_eq!(fake.sent(), [("42".to_string(), "late".to_string())]);
+}
+
+/// A stop while connecting (a `getMe` the server holds for a minute) is honoured at
+/// once too: connect ends cleanly, and no second call is made.
+#[test]
+fn stop_during_connect_is_prompt() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    fake.inject("getMe", Fault::Hang(Duration::from_secs(60)), 1);
+    let (tx, _rx) = unbounded();
+    let (ctx, stop) = Context::new(NAME, dir.path().to_path_buf(), tx);
+    let mut platform = TelegramSpec::new(settings(&fake)).build();
+    let (done_tx, done) = bounded(1);
+    thread::spawn(move || {
+        let _ = done_tx.send(platform.connect(&ctx).map(drop));
+    });
+    assert_eq!(fake.wait_count("getMe", 1, deadline(SOON)), 1);
+    drop(stop);
+    assert_eq!(done.recv_timeout(SOON).expect("connect ends after a stop"), Ok(()));
+    assert_eq!((fake.count("getMe"), fake.count("deleteWebhook")), (1, 0));
 }
 
 #[test]

@@ -3,7 +3,8 @@ HTTP client setup and failure classification shared by every HTTP platform.
 
 ureq 3 sets no timeouts by default, so a silent network would block an adapter thread
 for ever: [`agent`] builds an `Agent` where resolving, connecting and the whole request
-each have a deadline. It also turns off `http_status_as_error`, because an error built
+each have a deadline, and names that need no lookup (IP addresses, `localhost`) are
+resolved without a thread ([`super::resolve`]). It also turns off `http_status_as_error`, because an error built
 from a status carries neither headers nor body, and a platform needs both to honour a 429
 (`Retry-After`, Telegram's `parameters.retry_after`). Build one agent per adapter
 generation and share it by clone: clones share the connection pool.
@@ -28,6 +29,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ureq::Agent;
 use ureq::http::HeaderMap;
+use ureq::unversioned::transport::DefaultConnector;
+
+use super::resolve::Resolver;
 
 /// The largest response body [`read_body`] accepts. Chat APIs answer in kilobytes; this
 /// only stops a broken server from filling the memory of a 256 MB box.
@@ -39,17 +43,22 @@ pub const MAX_BODY: u64 = 8 * 1024 * 1024;
 /// body included. A long poll overrides the latter per request:
 /// `agent.post(url).config().timeout_global(Some(poll + margin)).build()`.
 /// Status codes come back as responses, never as `Err` (see the module doc).
+///
+/// A request blocked on the network is stopped from another thread by
+/// `agent.clone().shutdown()`, which closes the agent's connections under it (and fails
+/// its later requests): give a call that a stop must cut short an agent of its own.
 pub fn agent(connect: Duration, request: Duration) -> Agent {
     let config = Agent::config_builder()
         .http_status_as_error(false)
         // Without a resolve timeout getaddrinfo runs on the calling thread and cannot be
-        // bounded; with one, ureq resolves on a helper thread it can abandon.
+        // bounded; with one, a lookup runs on a helper thread that can be abandoned. The
+        // resolver starts one only for a name it has not looked up within a minute.
         .timeout_resolve(Some(connect))
         .timeout_connect(Some(connect))
         .timeout_global(Some(request))
         .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
         .build();
-    config.into()
+    Agent::with_parts(config, DefaultConnector::default(), Resolver)
 }
 
 /// Read a response body, at most [`MAX_BODY`] bytes.

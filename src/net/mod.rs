@@ -13,6 +13,7 @@ the wild were `retry_after = 18446744073709551615` and a `Retry-After` date in t
 */
 
 pub mod http;
+pub mod resolve;
 
 use std::time::Duration;
 

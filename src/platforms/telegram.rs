@@ -609,7 +609,12 @@ impl From<Stopped> for Halt {
 /// One generation of a Telegram instance.
 struct Telegram {
     settings: Arc<TelegramSettings>,
+    /// For the adapter's own calls (`getMe`, `deleteWebhook`, `getUpdates`): its agent
+    /// is shut down on a stop, which cuts a long poll short.
     api: Api,
+    /// For the outlet's sends, on an agent of their own: they go on after a clean stop
+    /// (replies to what was received), so the stop must not close their connections.
+    send_api: Api,
     /// The next `getUpdates` offset: one past the last update handled.
     offset: Option<i64>,
     /// The offset last written to (or read from) `cursor`.
@@ -622,16 +627,20 @@ struct Telegram {
 
 impl Telegram {
     fn new(settings: Arc<TelegramSettings>) -> Telegram {
-        let agent = http::agent(settings.request_timeout, settings.request_timeout);
-        let api = Api { agent, api_base: settings.api_base.clone(), token: settings.token.clone() };
-        Telegram { settings, api, offset: None, stored: None, cursor: PathBuf::new(), username: None }
+        let api = |s: &TelegramSettings| Api {
+            agent: http::agent(s.request_timeout, s.request_timeout),
+            api_base: s.api_base.clone(),
+            token: s.token.clone(),
+        };
+        let (api, send_api) = (api(&settings), api(&settings));
+        Telegram { settings, api, send_api, offset: None, stored: None, cursor: PathBuf::new(), username: None }
     }
 
     /// Call `method` until it succeeds, the retry policy gives up, or a stop is requested.
-    /// The call runs on a helper thread so that a stop never waits for the network.
+    /// A stop shuts down the agent (see `connect`), so it never waits for the network.
     fn request<T>(&self, ctx: &Context, retries: &mut Retries, method: &'static str, body: &Value) -> Result<T, Halt>
     where
-        T: DeserializeOwned + Send + 'static,
+        T: DeserializeOwned,
     {
         // A long poll may rightly take `poll_timeout` before it answers; the margin
         // covers connecting and the transfer.
@@ -641,8 +650,7 @@ impl Telegram {
         };
         let body = body.to_string();
         loop {
-            let (api, body) = (self.api.clone(), body.clone());
-            match ctx.interruptible(move || api.call::<T>(method, &body, timeout))? {
+            match ctx.interruptible(|| self.api.call::<T>(method, &body, timeout))? {
                 Ok(value) => {
                     retries.reset();
                     return Ok(value);
@@ -732,7 +740,9 @@ impl Telegram {
 
 impl Platform for Telegram {
     fn connect(&mut self, ctx: &Context) -> Result<Arc<dyn Outlet>, Fatal> {
-        let outlet = Arc::new(TelegramOutlet { api: self.api.clone(), timeout: self.settings.request_timeout });
+        let agent = self.api.agent.clone();
+        ctx.on_stop(move || agent.shutdown());
+        let outlet = Arc::new(TelegramOutlet { api: self.send_api.clone(), timeout: self.settings.request_timeout });
         match self.prepare(ctx) {
             // On a stop the harness sees `stop_requested` and ends the generation cleanly.
             Ok(()) | Err(Halt::Stopped) => Ok(outlet),
@@ -748,7 +758,7 @@ impl Platform for Telegram {
     }
 }
 
-/// Sends to Telegram from the delivery workers, over the adapter's agent. Telegram has
+/// Sends to Telegram from the delivery workers, over an agent of its own. Telegram has
 /// no idempotency key for `sendMessage`, so the outlet is not idempotent: a send whose
 /// outcome is unknown is set aside by the outbox, never repeated.
 struct TelegramOutlet {
