@@ -128,9 +128,10 @@ impl Lane {
         self.in_flight
     }
 
-    /// Chats with deliveries queued and none in flight: work another worker could do.
-    pub fn idle_chats(&self) -> usize {
-        self.chats.values().filter(|c| !c.busy).count()
+    /// Whether one more worker would find work: every worker is sending, a chat with
+    /// deliveries queued has none in flight, and `max_in_flight` allows another.
+    pub fn wants_worker(&self) -> bool {
+        self.workers < self.max_in_flight && self.workers <= self.in_flight && self.chats.values().any(|c| !c.busy)
     }
 
     /// Whether something could be sent, or is being sent.

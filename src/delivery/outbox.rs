@@ -142,10 +142,14 @@ impl Outbox {
         let msg = super::cap_message(msg, self.shared.config.max_message_bytes, platform);
         let Some(record) = to_record(msg, limit) else { return Ok(()) };
         let stem = store.write(&record)?;
-        if let Some(lane) = self.shared.state.lock().lanes.get_mut(platform) {
-            lane.add(stem, record.outbound.chat_id);
-        }
+        let mut state = self.shared.state.lock();
+        let Some(lane) = state.lanes.get_mut(platform) else { return Ok(()) };
+        lane.add(stem, record.outbound.chat_id);
+        // Only a started outbox grows (`start_workers` starts the first).
+        let grow = if lane.workers > 0 { grow(&mut state, platform) } else { None };
+        drop(state);
         self.shared.wake.notify_all();
+        self.spawn_grown(platform, grow);
         Ok(())
     }
 
@@ -222,32 +226,41 @@ impl Outbox {
     /// Start one worker thread per platform that has none. More are started as work
     /// for more chats queues up, up to the instance's `max_in_flight`.
     pub fn start_workers(&self) -> io::Result<()> {
-        let names: Vec<String> = {
-            let state = self.shared.state.lock();
-            state.lanes.iter().filter(|(_, l)| l.workers == 0).map(|(n, _)| n.clone()).collect()
+        let names: Vec<(String, usize)> = {
+            let mut state = self.shared.state.lock();
+            let mut names = Vec::new();
+            for (name, lane) in state.lanes.iter_mut().filter(|(_, l)| l.workers == 0) {
+                lane.workers = 1;
+                names.push((name.clone(), 1));
+            }
+            state.workers += names.len();
+            names
         };
-        for name in &names {
-            self.spawn_worker(name)?;
+        let mut result = Ok(());
+        for (name, n) in names {
+            // Each is tried: a failed one undid its own count.
+            result = result.and(self.spawn_worker(&name, n));
         }
-        Ok(())
+        result
     }
 
-    /// Start one more worker for `name`, counted before it runs.
-    fn spawn_worker(&self, name: &str) -> io::Result<()> {
-        let n = {
-            let mut state = self.shared.state.lock();
-            let Some(lane) = state.lanes.get_mut(name) else { return Ok(()) };
-            lane.workers += 1;
-            let n = lane.workers;
-            state.workers += 1;
-            n
-        };
+    /// Start worker number `n` of `name`, already counted in the lane and the state.
+    fn spawn_worker(&self, name: &str, n: usize) -> io::Result<()> {
         let outbox = self.clone();
         // Lives as long as the thread, across restarts after a panic; a failed spawn
         // drops it with the closure, which undoes the count.
         let mut running = Running { shared: self.shared.clone(), name: name.to_string(), job: None };
         let thread = if n == 1 { format!("outbox-{name}") } else { format!("outbox-{name}-{n}") };
         supervise::spawn(thread, move || outbox.work(&mut running))
+    }
+
+    /// Start the worker [`grow`] counted, if any.
+    fn spawn_grown(&self, name: &str, grow: Option<usize>) {
+        if let Some(n) = grow
+            && let Err(e) = self.spawn_worker(name, n)
+        {
+            log::warn!("{name}: cannot start another outbox worker: {e}");
+        }
     }
 
     /// Wait until nothing more can be sent now (every platform with an outlet has an
@@ -342,11 +355,9 @@ impl Outbox {
             let wake = match lane.next(now) {
                 Ok(pick) => {
                     let (outlet, store) = (lane.outlet.as_ref()?.1.clone(), lane.store.clone());
-                    let grow = lane.workers < lane.max_in_flight && lane.idle_chats() > 0;
+                    let grow = grow(&mut state, name);
                     drop(state);
-                    if grow && let Err(e) = self.spawn_worker(name) {
-                        log::warn!("{name}: cannot start another outbox worker: {e}");
-                    }
+                    self.spawn_grown(name, grow);
                     self.shared.wake.notify_all();
                     return Some(Job { pick, outlet, store });
                 }
@@ -566,6 +577,16 @@ impl Drop for Running {
         drop(state);
         self.shared.wake.notify_all();
     }
+}
+
+/// Count one more worker for `name` if its lane wants one; its number. Counted under
+/// the lock, so that two threads never both grow the lane past `max_in_flight`.
+fn grow(state: &mut State, name: &str) -> Option<usize> {
+    let lane = state.lanes.get_mut(name).filter(|l| l.wants_worker())?;
+    lane.workers += 1;
+    let n = lane.workers;
+    state.workers += 1;
+    Some(n)
 }
 
 /// Queue a stem found on disk, its chat read from its file.
