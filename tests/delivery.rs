@@ -795,6 +795,29 @@ fn max_in_flight_is_respected() {
     }
 }
 
+/// Streamed previews are sent outside the queue (`Outbox::outlet`), but count against the
+/// same limits: a preview edit the chat's window has no room for is refused at once, and
+/// a queued reply to that chat waits its turn while other chats go.
+#[test]
+fn previews_sent_outside_the_queue_count_against_the_send_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = SendLimits { chat: Some(Rate::new(1, Duration::from_secs(60))), ..SendLimits::NONE };
+    let config =
+        DeliveryConfig { pacing: [(P.to_string(), Pacing { max_in_flight: 8, limits })].into(), ..settings(10) };
+    let outbox = open(dir.path(), config);
+    let outlet = TestOutlet::new();
+    outbox.publish(P, 1, outlet.clone(), LIMIT);
+    let preview = outbox.outlet(P).unwrap();
+    assert!(preview.send(&to("a", "The ")).is_ok());
+    assert!(matches!(preview.edit("a", "m1", "The answer"), Err(SendError::RetryAfter(_))));
+    outbox.enqueue(P, to("a", "The answer is 42.")).unwrap();
+    outbox.enqueue(P, to("b", "to b")).unwrap();
+    assert_eq!(outlet.wait_sent(2), ["The ", "to b"]);
+    assert!(!wait_until(deadline(Duration::from_millis(300)), || outlet.sent().len() > 2), "chat a went again");
+    assert_eq!(outbox.pending(P), 1);
+    stop(&outbox);
+}
+
 /// `send_limits = false` turns the limiter off; the declared limits are on by default;
 /// rates can be overridden per instance; bad values name the key.
 #[test]

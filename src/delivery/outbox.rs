@@ -61,6 +61,11 @@ use crate::text::{self, Limit};
 /// How often an idle worker lists its directory for deliveries queued by other processes.
 const SCAN_EVERY: Duration = Duration::from_secs(1);
 
+/// The longest a send outside the queue (a streamed preview) waits for the limiter:
+/// long enough for a preview edited every second to make its chat's window, short
+/// enough not to stall the stream it shows.
+const PACED_WAIT: Duration = Duration::from_millis(250);
+
 /// How often, at run time, parked deliveries past `[delivery] retention` are removed.
 const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
 
@@ -213,9 +218,32 @@ impl Outbox {
         self.shared.state.lock().lanes.get(name).is_some_and(|l| l.connected)
     }
 
-    /// The live outlet of `name`, for typing indicators and streamed previews.
+    /// The live outlet of `name`, for typing indicators and streamed previews, which
+    /// are sent outside the queue. Its sends and edits count against the instance's send
+    /// limits like the queue's: one the limiter holds back for more than [`PACED_WAIT`]
+    /// is refused as `RetryAfter` (a preview is best effort; the answer itself goes
+    /// through the queue). Typing is not counted.
     pub fn outlet(&self, name: &str) -> Option<Arc<dyn Outlet>> {
-        self.shared.state.lock().lanes.get(name)?.outlet.as_ref().map(|(_, o)| o.clone())
+        let inner = self.shared.state.lock().lanes.get(name)?.outlet.as_ref().map(|(_, o)| o.clone())?;
+        Some(Arc::new(Paced { outbox: self.clone(), name: name.to_string(), inner }))
+    }
+
+    /// Let one message to `chat` of `name` go outside the queue, after a wait of at most
+    /// [`PACED_WAIT`] for the limiter.
+    fn admit(&self, name: &str, chat: &str) -> Result<(), SendError> {
+        let mut state = self.shared.state.lock();
+        let latest = Instant::now() + PACED_WAIT;
+        loop {
+            let Some(lane) = state.lanes.get_mut(name) else { return Ok(()) };
+            let now = Instant::now();
+            match lane.pace(chat, now) {
+                Ok(()) => return Ok(()),
+                Err(at) if at > latest => return Err(SendError::RetryAfter(at.saturating_duration_since(now))),
+                Err(at) => {
+                    self.shared.wake.wait_until(&mut state, at);
+                }
+            }
+        }
     }
 
     /// Queued deliveries of `name`, the ones being sent included.
@@ -552,6 +580,37 @@ impl Outbox {
             log::error!("{name}: cannot set {} aside: {e}", job.pick.stem);
         }
         Verdict::Done
+    }
+}
+
+/// The outlet [`Outbox::outlet`] hands out: paced by the instance's limiter.
+struct Paced {
+    outbox: Outbox,
+    name: String,
+    inner: Arc<dyn Outlet>,
+}
+
+impl Outlet for Paced {
+    fn send(&self, msg: &Outbound) -> Result<Option<String>, SendError> {
+        self.outbox.admit(&self.name, &msg.chat_id)?;
+        self.inner.send(msg)
+    }
+
+    fn can_edit(&self) -> bool {
+        self.inner.can_edit()
+    }
+
+    fn edit(&self, chat_id: &str, message_id: &str, text: &str) -> Result<(), SendError> {
+        self.outbox.admit(&self.name, chat_id)?;
+        self.inner.edit(chat_id, message_id, text)
+    }
+
+    fn typing(&self, chat_id: &str, thread_id: Option<&str>) {
+        self.inner.typing(chat_id, thread_id);
+    }
+
+    fn idempotent(&self) -> bool {
+        self.inner.idempotent()
     }
 }
 
