@@ -151,7 +151,7 @@ pub trait PlatformSpec: Send + Sync {
     }
 
     /// What the platform lets a bot send (messages and edits), enforced by the outbox
-    /// before each request ([`crate::delivery::Limiter`]). Defaults to no limits.
+    /// before each request. Defaults to no limits.
     fn send_limits(&self) -> SendLimits {
         SendLimits::NONE
     }

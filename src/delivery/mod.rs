@@ -13,6 +13,9 @@ unless the platform de-duplicates by itself.
   `:` (Matrix); [`parse_target`] and [`Target::resolve`].
 - [`Outbox`] (`outbox.rs`): the handle the gateway holds — enqueue, publish and withdraw
   outlets, workers, drain, quit — and the retry policy.
+- `lane.rs`: the schedule of one instance — per chat in order, chats in parallel up to
+  `max_in_flight`, waits that hold only the chat they concern.
+- `limiter.rs`: the platform's send limits ([`SendLimits`]), enforced before each message.
 - `store.rs`: the files (`state_dir/outbox/NAME/`, `unknown/`, `state_dir/deadletter/NAME/`),
   their names and format, crash recovery.
 
@@ -31,6 +34,13 @@ wait after the first failed attempt, doubling after each), `retry_cap` ("5m"),
 answer of the gateway's own (an agent run wild) is cut to the limit with a visible
 marker and a warning ([`cap_message`]), never split into thousands. `retention` ("720h":
 30 days) bounds how long parked deliveries are kept.
+
+Per instance, in its `[platforms.NAME]` table ([`parse_pacing`], kept in
+[`DeliveryConfig::pacing`]): `max_in_flight` (8), `send_limits` (`true`: the limits the
+platform declares, [`crate::config::PlatformSpec::send_limits`]; `false`: none), and
+`send_rate`, `chat_send_rate`, `group_send_rate` to override one (`"30/1s"`, `"off"`).
+They live in the platform's table because they are the platform's: a bot with raised
+limits, a test fake with none.
 */
 
 mod lane;

@@ -220,7 +220,7 @@ impl Outbox {
 
     /// The live outlet of `name`, for typing indicators and streamed previews, which
     /// are sent outside the queue. Its sends and edits count against the instance's send
-    /// limits like the queue's: one the limiter holds back for more than [`PACED_WAIT`]
+    /// limits like the queue's: one the limiter holds back for more than 250 ms
     /// is refused as `RetryAfter` (a preview is best effort; the answer itself goes
     /// through the queue). Typing is not counted.
     pub fn outlet(&self, name: &str) -> Option<Arc<dyn Outlet>> {
@@ -380,9 +380,15 @@ impl Outbox {
                 }
                 continue;
             }
+            // No outlet: nothing to pick until one is published (or the next listing).
+            let Some(outlet) = lane.outlet.as_ref().map(|(_, o)| o.clone()) else {
+                let wake = lane.next_scan;
+                self.shared.wake.wait_until(&mut state, wake);
+                continue;
+            };
             let wake = match lane.next(now) {
                 Ok(pick) => {
-                    let (outlet, store) = (lane.outlet.as_ref()?.1.clone(), lane.store.clone());
+                    let store = lane.store.clone();
                     let grow = grow(&mut state, name);
                     drop(state);
                     self.spawn_grown(name, grow);
