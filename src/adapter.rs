@@ -125,8 +125,13 @@ pub trait Outlet: Send + Sync {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SendError {
-    /// The platform asked us to wait this long before the next request (HTTP 429).
+    /// The platform asked us to wait this long before the next request to this chat
+    /// (HTTP 429).
     RetryAfter(Duration),
+    /// The platform asked us to wait this long before any request at all: its limit
+    /// is on the whole bot, not one chat (Discord's `global: true`; Telegram's 429
+    /// names no scope and is always [`SendError::RetryAfter`]).
+    RetryAfterAll(Duration),
     /// The request did not reach the platform, or it answered 5xx: try again later.
     Transient(String),
     /// The request went out but no answer came (a timeout after sending): the message
@@ -143,6 +148,7 @@ impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SendError::RetryAfter(d) => write!(f, "rate limited, retry after {d:?}"),
+            SendError::RetryAfterAll(d) => write!(f, "rate limited on every chat, retry after {d:?}"),
             SendError::Transient(m) => write!(f, "transient send failure: {m}"),
             SendError::Unknown(m) => write!(f, "outcome unknown: {m}"),
             SendError::Rejected(m) => write!(f, "rejected: {m}"),

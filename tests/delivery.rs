@@ -20,11 +20,13 @@ use parking_lot::{Condvar, Mutex};
 
 use switchboard::adapter::{Context, Outlet, SendError};
 use switchboard::config::{self, Config};
-use switchboard::delivery::{self, DeliveryConfig, Outbox, Target, parse_target, send_command};
+use switchboard::delivery::{
+    self, DeliveryConfig, Outbox, Pacing, Rate, SendLimits, Target, parse_target, send_command,
+};
 use switchboard::message::Outbound;
 use switchboard::text::{Limit, Unit};
 
-use support::fake_telegram::{FakeTelegram, Fault, TOKEN};
+use support::fake_telegram::{FakeTelegram, Fault, TOKEN, api_error, rate_limited};
 use support::{deadline, wait_until};
 
 const P: &str = "p";
@@ -47,6 +49,10 @@ struct Calls {
     edits: Vec<(String, String, String)>,
     /// When each send or edit was attempted.
     attempts: Vec<Instant>,
+    /// The chat of each attempt.
+    attempt_chats: Vec<String>,
+    /// (chat, text) of each send, in order.
+    sent_to: Vec<(String, String)>,
     /// Answers to the next attempts (`None`: success); then `always`, or success.
     script: VecDeque<Option<SendError>>,
     always: Option<SendError>,
@@ -99,10 +105,11 @@ impl TestOutlet {
         self.attempts()
     }
 
-    /// Record an attempt and take its scripted answer.
-    fn answer(&self, record: impl FnOnce(&mut Calls)) -> Result<(), SendError> {
+    /// Record an attempt to `chat` and take its scripted answer.
+    fn answer(&self, chat: &str, record: impl FnOnce(&mut Calls)) -> Result<(), SendError> {
         let mut state = self.state.lock();
         state.attempts.push(Instant::now());
+        state.attempt_chats.push(chat.to_string());
         let answer = state.script.pop_front().unwrap_or_else(|| state.always.clone());
         if answer.is_none() {
             record(&mut state);
@@ -115,7 +122,10 @@ impl TestOutlet {
 
 impl Outlet for TestOutlet {
     fn send(&self, msg: &Outbound) -> Result<Option<String>, SendError> {
-        self.answer(|c| c.sent.push(msg.text.clone()))?;
+        self.answer(&msg.chat_id, |c| {
+            c.sent.push(msg.text.clone());
+            c.sent_to.push((msg.chat_id.clone(), msg.text.clone()));
+        })?;
         Ok(Some(format!("m{}", self.sent().len())))
     }
 
@@ -124,7 +134,7 @@ impl Outlet for TestOutlet {
     }
 
     fn edit(&self, chat_id: &str, message_id: &str, text: &str) -> Result<(), SendError> {
-        self.answer(|c| c.edits.push((chat_id.into(), message_id.into(), text.into())))
+        self.answer(chat_id, |c| c.edits.push((chat_id.into(), message_id.into(), text.into())))
     }
 
     fn idempotent(&self) -> bool {
@@ -509,15 +519,21 @@ fn a_closed_outlet_keeps_its_queue_and_is_not_sent_to_again() {
 
 /// A config with a Telegram instance `tg` on `fake`, home channel 42, state in `dir`.
 fn telegram_config(dir: &Path, fake: &FakeTelegram) -> Config {
+    telegram_config_with(dir, fake, "retry_wait = \"20ms\"\n", "")
+}
+
+/// [`telegram_config`] with these `[delivery]` keys and more keys for `tg`.
+fn telegram_config_with(dir: &Path, fake: &FakeTelegram, delivery: &str, tg: &str) -> Config {
     let toml = format!(
         "[gateway]\nstate_dir = \"{state}\"\nlock_dir = \"{locks}\"\n\
-         [delivery]\nretry_wait = \"20ms\"\n\
+         [delivery]\n{delivery}\
          [platforms.tg]\nkind = \"telegram\"\ntoken = \"{TOKEN}\"\napi_base = \"{url}\"\nhome_channel = \"42\"\n\
-         poll_timeout = \"1s\"\nrequest_timeout = \"1s\"\n\
+         poll_timeout = \"1s\"\n{timeout}{tg}\
          [platforms.off]\nkind = \"telegram\"\nenabled = false\ntoken = \"1:x\"\n",
         state = dir.join("state").display(),
         locks = dir.join("locks").display(),
         url = fake.url(),
+        timeout = if tg.contains("request_timeout") { "" } else { "request_timeout = \"1s\"\n" },
     );
     config::parse_str(&toml, Path::new("test.toml"), &|_| None).expect("a valid test config")
 }
@@ -618,6 +634,218 @@ fn a_telegram_send_that_times_out_is_not_sent_twice() {
     assert!(wait_until(deadline(SOON), || delivery::unknown_outcomes(&config.gateway.state_dir).len() == 1));
     assert!(!wait_until(deadline(Duration::from_millis(300)), || fake.sent().len() > 2), "re-sent");
     stop(&outbox);
+}
+
+// ---------------------------------------------------------------------------------------
+// Per chat in order, across chats in parallel (issue 8, "Outbox")
+
+fn to(chat: &str, text: &str) -> Outbound {
+    Outbound { chat_id: chat.into(), ..msg(text) }
+}
+
+/// `DeliveryConfig` for `P` with `max_in_flight` and no send limits.
+fn parallel(max_in_flight: usize) -> DeliveryConfig {
+    let pacing = Pacing { max_in_flight, limits: SendLimits::NONE };
+    DeliveryConfig { pacing: [(P.to_string(), pacing)].into(), ..settings(10) }
+}
+
+/// Issue 8: one chat the API answered with 500 held nine replies to other chats behind
+/// its retries of 2, 4, 8, 16 s. Now the others are delivered while it is still retrying.
+#[test]
+fn one_chat_answered_500_does_not_delay_replies_to_other_chats() {
+    let fake = FakeTelegram::start(TOKEN);
+    fake.fail_chat("13", Some(Fault::Status(500, api_error(500, "Internal Server Error"))));
+    let dir = tempfile::tempdir().unwrap();
+    // Waits long enough that, sent one after another, the others could not make it in time.
+    let config = telegram_config_with(dir.path(), &fake, "retry_wait = \"2s\"\n", "");
+    let outbox = gateway(&config);
+    outbox.enqueue("tg", to("13", "to the broken chat")).unwrap();
+    assert!(fake.wait_count("sendMessage", 1, deadline(SOON)) >= 1);
+    for chat in 1..=9 {
+        outbox.enqueue("tg", to(&chat.to_string(), &format!("reply {chat}"))).unwrap();
+    }
+    let sent = fake.wait_sent(9, deadline(SOON));
+    let mut chats: Vec<String> = sent.iter().map(|(c, _)| c.clone()).collect();
+    chats.sort_by_key(|c| c.parse::<u32>().unwrap_or(0));
+    assert_eq!(chats, (1..=9).map(|c| c.to_string()).collect::<Vec<_>>(), "{sent:?}");
+    // The broken chat is still queued and retrying, not given up.
+    assert!(wait_until(deadline(SOON), || outbox.pending("tg") == 1), "{}", outbox.pending("tg"));
+    assert!(delivery::dead_letters(&config.gateway.state_dir).is_empty());
+    stop(&outbox);
+}
+
+/// A 429 on one chat holds that chat (and its later replies, in order), not the others.
+#[test]
+fn a_429_on_one_chat_holds_only_that_chat() {
+    let fake = FakeTelegram::start(TOKEN);
+    fake.fail_chat("7", Some(Fault::Status(429, rate_limited(60))));
+    let dir = tempfile::tempdir().unwrap();
+    let config = telegram_config(dir.path(), &fake);
+    let outbox = gateway(&config);
+    outbox.enqueue("tg", to("7", "first to 7")).unwrap();
+    outbox.enqueue("tg", to("7", "second to 7")).unwrap();
+    for chat in ["1", "2", "3"] {
+        outbox.enqueue("tg", to(chat, "hello")).unwrap();
+    }
+    let sent = fake.wait_sent(3, deadline(SOON));
+    assert!(sent.iter().all(|(chat, _)| chat != "7"), "{sent:?}");
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    // Chat 7 was asked once, waits its minute, and its second reply waits behind the first.
+    let asked_7 = |fake: &FakeTelegram| {
+        let chat = |c: &&support::fake_telegram::Call| c.params["chat_id"].to_string().trim_matches('"') == "7";
+        fake.calls("sendMessage").iter().filter(chat).count()
+    };
+    assert_eq!(asked_7(&fake), 1);
+    assert!(!wait_until(deadline(Duration::from_millis(300)), || asked_7(&fake) > 1), "asked again");
+    assert!(wait_until(deadline(SOON), || outbox.pending("tg") == 2), "{}", outbox.pending("tg"));
+    stop(&outbox);
+}
+
+/// A 429 the platform says is global holds every chat of the instance until it is over.
+/// (Telegram's 429 names no scope, so only an outlet that knows can say so.)
+#[test]
+fn a_429_the_platform_marks_global_holds_every_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(dir.path(), parallel(1));
+    let outlet = TestOutlet::new();
+    outlet.fail([SendError::RetryAfterAll(Duration::from_millis(400))]);
+    for chat in ["a", "b", "c"] {
+        outbox.enqueue(P, to(chat, chat)).unwrap();
+    }
+    outbox.publish(P, 1, outlet.clone(), LIMIT);
+    outlet.wait_attempts(1);
+    assert!(!wait_until(deadline(Duration::from_millis(200)), || outlet.attempts().len() > 1), "another chat went");
+    assert_eq!(outlet.wait_sent(3).len(), 3);
+    let at = outlet.attempts();
+    assert!(at[1] - at[0] >= Duration::from_millis(400), "{:?}", at[1] - at[0]);
+    assert_eq!(outlet.state.lock().attempt_chats, ["a", "a", "b", "c"]);
+
+    // The same 429 for one chat only: the others go at once.
+    outbox.withdraw(P, 1);
+    let outlet = TestOutlet::new();
+    outlet.fail([SendError::RetryAfter(Duration::from_secs(60))]);
+    for chat in ["a", "b", "c"] {
+        outbox.enqueue(P, to(chat, chat)).unwrap();
+    }
+    outbox.publish(P, 2, outlet.clone(), LIMIT);
+    assert_eq!(outlet.wait_sent(2), ["b", "c"]);
+    assert!(wait_until(deadline(SOON), || outbox.pending(P) == 1), "{}", outbox.pending(P));
+    stop(&outbox);
+}
+
+/// Order is kept within each chat (every chunk of a long message, then the next reply)
+/// while chats are sent in parallel.
+#[test]
+fn order_within_a_chat_is_kept_under_parallel_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DeliveryConfig {
+        pacing: [(P.to_string(), Pacing { max_in_flight: 8, limits: SendLimits::NONE })].into(),
+        ..settings(10)
+    };
+    let outbox = Outbox::open(dir.path(), config, &[(P.to_string(), SMALL)]).unwrap();
+    outbox.start_workers().unwrap();
+    let chats: Vec<String> = (0..12).map(|c| format!("c{c}")).collect();
+    for i in 0..10 {
+        for chat in &chats {
+            outbox.enqueue(P, to(chat, &format!("{chat} reply {i}"))).unwrap();
+        }
+        // A long one in the middle of one chat: its three chunks come before reply 6.
+        if i == 5 {
+            outbox.enqueue(P, to("c0", &long_text())).unwrap();
+        }
+    }
+    let outlet = TestOutlet::new();
+    outbox.publish(P, 1, outlet.clone(), SMALL);
+    let n = chats.len() * 10 + switchboard::text::split(&long_text(), SMALL).len();
+    assert_eq!(outlet.wait_sent(n).len(), n);
+    let sent_to = outlet.state.lock().sent_to.clone();
+    for chat in &chats {
+        let texts: Vec<&str> = sent_to.iter().filter(|(c, _)| c == chat).map(|(_, t)| t.as_str()).collect();
+        let mut want: Vec<String> = (0..10).map(|i| format!("{chat} reply {i}")).collect();
+        if chat == "c0" {
+            let chunks = switchboard::text::split(&long_text(), SMALL);
+            want.splice(6..6, chunks);
+        }
+        assert_eq!(texts, want, "chat {chat}");
+    }
+    assert_eq!(outbox.drain(deadline(SOON)), 0);
+    stop(&outbox);
+}
+
+/// At most `max_in_flight` sends per instance are in flight at once (default 8), each to
+/// a different chat; the fake counts them.
+#[test]
+fn max_in_flight_is_respected() {
+    // Held sends must not time out meanwhile.
+    for (key, max) in [("request_timeout = \"30s\"\n", 8), ("request_timeout = \"30s\"\nmax_in_flight = 3\n", 3)] {
+        let fake = FakeTelegram::start(TOKEN);
+        let dir = tempfile::tempdir().unwrap();
+        let config = telegram_config_with(dir.path(), &fake, "", key);
+        let outbox = gateway(&config);
+        fake.hold_sends(true);
+        for chat in 1..=20 {
+            outbox.enqueue("tg", to(&chat.to_string(), "hi")).unwrap();
+        }
+        assert_eq!(fake.wait_sends_in_flight(max, deadline(SOON)), max, "{key}");
+        assert!(!wait_until(deadline(Duration::from_millis(300)), || fake.sends_in_flight().0 > max), "{key}");
+        fake.hold_sends(false);
+        assert_eq!(fake.wait_sent(20, deadline(SOON)).len(), 20, "{key}");
+        assert_eq!(fake.sends_in_flight().1, max, "{key}");
+        stop(&outbox);
+    }
+}
+
+/// Streamed previews are sent outside the queue (`Outbox::outlet`), but count against the
+/// same limits: a preview edit the chat's window has no room for is refused at once, and
+/// a queued reply to that chat waits its turn while other chats go.
+#[test]
+fn previews_sent_outside_the_queue_count_against_the_send_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = SendLimits { chat: Some(Rate::new(1, Duration::from_secs(60))), ..SendLimits::NONE };
+    let config =
+        DeliveryConfig { pacing: [(P.to_string(), Pacing { max_in_flight: 8, limits })].into(), ..settings(10) };
+    let outbox = open(dir.path(), config);
+    let outlet = TestOutlet::new();
+    outbox.publish(P, 1, outlet.clone(), LIMIT);
+    let preview = outbox.outlet(P).unwrap();
+    assert!(preview.send(&to("a", "The ")).is_ok());
+    assert!(matches!(preview.edit("a", "m1", "The answer"), Err(SendError::RetryAfter(_))));
+    outbox.enqueue(P, to("a", "The answer is 42.")).unwrap();
+    outbox.enqueue(P, to("b", "to b")).unwrap();
+    assert_eq!(outlet.wait_sent(2), ["The ", "to b"]);
+    assert!(!wait_until(deadline(Duration::from_millis(300)), || outlet.sent().len() > 2), "chat a went again");
+    assert_eq!(outbox.pending(P), 1);
+    stop(&outbox);
+}
+
+/// `send_limits = false` turns the limiter off; the declared limits are on by default;
+/// rates can be overridden per instance; bad values name the key.
+#[test]
+fn send_limits_are_settings_per_instance() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let pacing = |tg: &str| telegram_config_with(dir.path(), &fake, "", tg).delivery.pacing["tg"];
+    let telegram = pacing("").limits;
+    assert_eq!(telegram.total, Some(Rate::new(30, Duration::from_secs(1))));
+    assert_eq!(telegram.chat, Some(Rate::new(1, Duration::from_secs(1))));
+    assert_eq!(telegram.group, Some(Rate::new(20, Duration::from_secs(60))));
+    assert_eq!(pacing("").max_in_flight, 8);
+    assert!(pacing("send_limits = false\n").limits.is_none());
+    let raised = pacing("send_rate = \"100/1s\"\nchat_send_rate = \"off\"\ngroup_send_rate = \"30/m\"\n").limits;
+    assert_eq!(raised.total, Some(Rate::new(100, Duration::from_secs(1))));
+    assert_eq!(raised.chat, None);
+    assert_eq!(raised.group, Some(Rate::new(30, Duration::from_secs(60))));
+    for (bad, key) in [
+        ("send_rate = \"fast\"\n", "send_rate"),
+        ("chat_send_rate = \"0/1s\"\n", "chat_send_rate"),
+        ("max_in_flight = 0\n", "max_in_flight"),
+        ("max_in_flight = 1000\n", "max_in_flight"),
+    ] {
+        let toml =
+            format!("[platforms.tg]\nkind = \"telegram\"\ntoken = \"{TOKEN}\"\napi_base = \"{}\"\n{bad}", fake.url());
+        let err = config::parse_str(&toml, Path::new("t.toml"), &|_| None).unwrap_err().to_string();
+        assert!(err.contains(key), "{bad}: {err}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

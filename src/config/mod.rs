@@ -23,6 +23,7 @@ mod section;
 mod tests;
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,8 +33,10 @@ use std::time::Duration;
 use toml::de::DeTable;
 
 use crate::adapter::Platform;
+use crate::delivery::{Pacing, SendLimits};
 use crate::platforms::Kind;
 
+pub(crate) use duration::parse as parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 use section::Doc;
 pub use section::Section;
@@ -145,6 +148,12 @@ pub trait PlatformSpec: Send + Sync {
     /// are split to fit before they are queued.
     fn message_limit(&self) -> crate::text::Limit {
         crate::text::Limit { max: 4096, unit: crate::text::Unit::Chars }
+    }
+
+    /// What the platform lets a bot send (messages and edits), enforced by the outbox
+    /// before each request. Defaults to no limits.
+    fn send_limits(&self) -> SendLimits {
+        SendLimits::NONE
     }
 }
 
@@ -276,8 +285,8 @@ fn parse_document(
     let agent = read(&mut errors, root.section("agent"), |s| crate::agent::parse_config(s, &mut warnings));
     let sessions = read(&mut errors, root.section("sessions"), crate::session::parse_config);
     let access = read(&mut errors, root.section("access"), crate::auth::parse_config);
-    let delivery = read(&mut errors, root.section("delivery"), crate::delivery::parse_config);
-    let platforms = read_platforms(root.section("platforms"), kinds, &mut errors);
+    let mut delivery = read(&mut errors, root.section("delivery"), crate::delivery::parse_config);
+    let platforms = read_platforms(root.section("platforms"), kinds, &mut errors, &mut delivery.pacing);
     errors.extend(root.finish());
     if !errors.is_empty() {
         return Err(ConfigErrors::sorted(errors));
@@ -346,7 +355,13 @@ fn read_reconnect(s: &mut Section<'_>) -> Reconnect {
 
 /// Every `[platforms.NAME]` table, sorted by name. Tables that cannot be built (bad
 /// kind) are left out; their problems are in `errors`, so the load fails anyway.
-fn read_platforms(mut table: Section<'_>, kinds: &[Kind], errors: &mut Vec<ConfigError>) -> Vec<PlatformInstance> {
+/// Each instance's outbox keys go into `pacing`.
+fn read_platforms(
+    mut table: Section<'_>,
+    kinds: &[Kind],
+    errors: &mut Vec<ConfigError>,
+    pacing: &mut BTreeMap<String, Pacing>,
+) -> Vec<PlatformInstance> {
     let mut out = Vec::new();
     for (name, mut section) in table.sections() {
         if !is_valid_name(&name) {
@@ -359,6 +374,9 @@ fn read_platforms(mut table: Section<'_>, kinds: &[Kind], errors: &mut Vec<Confi
             );
         }
         let instance = read_platform(name.clone(), &mut section, kinds);
+        if let Some(p) = &instance {
+            pacing.insert(name.clone(), crate::delivery::parse_pacing(&mut section, p.spec.send_limits()));
+        }
         if let Some(other) = instance.as_ref().and_then(|p| same_token(p, &out)) {
             let message = format!(
                 "uses the same bot token as [platforms.{other}]: two pollers on one token knock each other off"

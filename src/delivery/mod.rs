@@ -13,6 +13,9 @@ unless the platform de-duplicates by itself.
   `:` (Matrix); [`parse_target`] and [`Target::resolve`].
 - [`Outbox`] (`outbox.rs`): the handle the gateway holds — enqueue, publish and withdraw
   outlets, workers, drain, quit — and the retry policy.
+- `lane.rs`: the schedule of one instance — per chat in order, chats in parallel up to
+  `max_in_flight`, waits that hold only the chat they concern.
+- `limiter.rs`: the platform's send limits ([`SendLimits`]), enforced before each message.
 - `store.rs`: the files (`state_dir/outbox/NAME/`, `unknown/`, `state_dir/deadletter/NAME/`),
   their names and format, crash recovery.
 
@@ -31,17 +34,28 @@ wait after the first failed attempt, doubling after each), `retry_cap` ("5m"),
 answer of the gateway's own (an agent run wild) is cut to the limit with a visible
 marker and a warning ([`cap_message`]), never split into thousands. `retention` ("720h":
 30 days) bounds how long parked deliveries are kept.
+
+Per instance, in its `[platforms.NAME]` table ([`parse_pacing`], kept in
+[`DeliveryConfig::pacing`]): `max_in_flight` (8), `send_limits` (`true`: the limits the
+platform declares, [`crate::config::PlatformSpec::send_limits`]; `false`: none), and
+`send_rate`, `chat_send_rate`, `group_send_rate` to override one (`"30/1s"`, `"off"`).
+They live in the platform's table because they are the platform's: a bot with raised
+limits, a test fake with none.
 */
 
+mod lane;
+mod limiter;
 mod outbox;
 mod store;
 pub mod target;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use crate::message::Outbound;
 
+pub use limiter::{Rate, SendLimits};
 pub use outbox::Outbox;
 
 pub use store::{Parked, ParkedSummary};
@@ -66,6 +80,74 @@ pub struct DeliveryConfig {
     /// How long dead letters and unknown-outcome files are kept before they are
     /// removed (at startup, and about daily while running).
     pub retention: Duration,
+    /// How each platform instance sends, by instance name (read from its
+    /// `[platforms.NAME]` table); an instance not named here gets [`Pacing::default`].
+    pub pacing: BTreeMap<String, Pacing>,
+}
+
+/// How the outbox of one platform instance sends: how many requests at once, how fast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pacing {
+    /// Sends in flight at once, each to a different chat (`max_in_flight`).
+    pub max_in_flight: usize,
+    /// What the limiter enforces: the platform's declared limits, with the instance's
+    /// overrides (`send_limits`, `send_rate`, `chat_send_rate`, `group_send_rate`).
+    pub limits: SendLimits,
+}
+
+/// The default of `[platforms.NAME] max_in_flight`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+/// The largest `max_in_flight` accepted: each one may become a thread.
+const MAX_MAX_IN_FLIGHT: u64 = 64;
+
+impl Default for Pacing {
+    /// Eight at once and no limits: what an instance the config does not describe gets
+    /// (a test harness).
+    fn default() -> Pacing {
+        Pacing { max_in_flight: DEFAULT_MAX_IN_FLIGHT, limits: SendLimits::NONE }
+    }
+}
+
+/// Read the outbox keys of a `[platforms.NAME]` table, starting from the limits its
+/// platform declares. Problems are recorded in the section.
+pub fn parse_pacing(s: &mut Section<'_>, declared: SendLimits) -> Pacing {
+    let max_in_flight = s.u64_or("max_in_flight", DEFAULT_MAX_IN_FLIGHT as u64);
+    if !(1..=MAX_MAX_IN_FLIGHT).contains(&max_in_flight) {
+        s.invalid("max_in_flight", &format!("must be from 1 to {MAX_MAX_IN_FLIGHT}"));
+    }
+    // In range, or an error was recorded and the value is not used.
+    let max_in_flight = usize::try_from(max_in_flight.clamp(1, MAX_MAX_IN_FLIGHT)).unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+    let mut limits = if s.bool_or("send_limits", true) { declared } else { SendLimits::NONE };
+    for (key, scope) in
+        [("send_rate", &mut limits.total), ("chat_send_rate", &mut limits.chat), ("group_send_rate", &mut limits.group)]
+    {
+        let Some(text) = s.string(key) else { continue };
+        match parse_rate(&text) {
+            Ok(rate) => *scope = rate,
+            Err(why) => s.invalid(key, &why),
+        }
+    }
+    Pacing { max_in_flight, limits }
+}
+
+/// `"30/1s"`, `"1/s"`, `"20/1m"`: at most that many messages in any window that long;
+/// `"off"`: no limit.
+fn parse_rate(text: &str) -> Result<Option<Rate>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    let invalid = || format!("invalid rate `{text}`: write COUNT/DURATION, e.g. \"30/1s\" or \"20/1m\", or \"off\"");
+    let (count, per) = text.split_once('/').ok_or_else(invalid)?;
+    let count: u32 = count.trim().parse().map_err(|_| invalid())?;
+    let per = per.trim();
+    let per = if per.starts_with(|c: char| c.is_ascii_digit()) { per.to_string() } else { format!("1{per}") };
+    let per = crate::config::parse_duration(&per).map_err(|_| invalid())?;
+    if count == 0 || per.is_zero() {
+        return Err(format!(
+            "invalid rate `{text}`: the count and the duration must be greater than 0 (or write \"off\")"
+        ));
+    }
+    Ok(Some(Rate::new(count, per)))
 }
 
 /// The default of `[delivery] max_message_bytes`: 64 KiB, 16 Telegram messages.
@@ -86,6 +168,7 @@ impl Default for DeliveryConfig {
             retry_cap: Duration::from_secs(300),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             retention: Duration::from_secs(30 * 24 * 3600),
+            pacing: BTreeMap::new(),
         }
     }
 }
@@ -114,7 +197,14 @@ pub fn parse_config(s: &mut Section<'_>) -> DeliveryConfig {
     if retention.is_zero() {
         s.invalid("retention", "must be greater than 0 (a dead letter must stay long enough to be seen)");
     }
-    DeliveryConfig { max_delivery_attempts, retry_wait, retry_cap, max_message_bytes, retention }
+    DeliveryConfig {
+        max_delivery_attempts,
+        retry_wait,
+        retry_cap,
+        max_message_bytes,
+        retention,
+        pacing: BTreeMap::new(),
+    }
 }
 
 /// `msg` with its text cut to `max` bytes (at a character boundary, the marker

@@ -1,40 +1,47 @@
 /*!
-The outbox handle and its workers: one worker thread (`outbox-NAME`) per platform
-instance sends that instance's queue in order while it has a published [`Outlet`], and
-waits while it has none. A worker that panics is restarted ([`supervise::spawn`]) and
-goes on with its queue.
+The outbox handle and its workers. Each platform instance has its own workers
+(`outbox-NAME`, `outbox-NAME-2`, …): one at first, more as deliveries to more chats queue
+up, up to the instance's `max_in_flight`. Which delivery a worker takes is [`super::lane`]'s
+choice: one at a time per chat, in order, chats in parallel, each message only when the
+instance's limiter allows it ([`super::limiter`]). Workers send while the instance has a
+published [`Outlet`] and wait while it has none. A worker that panics is restarted
+([`supervise::spawn`]) and its delivery handed back.
 
 State is split between disk and memory. The files ([`super::store`]) are the truth: a
 delivery is durable before [`Outbox::enqueue`] returns and leaves the disk only once the
-platform confirmed it, or when it is set aside. Memory holds the outlets, the queued file
-stems per platform, and whether a worker is sending or waiting out a retry, so that
+platform confirmed it, or when it is set aside. Memory holds the outlets and the schedule
+([`super::lane`]: the queued stems per chat, what is in flight, the waits), so that
 [`Outbox::drain`] and [`Outbox::pending`] need no disk access.
 
 A `switchboard send` from another process writes files only; a worker picks them up by
 listing its directory at most once a second while it waits (one `readdir` of a small
-directory per platform per second), and at once when its own process enqueues.
+directory per platform per second, and one read of each file it did not know, for its
+chat), and at once when its own process enqueues.
 
 Per delivery, by the outlet's answer:
 
 | answer            | then                                                                      |
 |-------------------|---------------------------------------------------------------------------|
 | sent              | file removed                                                              |
-| `RetryAfter(d)`   | wait `d`, not counted as an attempt                                       |
-| `Transient`       | count an attempt; wait `retry_wait`, doubling up to `retry_cap`; after `max_delivery_attempts` dead-letter it |
+| `RetryAfter(d)`   | the chat waits `d`, not counted as an attempt                             |
+| `RetryAfterAll(d)`| every chat of the instance waits `d`, not counted                         |
+| `Transient`       | count an attempt; the chat waits `retry_wait`, doubling up to `retry_cap`; after `max_delivery_attempts` dead-letter it |
 | `Unknown`         | set aside in `unknown/`, not re-sent — unless the outlet is idempotent or the delivery is an edit (repeating an edit is harmless), then as `Transient` |
 | `Rejected`        | dead-letter at once                                                       |
 | `Closed`          | kept queued, not counted; the outlet is withdrawn until the platform publishes a new one |
 
 A long message is one file holding all its chunks ([`super::store`]): one attempt sends
-them in order, recording progress after each, and a failure settles the chunks not yet
-sent by the table above (an unknown outcome sets aside only the chunk it concerns).
+them in order, each when the limiter allows it, recording progress after each, and a
+failure settles the chunks not yet sent by the table above (an unknown outcome sets aside
+only the chunk it concerns).
 
-A delivery blocks the ones behind it while it waits: order per platform is kept. Every
-wait ends at once on [`Outbox::quit`], and a transient wait ends early when the platform
-publishes a new outlet (it reconnected, so the failure was probably the outage).
+A delivery that waits blocks the later ones to its chat only: order per chat is kept, and
+a chat that fails or is rate limited never delays the others. Every wait ends at once on
+[`Outbox::quit`], and a transient wait ends early when the platform publishes a new
+outlet (it reconnected, so the failure was probably the outage).
 */
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +50,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::DeliveryConfig;
+use super::lane::{Lane, Pick, Settle};
 use super::store::{self, Claim, Park, Record, Store, unix_now};
 use crate::adapter::{Outlet, SendError};
 use crate::backoff;
@@ -52,6 +60,11 @@ use crate::text::{self, Limit};
 
 /// How often an idle worker lists its directory for deliveries queued by other processes.
 const SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest a send outside the queue (a streamed preview) waits for the limiter:
+/// long enough for a preview edited every second to make its chat's window, short
+/// enough not to stall the stream it shows.
+const PACED_WAIT: Duration = Duration::from_millis(250);
 
 /// How often, at run time, parked deliveries past `[delivery] retention` are removed.
 const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
@@ -74,38 +87,15 @@ struct Shared {
 struct State {
     lanes: BTreeMap<String, Lane>,
     quit: bool,
-    /// Worker threads still running.
+    /// Worker threads still running, of every lane.
     workers: usize,
     /// When parked deliveries older than `retention` are removed next.
     next_prune: Option<Instant>,
 }
 
-/// One platform instance.
-struct Lane {
-    store: Store,
-    limit: Limit,
-    outlet: Option<(u64, Arc<dyn Outlet>)>,
-    /// The generation that published `outlet` is running (see [`Outbox::stopped`]).
-    connected: bool,
-    /// Stems of queued deliveries (files may have gone meanwhile; a claim tells).
-    queue: BTreeSet<String>,
-    /// A worker is sending the first delivery.
-    busy: bool,
-    worker: bool,
-    /// No send before `until`.
-    hold: Option<Hold>,
-}
-
-#[derive(Clone, Copy)]
-struct Hold {
-    until: Instant,
-    /// After a transient failure (a rate limit is not lifted by a reconnect).
-    transient: bool,
-}
-
 /// The next delivery for a worker.
 struct Job {
-    stem: String,
+    pick: Pick,
     outlet: Arc<dyn Outlet>,
     store: Store,
 }
@@ -116,8 +106,10 @@ enum Verdict {
     Done,
     /// Try again after this wait (a failed attempt).
     Retry(Duration),
-    /// The platform asked for this wait.
+    /// The platform asked this chat to wait.
     Wait(Duration),
+    /// The platform asked for no request at all for this long.
+    WaitAll(Duration),
 }
 
 impl Outbox {
@@ -125,13 +117,18 @@ impl Outbox {
     /// tidying what an earlier run left ([`super::store`]). Starts no thread.
     pub fn open(state_dir: &Path, config: DeliveryConfig, platforms: &[(String, Limit)]) -> io::Result<Outbox> {
         let mut state = State::default();
+        let now = Instant::now();
         for (name, limit) in platforms {
             let store = Store::new(state_dir, name);
-            let queue = store.recover()?.into_iter().collect();
-            state.lanes.insert(name.clone(), Lane::new(store, *limit, queue));
+            let pacing = config.pacing.get(name).copied().unwrap_or_default();
+            let mut lane = Lane::new(store.clone(), *limit, pacing, now);
+            for stem in store.recover()? {
+                queue_found(&mut lane, &store, stem);
+            }
+            state.lanes.insert(name.clone(), lane);
         }
         store::prune_parked(state_dir, config.retention);
-        state.next_prune = Instant::now().checked_add(PRUNE_EVERY);
+        state.next_prune = now.checked_add(PRUNE_EVERY);
         let shared =
             Shared { state_dir: state_dir.to_path_buf(), config, state: Mutex::new(state), wake: Condvar::new() };
         Ok(Outbox { shared: Arc::new(shared) })
@@ -150,10 +147,14 @@ impl Outbox {
         let msg = super::cap_message(msg, self.shared.config.max_message_bytes, platform);
         let Some(record) = to_record(msg, limit) else { return Ok(()) };
         let stem = store.write(&record)?;
-        if let Some(lane) = self.shared.state.lock().lanes.get_mut(platform) {
-            lane.queue.insert(stem);
-        }
+        let mut state = self.shared.state.lock();
+        let Some(lane) = state.lanes.get_mut(platform) else { return Ok(()) };
+        lane.add(stem, record.outbound.chat_id);
+        // Only a started outbox grows (`start_workers` starts the first).
+        let grow = if lane.workers > 0 { grow(&mut state, platform) } else { None };
+        drop(state);
         self.shared.wake.notify_all();
+        self.spawn_grown(platform, grow);
         Ok(())
     }
 
@@ -176,14 +177,13 @@ impl Outbox {
         let mut state = self.shared.state.lock();
         let lane = state.lanes.entry(name.to_string()).or_insert_with(|| {
             // Not opened with the outbox (a test harness): it works, without recovery.
-            Lane::new(Store::new(&self.shared.state_dir, name), limit, BTreeSet::new())
+            let pacing = self.shared.config.pacing.get(name).copied().unwrap_or_default();
+            Lane::new(Store::new(&self.shared.state_dir, name), limit, pacing, Instant::now())
         });
         lane.outlet = Some((generation, outlet));
         lane.connected = true;
         lane.limit = limit;
-        if lane.hold.is_some_and(|h| h.transient) {
-            lane.hold = None;
-        }
+        lane.lift_transient_holds();
         drop(state);
         self.shared.wake.notify_all();
     }
@@ -218,48 +218,77 @@ impl Outbox {
         self.shared.state.lock().lanes.get(name).is_some_and(|l| l.connected)
     }
 
-    /// The live outlet of `name`, for typing indicators and streamed previews.
+    /// The live outlet of `name`, for typing indicators and streamed previews, which
+    /// are sent outside the queue. Its sends and edits count against the instance's send
+    /// limits like the queue's: one the limiter holds back for more than 250 ms
+    /// is refused as `RetryAfter` (a preview is best effort; the answer itself goes
+    /// through the queue). Typing is not counted.
     pub fn outlet(&self, name: &str) -> Option<Arc<dyn Outlet>> {
-        self.shared.state.lock().lanes.get(name)?.outlet.as_ref().map(|(_, o)| o.clone())
+        let inner = self.shared.state.lock().lanes.get(name)?.outlet.as_ref().map(|(_, o)| o.clone())?;
+        Some(Arc::new(Paced { outbox: self.clone(), name: name.to_string(), inner }))
     }
 
-    /// Queued deliveries of `name`, the one being sent included.
-    pub fn pending(&self, name: &str) -> usize {
-        self.shared.state.lock().lanes.get(name).map_or(0, |l| l.queue.len())
-    }
-
-    /// Start one worker thread per platform that has none.
-    pub fn start_workers(&self) -> io::Result<()> {
-        let names: Vec<String> = {
-            let mut state = self.shared.state.lock();
-            let names: Vec<String> = state.lanes.iter().filter(|(_, l)| !l.worker).map(|(n, _)| n.clone()).collect();
-            for name in &names {
-                if let Some(lane) = state.lanes.get_mut(name) {
-                    lane.worker = true;
+    /// Let one message to `chat` of `name` go outside the queue, after a wait of at most
+    /// [`PACED_WAIT`] for the limiter.
+    fn admit(&self, name: &str, chat: &str) -> Result<(), SendError> {
+        let mut state = self.shared.state.lock();
+        let latest = Instant::now() + PACED_WAIT;
+        loop {
+            let Some(lane) = state.lanes.get_mut(name) else { return Ok(()) };
+            let now = Instant::now();
+            match lane.pace(chat, now) {
+                Ok(()) => return Ok(()),
+                Err(at) if at > latest => return Err(SendError::RetryAfter(at.saturating_duration_since(now))),
+                Err(at) => {
+                    self.shared.wake.wait_until(&mut state, at);
                 }
+            }
+        }
+    }
+
+    /// Queued deliveries of `name`, the ones being sent included.
+    pub fn pending(&self, name: &str) -> usize {
+        self.shared.state.lock().lanes.get(name).map_or(0, |l| l.pending())
+    }
+
+    /// Start one worker thread per platform that has none. More are started as work
+    /// for more chats queues up, up to the instance's `max_in_flight`.
+    pub fn start_workers(&self) -> io::Result<()> {
+        let names: Vec<(String, usize)> = {
+            let mut state = self.shared.state.lock();
+            let mut names = Vec::new();
+            for (name, lane) in state.lanes.iter_mut().filter(|(_, l)| l.workers == 0) {
+                lane.workers = 1;
+                names.push((name.clone(), 1));
             }
             state.workers += names.len();
             names
         };
-        for (i, name) in names.iter().enumerate() {
-            let outbox = self.clone();
-            // Lives as long as the thread, across restarts after a panic.
-            let running = Running { shared: self.shared.clone(), name: name.clone() };
-            let spawned = supervise::spawn(format!("outbox-{name}"), move || outbox.work(&running.name));
-            if let Err(e) = spawned {
-                // This worker's `Running` was dropped with its closure and undid its own
-                // count; undo the ones not tried.
-                let mut state = self.shared.state.lock();
-                for name in &names[i + 1..] {
-                    if let Some(lane) = state.lanes.get_mut(name) {
-                        lane.worker = false;
-                    }
-                }
-                state.workers -= names.len() - i - 1;
-                return Err(e);
-            }
+        let mut result = Ok(());
+        for (name, n) in names {
+            // Each is tried: a failed one undid its own count.
+            result = result.and(self.spawn_worker(&name, n));
         }
-        Ok(())
+        result
+    }
+
+    /// Start worker number `n` of `name`, already counted in the lane and the state.
+    fn spawn_worker(&self, name: &str, n: usize) -> io::Result<()> {
+        let outbox = self.clone();
+        // Lives as long as the thread, across restarts after a panic; a failed spawn
+        // drops it with the closure, which undoes the count.
+        let mut running = Running { shared: self.shared.clone(), name: name.to_string(), job: None };
+        let thread = if n == 1 { format!("outbox-{name}") } else { format!("outbox-{name}-{n}") };
+        supervise::spawn(thread, move || outbox.work(&mut running))
+    }
+
+    /// Start the worker [`grow`] counted, if any.
+    fn spawn_grown(&self, name: &str, grow: Option<usize>) {
+        if let Some(n) = grow
+            && let Err(e) = self.spawn_worker(name, n)
+        {
+            log::warn!("{name}: cannot start another outbox worker: {e}");
+        }
     }
 
     /// Wait until nothing more can be sent now (every platform with an outlet has an
@@ -268,9 +297,9 @@ impl Outbox {
     pub fn drain(&self, deadline: Instant) -> usize {
         let mut state = self.shared.state.lock();
         loop {
-            let sendable = |l: &Lane| l.busy || (l.worker && l.outlet.is_some() && !l.queue.is_empty());
+            let sendable = |l: &Lane| l.in_flight() > 0 || (l.workers > 0 && l.sendable());
             if state.quit || !state.lanes.values().any(sendable) || self.wait(&mut state, deadline) {
-                return state.lanes.values().map(|l| l.queue.len()).sum();
+                return state.lanes.values().map(|l| l.pending()).sum();
             }
         }
     }
@@ -299,81 +328,121 @@ impl Outbox {
         self.shared.wake.wait_until(state, deadline).timed_out()
     }
 
-    /// The worker of `name`: take the first delivery once the platform has an outlet
-    /// and no wait is pending, try it, record the verdict.
+    /// A worker of `running.name`: take a delivery a chat may send now, try it, record
+    /// the verdict.
     ///
     /// Called again after a panic ([`supervise::spawn`]). The delivery it was sending is
-    /// still first in the queue, so it is handed back by clearing `busy`: the next attempt
-    /// claims it again, and its claim says whether it may have gone out already.
-    fn work(&self, name: &str) {
-        if let Some(lane) = self.shared.state.lock().lanes.get_mut(name) {
-            lane.busy = false;
+    /// handed back (its chat is free again), so the next attempt on it claims it again,
+    /// and its claim says whether it may have gone out already.
+    fn work(&self, running: &mut Running) {
+        let name = running.name.clone();
+        if let Some(pick) = running.job.take()
+            && let Some(lane) = self.shared.state.lock().lanes.get_mut(&name)
+        {
+            lane.hand_back(&pick);
         }
-        let mut next_scan = Instant::now() + SCAN_EVERY;
-        while let Some(job) = self.next_job(name, &mut next_scan) {
+        while let Some(job) = self.next_job(&name) {
+            running.job = Some(job.pick.clone());
             crate::testhook::panic_point("outbox-send");
-            let verdict = self.attempt(name, &job);
-            let mut state = self.shared.state.lock();
-            if let Some(lane) = state.lanes.get_mut(name) {
-                lane.busy = false;
-                let now = Instant::now();
-                match verdict {
-                    Verdict::Done => {
-                        lane.queue.remove(&job.stem);
-                        lane.hold = None;
-                    }
-                    // Checked: a `Wait` is what the platform asked for, a number from outside.
-                    Verdict::Retry(d) => lane.hold = Some(Hold { until: backoff::deadline(now, d), transient: true }),
-                    Verdict::Wait(d) => lane.hold = Some(Hold { until: backoff::deadline(now, d), transient: false }),
-                }
+            let settle = match self.attempt(&name, &job) {
+                Verdict::Done => Settle::Done,
+                Verdict::Retry(d) => Settle::Retry(d),
+                Verdict::Wait(d) => Settle::Wait(d),
+                Verdict::WaitAll(d) => Settle::WaitAll(d),
+            };
+            running.job = None;
+            if let Some(lane) = self.shared.state.lock().lanes.get_mut(&name) {
+                lane.settle(&job.pick, settle, Instant::now());
             }
-            drop(state);
             self.shared.wake.notify_all();
         }
     }
 
-    /// Block until the first delivery of `name` may be sent; `None` on quit.
-    fn next_job(&self, name: &str, next_scan: &mut Instant) -> Option<Job> {
+    /// Block until a delivery of `name` may be sent; `None` on quit. Lists the
+    /// directory when due, and starts one more worker when chats wait that no worker
+    /// serves.
+    fn next_job(&self, name: &str) -> Option<Job> {
         let mut state = self.shared.state.lock();
         loop {
             if state.quit {
                 return None;
             }
             let now = Instant::now();
-            if now >= *next_scan {
-                let store = state.lanes.get(name)?.store.clone();
-                // Listing the directory needs no lock; enqueues go on meanwhile.
+            let lane = state.lanes.get_mut(name)?;
+            if now >= lane.next_scan {
+                lane.next_scan = now + SCAN_EVERY;
+                let store = lane.store.clone();
+                // Listing and reading need no lock; enqueues go on meanwhile.
                 let found = MutexGuard::unlocked(&mut state, || store.scan());
                 match found {
-                    Ok(stems) => state.lanes.get_mut(name)?.queue.extend(stems),
+                    Ok(stems) => self.queue_scanned(&mut state, name, &store, stems),
                     Err(e) => log::debug!("{name}: cannot list the outbox: {e}"),
                 }
-                *next_scan = Instant::now() + SCAN_EVERY;
                 continue;
             }
-            let lane = state.lanes.get_mut(name)?;
-            let held = lane.hold.filter(|h| now < h.until);
-            if held.is_none()
-                && let (Some((_, outlet)), Some(stem)) = (&lane.outlet, lane.queue.first())
-            {
-                let job = Job { stem: stem.clone(), outlet: outlet.clone(), store: lane.store.clone() };
-                lane.busy = true;
-                return Some(job);
-            }
-            let wake = held.map_or(*next_scan, |h| h.until.min(*next_scan));
+            // No outlet: nothing to pick until one is published (or the next listing).
+            let Some(outlet) = lane.outlet.as_ref().map(|(_, o)| o.clone()) else {
+                let wake = lane.next_scan;
+                self.shared.wake.wait_until(&mut state, wake);
+                continue;
+            };
+            let wake = match lane.next(now) {
+                Ok(pick) => {
+                    let store = lane.store.clone();
+                    let grow = grow(&mut state, name);
+                    drop(state);
+                    self.spawn_grown(name, grow);
+                    self.shared.wake.notify_all();
+                    return Some(Job { pick, outlet, store });
+                }
+                Err(wake) => wake.map_or(lane.next_scan, |w| w.min(lane.next_scan)),
+            };
             self.shared.wake.wait_until(&mut state, wake);
+        }
+    }
+
+    /// Queue the stems a listing found that the lane does not know yet, each behind the
+    /// others to its chat (read from its file, without the lock).
+    fn queue_scanned(&self, state: &mut MutexGuard<'_, State>, name: &str, store: &Store, stems: Vec<String>) {
+        let Some(lane) = state.lanes.get(name) else { return };
+        let new: Vec<String> = stems.into_iter().filter(|s| !lane.knows(s)).collect();
+        if new.is_empty() {
+            return;
+        }
+        let chats: Vec<(String, io::Result<Option<String>>)> =
+            MutexGuard::unlocked(state, || new.into_iter().map(|s| (s.clone(), store.chat_of(&s))).collect());
+        let Some(lane) = state.lanes.get_mut(name) else { return };
+        for (stem, chat) in chats {
+            queue_chat(lane, stem, chat);
+        }
+    }
+
+    /// Wait until the limiter lets the next message of `job` go; false on quit.
+    fn pace(&self, name: &str, job: &Job) -> bool {
+        let mut state = self.shared.state.lock();
+        loop {
+            if state.quit {
+                return false;
+            }
+            let Some(lane) = state.lanes.get_mut(name) else { return true };
+            match lane.pace(&job.pick.chat, Instant::now()) {
+                Ok(()) => return true,
+                Err(at) => {
+                    self.shared.wake.wait_until(&mut state, at);
+                }
+            }
         }
     }
 
     /// Claim, send and settle one delivery: every chunk of its message, in order.
     fn attempt(&self, name: &str, job: &Job) -> Verdict {
         self.prune_if_due();
-        let (mut record, interrupted) = match job.store.claim(&job.stem) {
+        let (mut record, interrupted) = match job.store.claim(&job.pick.stem) {
             Ok(Claim::Fresh(record)) => (record, false),
             Ok(Claim::Interrupted(record)) => (record, true),
             Ok(Claim::Gone) => return Verdict::Done,
             Err(e) => {
-                log::error!("{name}: cannot take {} from the outbox: {e}", job.stem);
+                log::error!("{name}: cannot take {} from the outbox: {e}", job.pick.stem);
                 return Verdict::Retry(self.shared.config.retry_wait);
             }
         };
@@ -387,14 +456,19 @@ impl Outbox {
         }
         loop {
             let next = match deliver(&*job.outlet, &record.outbound) {
-                Ok(()) => job.store.advance(&job.stem, &record).map_err(|e| {
-                    log::error!("{name}: sent a part of {}, but cannot record it: {e}", job.stem);
+                Ok(()) => job.store.advance(&job.pick.stem, &record).map_err(|e| {
+                    log::error!("{name}: sent a part of {}, but cannot record it: {e}", job.pick.stem);
                     // The claim stays: the next attempt sets this part aside, never repeats it.
                     Verdict::Retry(self.shared.config.retry_wait)
                 }),
                 Err(SendError::RetryAfter(wait)) => {
-                    log::warn!("{name}: rate limited, waiting {wait:?} before the next send");
+                    let chat = &job.pick.chat;
+                    log::warn!("{name}: rate limited, waiting {wait:?} before the next send to chat {chat}");
                     return self.unclaim(name, job, Verdict::Wait(wait));
+                }
+                Err(SendError::RetryAfterAll(wait)) => {
+                    log::warn!("{name}: rate limited on every chat, waiting {wait:?} before the next send");
+                    return self.unclaim(name, job, Verdict::WaitAll(wait));
                 }
                 Err(SendError::Closed(why)) => return self.closed(name, job, why),
                 Err(SendError::Unknown(why)) if !repeatable(&*job.outlet, &record) => {
@@ -408,8 +482,8 @@ impl Outbox {
                 Ok(None) => return Verdict::Done,
                 Err(verdict) => return verdict,
             }
-            if self.shared.state.lock().quit {
-                // The rest of a long message waits for the next start.
+            if !self.pace(name, job) {
+                // Quit: the rest of a long message waits for the next start.
                 return self.unclaim(name, job, Verdict::Done);
             }
         }
@@ -417,8 +491,8 @@ impl Outbox {
 
     /// Put the claimed delivery back unchanged; then `verdict`.
     fn unclaim(&self, name: &str, job: &Job, verdict: Verdict) -> Verdict {
-        if let Err(e) = job.store.unclaim(&job.stem) {
-            log::error!("{name}: cannot put {} back into the outbox: {e}", job.stem);
+        if let Err(e) = job.store.unclaim(&job.pick.stem) {
+            log::error!("{name}: cannot put {} back into the outbox: {e}", job.pick.stem);
         }
         verdict
     }
@@ -455,8 +529,8 @@ impl Outbox {
         log::warn!("{name}: a part of a delivery to chat {chat} has an unknown outcome ({why}); not re-sent");
         record.last_error = Some(why);
         record.parked_at = Some(unix_now());
-        job.store.park_first(&job.stem, &record, park).map_err(|e| {
-            log::error!("{name}: cannot set a part of {} aside: {e}", job.stem);
+        job.store.park_first(&job.pick.stem, &record, park).map_err(|e| {
+            log::error!("{name}: cannot set a part of {} aside: {e}", job.pick.stem);
             Verdict::Retry(self.shared.config.retry_wait)
         })
     }
@@ -490,9 +564,9 @@ impl Outbox {
             record.outbound.chat_id
         );
         record.last_error = Some(why);
-        if let Err(e) = job.store.release(&job.stem, &record) {
-            log::error!("{name}: cannot count the attempt on {}: {e}", job.stem);
-            let _ = job.store.unclaim(&job.stem);
+        if let Err(e) = job.store.release(&job.pick.stem, &record) {
+            log::error!("{name}: cannot count the attempt on {}: {e}", job.pick.stem);
+            let _ = job.store.unclaim(&job.pick.stem);
         }
         Verdict::Retry(wait)
     }
@@ -508,23 +582,51 @@ impl Outbox {
         }
         record.last_error = Some(why);
         record.parked_at = Some(unix_now());
-        if let Err(e) = job.store.park(&job.stem, &record, park) {
-            log::error!("{name}: cannot set {} aside: {e}", job.stem);
+        if let Err(e) = job.store.park(&job.pick.stem, &record, park) {
+            log::error!("{name}: cannot set {} aside: {e}", job.pick.stem);
         }
         Verdict::Done
     }
 }
 
-impl Lane {
-    fn new(store: Store, limit: Limit, queue: BTreeSet<String>) -> Lane {
-        Lane { store, limit, outlet: None, connected: false, queue, busy: false, worker: false, hold: None }
+/// The outlet [`Outbox::outlet`] hands out: paced by the instance's limiter.
+struct Paced {
+    outbox: Outbox,
+    name: String,
+    inner: Arc<dyn Outlet>,
+}
+
+impl Outlet for Paced {
+    fn send(&self, msg: &Outbound) -> Result<Option<String>, SendError> {
+        self.outbox.admit(&self.name, &msg.chat_id)?;
+        self.inner.send(msg)
+    }
+
+    fn can_edit(&self) -> bool {
+        self.inner.can_edit()
+    }
+
+    fn edit(&self, chat_id: &str, message_id: &str, text: &str) -> Result<(), SendError> {
+        self.outbox.admit(&self.name, chat_id)?;
+        self.inner.edit(chat_id, message_id, text)
+    }
+
+    fn typing(&self, chat_id: &str, thread_id: Option<&str>) {
+        self.inner.typing(chat_id, thread_id);
+    }
+
+    fn idempotent(&self) -> bool {
+        self.inner.idempotent()
     }
 }
 
-/// Marks a worker as ended when its thread ends (after [`Outbox::quit`]).
+/// Marks a worker as ended when its thread ends (after [`Outbox::quit`]), handing back
+/// the delivery it held if it ended by a panic that was not restarted.
 struct Running {
     shared: Arc<Shared>,
     name: String,
+    /// The delivery this worker is sending.
+    job: Option<Pick>,
 }
 
 impl Drop for Running {
@@ -532,11 +634,39 @@ impl Drop for Running {
         let mut state = self.shared.state.lock();
         state.workers -= 1;
         if let Some(lane) = state.lanes.get_mut(&self.name) {
-            lane.worker = false;
-            lane.busy = false;
+            lane.workers = lane.workers.saturating_sub(1);
+            if let Some(pick) = self.job.take() {
+                lane.hand_back(&pick);
+            }
         }
         drop(state);
         self.shared.wake.notify_all();
+    }
+}
+
+/// Count one more worker for `name` if its lane wants one; its number. Counted under
+/// the lock, so that two threads never both grow the lane past `max_in_flight`.
+fn grow(state: &mut State, name: &str) -> Option<usize> {
+    let lane = state.lanes.get_mut(name).filter(|l| l.wants_worker())?;
+    lane.workers += 1;
+    let n = lane.workers;
+    state.workers += 1;
+    Some(n)
+}
+
+/// Queue a stem found on disk, its chat read from its file.
+fn queue_found(lane: &mut Lane, store: &Store, stem: String) {
+    let chat = store.chat_of(&stem);
+    queue_chat(lane, stem, chat);
+}
+
+/// Queue `stem` under the chat its file names. One that cannot be read is queued all
+/// the same (under no chat), so that its claim sets it aside; one that is gone is not.
+fn queue_chat(lane: &mut Lane, stem: String, chat: io::Result<Option<String>>) {
+    match chat {
+        Ok(Some(chat)) => lane.add(stem, chat),
+        Ok(None) => {}
+        Err(_) => lane.add(stem, String::new()),
     }
 }
 

@@ -196,6 +196,24 @@ impl Store {
         self.scan()
     }
 
+    /// The chat the queued (or claimed) delivery `stem` goes to, without claiming it, so
+    /// the outbox can queue a delivery it did not write (another process's, an earlier
+    /// run's) behind the others to its chat. `Ok(None)`: it is gone. An error: it cannot
+    /// be read; claiming it sets it aside ([`Store::claim`]).
+    pub fn chat_of(&self, stem: &str) -> io::Result<Option<String>> {
+        let bytes = match fs::read(self.path(stem, "json")) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::read(self.path(stem, "sending")),
+            read => read,
+        };
+        match bytes {
+            Ok(bytes) => serde_json::from_slice::<Record>(&bytes)
+                .map(|r| Some(r.outbound.chat_id))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Claim the delivery `stem` for sending.
     pub fn claim(&self, stem: &str) -> io::Result<Claim> {
         let sending = self.path(stem, "sending");

@@ -52,6 +52,7 @@ use serde_json::{Value, json};
 
 use crate::adapter::{Context, Fatal, Outlet, Platform, SendError, Stopped, TYPING_TIMEOUT};
 use crate::config::{PlatformSpec, Secret, Section};
+use crate::delivery::{Rate, SendLimits};
 use crate::fsutil;
 use crate::message::{ChatType, Inbound, Outbound, Source};
 use crate::net::{self, http};
@@ -190,6 +191,21 @@ impl PlatformSpec for TelegramSpec {
 
     fn message_limit(&self) -> Limit {
         MESSAGE_LIMIT
+    }
+
+    /// The Bot FAQ's limits: about 30 messages a second overall, one a second per chat,
+    /// 20 a minute per group (groups and channels have negative ids). Edits count as
+    /// messages to their chat; `sendChatAction` (typing) is not counted: the FAQ limits
+    /// messages, and typing is bounded per chat by the gateway already. A 429 names no
+    /// scope, so every one holds only its chat.
+    fn send_limits(&self) -> SendLimits {
+        let second = Duration::from_secs(1);
+        SendLimits {
+            total: Some(Rate::new(30, second)),
+            chat: Some(Rate::new(1, second)),
+            group: Some(Rate::new(20, 60 * second)),
+            group_prefix: Some("-"),
+        }
     }
 
     fn describe(&self) -> String {

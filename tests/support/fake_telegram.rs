@@ -20,7 +20,8 @@ A path with another token gets 401 Unauthorized, anything else 404, as Telegram 
 Tests push updates ([`FakeTelegram::push_text`], [`FakeTelegram::push_update`]), script
 failures per method ([`FakeTelegram::inject`] any [`Fault`], headers included,
 [`FakeTelegram::fail_next`], [`FakeTelegram::fail_always`],
-[`FakeTelegram::fail_getme_with`]), take the whole server
+[`FakeTelegram::fail_getme_with`]) or per chat ([`FakeTelegram::fail_chat`]), hold sends
+to count how many are in flight at once ([`FakeTelegram::hold_sends`]), take the whole server
 off the network and back ([`FakeTelegram::set_down`]), and observe calls ([`FakeTelegram::count`],
 [`FakeTelegram::call_times`], [`FakeTelegram::last_offset`], [`FakeTelegram::sent`]).
 Every `wait_*` method blocks on a condition variable until its condition holds or the
@@ -106,6 +107,13 @@ struct State {
     script: HashMap<String, VecDeque<Fault>>,
     /// Faults answered to every call of a method (after the script is used up).
     always: HashMap<String, Fault>,
+    /// Faults answered to every send or edit to a chat (after the method's script).
+    chat_faults: HashMap<String, Fault>,
+    /// `sendMessage` calls are held unanswered while this is set.
+    sends_held: bool,
+    /// `sendMessage` calls being served now, and the most ever at once.
+    sends_in_flight: usize,
+    peak_sends_in_flight: usize,
     /// The offset of the latest `getUpdates` call.
     last_offset: Option<i64>,
     /// The highest update id ever returned by `getUpdates`.
@@ -219,6 +227,34 @@ impl FakeTelegram {
             Some(fault) => state.always.insert(method.to_string(), fault),
             None => state.always.remove(method),
         });
+    }
+
+    /// Answer every `sendMessage` and `editMessageText` to `chat_id` with `fault` (once
+    /// the method's script is used up); `None` serves that chat normally again. One chat
+    /// the API refuses or fails, while the others work.
+    pub fn fail_chat(&self, chat_id: &str, fault: Option<Fault>) {
+        self.shared.change(|state| match fault {
+            Some(fault) => state.chat_faults.insert(chat_id.to_string(), fault),
+            None => state.chat_faults.remove(chat_id),
+        });
+    }
+
+    /// While `held`, every `sendMessage` is held unanswered (and counted as in flight);
+    /// `false` answers them all.
+    pub fn hold_sends(&self, held: bool) {
+        self.shared.change(|state| state.sends_held = held);
+    }
+
+    /// `sendMessage` calls being served right now, and the most at once so far.
+    pub fn sends_in_flight(&self) -> (usize, usize) {
+        let state = self.shared.lock();
+        (state.sends_in_flight, state.peak_sends_in_flight)
+    }
+
+    /// Wait until `n` `sendMessage` calls are in flight at once or `deadline` passes;
+    /// returns how many are.
+    pub fn wait_sends_in_flight(&self, n: usize, deadline: Instant) -> usize {
+        self.shared.wait_until(deadline, |s| s.sends_in_flight >= n).sends_in_flight
     }
 
     /// Make every `getMe` fail with `status` (401: a revoked token).
@@ -392,7 +428,11 @@ fn record_call(shared: &Shared, method: &str, params: &Value) -> Option<Fault> {
     shared.change(|state| {
         state.calls.push(Call { method: method.to_string(), at: Instant::now(), params: params.clone() });
         let scripted = state.script.get_mut(method).and_then(VecDeque::pop_front);
-        scripted.or_else(|| state.always.get(method).cloned())
+        let to_chat = || match method {
+            "sendMessage" | "editMessageText" => state.chat_faults.get(&id_string(&params["chat_id"])).cloned(),
+            _ => None,
+        };
+        scripted.or_else(to_chat).or_else(|| state.always.get(method).cloned())
     })
 }
 
@@ -401,7 +441,7 @@ fn serve(shared: &Shared, request: tiny_http::Request, method: &str, params: &Va
         "getMe" => Ok(json!({ "id": 1, "is_bot": true, "first_name": "Fake", "username": "fake_bot" })),
         "deleteWebhook" | "sendChatAction" => Ok(json!(true)),
         "getUpdates" => Ok(Value::Array(get_updates(shared, params))),
-        "sendMessage" => send_message(shared, params),
+        "sendMessage" => held_send(shared, params),
         "editMessageText" => edit_message(shared, params),
         _ => Err((404, "Not Found")),
     };
@@ -436,6 +476,19 @@ fn get_updates(shared: &Shared, params: &Value) -> Vec<Value> {
     let served = ready.iter().filter_map(|u| number(&u["update_id"])).max();
     shared.change(|state| state.last_served = state.last_served.max(served));
     ready
+}
+
+/// [`send_message`], counted in flight, and held while sends are held.
+fn held_send(shared: &Shared, params: &Value) -> Result<Value, (u16, &'static str)> {
+    shared.change(|state| {
+        state.sends_in_flight += 1;
+        state.peak_sends_in_flight = state.peak_sends_in_flight.max(state.sends_in_flight);
+    });
+    // A held send waits for release (or the fake closing); a minute is "forever" here.
+    drop(shared.wait_until(Instant::now() + Duration::from_secs(60), |s| !s.sends_held));
+    let result = send_message(shared, params);
+    shared.change(|state| state.sends_in_flight -= 1);
+    result
 }
 
 fn send_message(shared: &Shared, params: &Value) -> Result<Value, (u16, &'static str)> {

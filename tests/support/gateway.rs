@@ -28,11 +28,13 @@ pub fn reconnect(base_ms: u64, max_attempts: u32, connect_timeout_ms: u64) -> St
 pub const OPEN_ACCESS: &str = "[access]\nallow_all = true\n";
 
 /// A `[platforms.NAME]` table for a Telegram bot on a fake Bot API server, with the
-/// in-adapter retries quick and few.
+/// in-adapter retries quick and few, and no send limits: the fake has none, and a long
+/// answer at Telegram's one message a second per chat would outlast the tests' deadlines.
 pub fn telegram(name: &str, api_base: &str, token: &str) -> String {
     format!(
         "[platforms.{name}]\nkind = \"telegram\"\ntoken = \"{token}\"\napi_base = \"{api_base}\"\n\
-         poll_timeout = \"2s\"\nrequest_timeout = \"2s\"\nnetwork_retries = 1\nnetwork_retry_wait = \"10ms\"\n"
+         poll_timeout = \"2s\"\nrequest_timeout = \"2s\"\nnetwork_retries = 1\nnetwork_retry_wait = \"10ms\"\n\
+         send_limits = false\n"
     )
 }
 

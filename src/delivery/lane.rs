@@ -1,0 +1,350 @@
+/*!
+The schedule of one platform instance's outbox, in memory: which delivery a worker may
+send next.
+
+Deliveries are queued per chat, in the order they were queued (their stems sort so, see
+[`super::store`]). A chat has at most one delivery in flight, so its messages arrive in
+order; different chats go in parallel, up to `max_in_flight` at once. Among the chats
+that may send now, the one whose next delivery was queued first goes first, so a busy
+chat does not starve the others.
+
+A wait concerns what caused it: a failed attempt or a 429 holds its chat only, and the
+chat's later deliveries wait behind it (order is kept); the others go on. Only a limit the
+platform says is global ([`crate::adapter::SendError::RetryAfterAll`]) holds the whole
+instance. Before each message leaves, the instance's [`Limiter`] must allow it; a chat
+that its own limit holds back is passed over, not waited for.
+
+Pure: no I/O, no threads, and the caller passes the instant, so the tests drive it with
+made-up ones. [`super::outbox`] holds it under its lock.
+*/
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Pacing;
+use super::limiter::Limiter;
+use super::store::Store;
+use crate::adapter::Outlet;
+use crate::backoff;
+use crate::text::Limit;
+
+/// One platform instance.
+pub(super) struct Lane {
+    pub store: Store,
+    pub limit: Limit,
+    pub outlet: Option<(u64, Arc<dyn Outlet>)>,
+    /// The generation that published `outlet` is running (see `Outbox::stopped`).
+    pub connected: bool,
+    pub max_in_flight: usize,
+    /// Worker threads running for this instance.
+    pub workers: usize,
+    /// When the directory is listed next for deliveries other processes queued.
+    pub next_scan: Instant,
+    /// Deliveries being sent.
+    in_flight: usize,
+    /// The queued deliveries per chat. A chat with none is removed.
+    chats: BTreeMap<String, Chat>,
+    /// The chat of every queued delivery, by stem.
+    chat_of: HashMap<String, String>,
+    /// No send at all before this (a global limit).
+    hold: Option<Hold>,
+    limiter: Limiter,
+}
+
+#[derive(Default)]
+struct Chat {
+    /// Stems, first queued first (files may have gone meanwhile; a claim tells).
+    stems: BTreeSet<String>,
+    /// A worker is sending one of them.
+    busy: bool,
+    hold: Option<Hold>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Hold {
+    until: Instant,
+    /// After a failed attempt: lifted when the platform reconnects (a rate limit is not).
+    transient: bool,
+}
+
+/// A delivery a worker may send now; its chat is busy until it is settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Pick {
+    pub chat: String,
+    pub stem: String,
+}
+
+/// How an attempt ended, as far as the schedule cares.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Settle {
+    /// Sent, set aside, or gone: it leaves the queue.
+    Done,
+    /// A failed attempt: its chat waits this long (less if the platform reconnects).
+    Retry(Duration),
+    /// The platform asked its chat to wait this long.
+    Wait(Duration),
+    /// The platform asked for no request at all for this long.
+    WaitAll(Duration),
+}
+
+impl Lane {
+    pub fn new(store: Store, limit: Limit, pacing: Pacing, now: Instant) -> Lane {
+        Lane {
+            store,
+            limit,
+            outlet: None,
+            connected: false,
+            max_in_flight: pacing.max_in_flight.max(1),
+            workers: 0,
+            next_scan: now,
+            in_flight: 0,
+            chats: BTreeMap::new(),
+            chat_of: HashMap::new(),
+            hold: None,
+            limiter: Limiter::new(pacing.limits),
+        }
+    }
+
+    /// Queue `stem` for `chat`, unless it is queued already.
+    pub fn add(&mut self, stem: String, chat: String) {
+        if self.chat_of.contains_key(&stem) {
+            return;
+        }
+        self.chats.entry(chat.clone()).or_default().stems.insert(stem.clone());
+        self.chat_of.insert(stem, chat);
+    }
+
+    pub fn knows(&self, stem: &str) -> bool {
+        self.chat_of.contains_key(stem)
+    }
+
+    /// Queued deliveries, the ones being sent included.
+    pub fn pending(&self) -> usize {
+        self.chat_of.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Whether one more worker would find work: every worker is sending, a chat with
+    /// deliveries queued has none in flight, and `max_in_flight` allows another.
+    pub fn wants_worker(&self) -> bool {
+        self.workers < self.max_in_flight && self.workers <= self.in_flight && self.chats.values().any(|c| !c.busy)
+    }
+
+    /// Whether something could be sent, or is being sent.
+    pub fn sendable(&self) -> bool {
+        self.in_flight > 0 || (self.outlet.is_some() && !self.chat_of.is_empty())
+    }
+
+    /// The delivery to send now, its first message counted by the limiter; or when to
+    /// look again (`None`: when something changes).
+    pub fn next(&mut self, now: Instant) -> Result<Pick, Option<Instant>> {
+        if self.outlet.is_none() || self.in_flight >= self.max_in_flight {
+            return Err(None);
+        }
+        if let Some(hold) = self.hold.filter(|h| now < h.until) {
+            return Err(Some(hold.until));
+        }
+        let mut best: Option<(&String, &String)> = None;
+        let mut wake: Option<Instant> = None;
+        for (chat, c) in &self.chats {
+            let Some(head) = c.stems.first().filter(|_| !c.busy) else { continue };
+            let at = match c.hold.filter(|h| now < h.until) {
+                Some(hold) => hold.until,
+                None => self.limiter.chat_ready_at(chat, now),
+            };
+            if at > now {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            } else if best.is_none_or(|(first, _)| head < first) {
+                best = Some((head, chat));
+            }
+        }
+        let Some((stem, chat)) = best.map(|(s, c)| (s.clone(), c.clone())) else { return Err(wake) };
+        // Only the overall limit can refuse now; every chat waits for it alike.
+        if let Err(at) = self.limiter.try_take(&chat, now) {
+            return Err(Some(wake.map_or(at, |w| w.min(at))));
+        }
+        if let Some(c) = self.chats.get_mut(&chat) {
+            c.busy = true;
+        }
+        self.in_flight += 1;
+        Ok(Pick { chat, stem })
+    }
+
+    /// A later message of a delivery in flight to `chat` (the next chunk): counted if it
+    /// may go now, otherwise when it may.
+    pub fn pace(&mut self, chat: &str, now: Instant) -> Result<(), Instant> {
+        match self.hold.filter(|h| now < h.until) {
+            Some(hold) => Err(hold.until),
+            None => self.limiter.try_take(chat, now),
+        }
+    }
+
+    /// Record how the attempt on `pick` ended.
+    pub fn settle(&mut self, pick: &Pick, how: Settle, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let Some(chat) = self.chats.get_mut(&pick.chat) else { return };
+        chat.busy = false;
+        // Checked: a wait the platform asked for is a number from outside.
+        let hold = |d, transient| Some(Hold { until: backoff::deadline(now, d), transient });
+        match how {
+            Settle::Done => {
+                chat.stems.remove(&pick.stem);
+                chat.hold = None;
+                if chat.stems.is_empty() {
+                    self.chats.remove(&pick.chat);
+                }
+                self.chat_of.remove(&pick.stem);
+            }
+            Settle::Retry(d) => chat.hold = hold(d, true),
+            Settle::Wait(d) => chat.hold = hold(d, false),
+            Settle::WaitAll(d) => self.hold = hold(d, false),
+        }
+    }
+
+    /// A worker panicked while sending `pick`: it is queued as before, for any worker.
+    pub fn hand_back(&mut self, pick: &Pick) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(chat) = self.chats.get_mut(&pick.chat) {
+            chat.busy = false;
+        }
+    }
+
+    /// The platform reconnected: waits after failed attempts end now (the failure was
+    /// probably the outage); rate limits stay.
+    pub fn lift_transient_holds(&mut self) {
+        for chat in self.chats.values_mut() {
+            if chat.hold.is_some_and(|h| h.transient) {
+                chat.hold = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapter::SendError;
+    use crate::delivery::{Rate, SendLimits};
+    use crate::message::Outbound;
+    use crate::text::Unit;
+
+    const S: Duration = Duration::from_secs(1);
+
+    struct Nowhere;
+    impl Outlet for Nowhere {
+        fn send(&self, _: &Outbound) -> Result<Option<String>, SendError> {
+            Ok(None)
+        }
+    }
+
+    fn lane(max_in_flight: usize, limits: SendLimits, now: Instant) -> Lane {
+        let dir = std::env::temp_dir();
+        let limit = Limit { max: 100, unit: Unit::Chars };
+        let mut lane = Lane::new(Store::new(&dir, "lane-test"), limit, Pacing { max_in_flight, limits }, now);
+        lane.outlet = Some((1, Arc::new(Nowhere)));
+        lane
+    }
+
+    /// Queue `n` deliveries per chat, stems `<i>-<chat>` so that they interleave.
+    fn fill(lane: &mut Lane, chats: &[&str], n: usize) {
+        for i in 0..n {
+            for chat in chats {
+                lane.add(format!("{i:03}-{chat}"), chat.to_string());
+            }
+        }
+    }
+
+    fn stems(picks: &[Pick]) -> Vec<&str> {
+        picks.iter().map(|p| p.stem.as_str()).collect()
+    }
+
+    #[test]
+    fn one_delivery_in_flight_per_chat_and_at_most_max_in_flight() {
+        let t0 = Instant::now();
+        let mut lane = lane(2, SendLimits::NONE, t0);
+        fill(&mut lane, &["a", "b", "c"], 2);
+        let first = lane.next(t0).unwrap();
+        let second = lane.next(t0).unwrap();
+        assert_eq!(stems(&[first.clone(), second.clone()]), ["000-a", "000-b"]);
+        assert_eq!(lane.next(t0), Err(None), "max_in_flight");
+        lane.settle(&first, Settle::Done, t0);
+        // c's first was queued before a's second.
+        let third = lane.next(t0).unwrap();
+        assert_eq!(third.stem, "000-c");
+        lane.settle(&second, Settle::Done, t0);
+        assert_eq!(lane.next(t0).unwrap().stem, "001-a");
+        assert_eq!(lane.next(t0), Err(None));
+        assert_eq!(lane.pending(), 4);
+    }
+
+    #[test]
+    fn a_failing_chat_holds_only_itself_and_keeps_its_order() {
+        let t0 = Instant::now();
+        let mut lane = lane(8, SendLimits::NONE, t0);
+        fill(&mut lane, &["bad", "ok"], 3);
+        let bad = lane.next(t0).unwrap();
+        assert_eq!(bad.stem, "000-bad");
+        lane.settle(&bad, Settle::Retry(16 * S), t0);
+        let mut sent = Vec::new();
+        while let Ok(pick) = lane.next(t0) {
+            sent.push(pick.clone());
+            lane.settle(&pick, Settle::Done, t0);
+        }
+        assert_eq!(stems(&sent), ["000-ok", "001-ok", "002-ok"]);
+        assert_eq!(lane.next(t0), Err(Some(t0 + 16 * S)), "the failing chat wakes its worker when due");
+        // Its deliveries go in order once the wait is over.
+        assert_eq!(lane.next(t0 + 16 * S).unwrap().stem, "000-bad");
+    }
+
+    #[test]
+    fn a_429_holds_its_chat_and_a_global_one_holds_all() {
+        let t0 = Instant::now();
+        let mut lane = lane(8, SendLimits::NONE, t0);
+        fill(&mut lane, &["x", "y"], 2);
+        let x = lane.next(t0).unwrap();
+        lane.settle(&x, Settle::Wait(5 * S), t0);
+        let y = lane.next(t0).unwrap();
+        assert_eq!(y.chat, "y");
+        lane.settle(&y, Settle::WaitAll(3 * S), t0);
+        assert_eq!(lane.next(t0 + S), Err(Some(t0 + 3 * S)));
+        assert_eq!(lane.next(t0 + 3 * S).unwrap().stem, "000-y", "x still waits");
+        // A reconnect lifts a failure's wait, never a rate limit's.
+        lane.lift_transient_holds();
+        assert_eq!(lane.next(t0 + 3 * S), Err(Some(t0 + 5 * S)));
+    }
+
+    #[test]
+    fn the_limiter_passes_over_a_chat_it_holds_back() {
+        let t0 = Instant::now();
+        let limits = SendLimits { chat: Some(Rate::new(1, S)), total: Some(Rate::new(3, S)), ..SendLimits::NONE };
+        let mut lane = lane(8, limits, t0);
+        fill(&mut lane, &["a", "b", "c", "d"], 2);
+        let mut picks = Vec::new();
+        while let Ok(pick) = lane.next(t0) {
+            picks.push(pick.clone());
+            lane.settle(&pick, Settle::Done, t0);
+        }
+        // Three chats, once each (the overall limit), then nothing until the window moves.
+        assert_eq!(stems(&picks), ["000-a", "000-b", "000-c"]);
+        let later = t0 + S + crate::delivery::limiter::MARGIN;
+        assert_eq!(lane.next(t0), Err(Some(later)));
+        assert_eq!(lane.next(later).unwrap().stem, "000-d");
+        // A later chunk of a message in flight waits for its chat's turn.
+        assert_eq!(lane.pace("d", later), Err(later + S + crate::delivery::limiter::MARGIN));
+    }
+
+    #[test]
+    fn a_panicked_workers_delivery_is_handed_back() {
+        let t0 = Instant::now();
+        let mut lane = lane(1, SendLimits::NONE, t0);
+        fill(&mut lane, &["a"], 1);
+        let pick = lane.next(t0).unwrap();
+        assert_eq!(lane.next(t0), Err(None));
+        lane.hand_back(&pick);
+        assert_eq!(lane.next(t0), Ok(pick));
+    }
+}

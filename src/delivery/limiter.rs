@@ -1,0 +1,326 @@
+/*!
+The send limiter: one per platform instance, consulted before every message or edit goes
+out, so that a burst runs at the platform's rate instead of into its 429s.
+
+A platform declares its limits ([`SendLimits`], from
+[`crate::config::PlatformSpec::send_limits`]): at most `count` messages in any window of
+`per`, overall, per chat, and per group chat. Telegram's are 30 a second overall, one a
+second per chat and 20 a minute per group (a negative chat id).
+
+Each limit is kept as a sliding window: the instants of the last `count` sends. A send
+may go when the oldest of them is more than `per` ago. Unlike a token bucket, which lets
+a full bucket plus its refill through in one window (60 in a second for 30 a second), this
+never lets more than `count` into any window, which is what the platform counts. The
+window per chat or group is forgotten once it is empty, so the memory is that of the chats
+sent to in the last minute.
+
+A send is counted when it leaves; the platform counts it when it arrives, a few
+milliseconds later and not always in the same order. Each window is kept [`MARGIN`]
+longer than declared, so that jitter never makes two sends look closer than allowed.
+
+Pure: the caller passes the instant, so the tests use made-up ones.
+*/
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::backoff;
+
+/// How much longer than declared each window is kept (see the module doc).
+pub const MARGIN: Duration = Duration::from_millis(20);
+
+/// At most `count` messages in any window of `per`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    pub const fn new(count: u32, per: Duration) -> Rate {
+        Rate { count, per }
+    }
+}
+
+/// What a platform allows a bot to send. `None` for a scope means no limit there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SendLimits {
+    /// Across all chats of the instance.
+    pub total: Option<Rate>,
+    /// To any one chat (edits included).
+    pub chat: Option<Rate>,
+    /// To any one group chat, on top of `chat`.
+    pub group: Option<Rate>,
+    /// Chat ids that start with this are groups (Telegram: `-`).
+    pub group_prefix: Option<&'static str>,
+}
+
+impl SendLimits {
+    /// No limit at all (the limiter is off).
+    pub const NONE: SendLimits = SendLimits { total: None, chat: None, group: None, group_prefix: None };
+
+    /// Whether no limit applies.
+    pub fn is_none(&self) -> bool {
+        self.total.is_none() && self.chat.is_none() && self.group.is_none()
+    }
+
+    fn is_group(&self, chat: &str) -> bool {
+        self.group_prefix.is_some_and(|p| chat.starts_with(p))
+    }
+}
+
+/// The limiter of one platform instance.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    limits: SendLimits,
+    total: Window,
+    chats: HashMap<String, Window>,
+    groups: HashMap<String, Window>,
+    /// When windows that emptied are forgotten next.
+    next_forget: Option<Instant>,
+}
+
+/// The instants of the last `count` sends in one scope, oldest first.
+#[derive(Debug, Default)]
+struct Window(VecDeque<Instant>);
+
+impl Window {
+    /// The first instant from `now` on at which one more send fits in `rate`.
+    fn ready_at(&self, rate: Rate, now: Instant) -> Instant {
+        let count = rate.count as usize;
+        if count == 0 {
+            // A limit of nothing at all: never (the config refuses it; a far deadline).
+            return backoff::deadline(now, Duration::MAX);
+        }
+        let Some(oldest) = self.0.len().checked_sub(count).and_then(|i| self.0.get(i)) else { return now };
+        backoff::deadline(*oldest, rate.per.saturating_add(MARGIN)).max(now)
+    }
+
+    fn push(&mut self, rate: Rate, now: Instant) {
+        self.0.push_back(now);
+        while self.0.len() > rate.count as usize {
+            self.0.pop_front();
+        }
+    }
+
+    /// Whether no send in it counts any more at `now`.
+    fn is_empty_at(&self, rate: Rate, now: Instant) -> bool {
+        self.0.back().is_none_or(|last| backoff::deadline(*last, rate.per.saturating_add(MARGIN)) <= now)
+    }
+}
+
+impl Limiter {
+    pub fn new(limits: SendLimits) -> Limiter {
+        Limiter { limits, ..Limiter::default() }
+    }
+
+    /// The chat and group limits that apply to `chat`.
+    fn scopes(&self, chat: &str) -> (Option<Rate>, Option<Rate>) {
+        let group = self.limits.group.filter(|_| self.limits.is_group(chat));
+        (self.limits.chat, group)
+    }
+
+    /// The first instant from `now` on at which a message to `chat` may go out.
+    pub fn ready_at(&self, chat: &str, now: Instant) -> Instant {
+        let (chat_rate, group_rate) = self.scopes(chat);
+        let mut at = now;
+        if let Some(rate) = self.limits.total {
+            at = at.max(self.total.ready_at(rate, now));
+        }
+        if let (Some(rate), Some(w)) = (chat_rate, self.chats.get(chat)) {
+            at = at.max(w.ready_at(rate, now));
+        }
+        if let (Some(rate), Some(w)) = (group_rate, self.groups.get(chat)) {
+            at = at.max(w.ready_at(rate, now));
+        }
+        at
+    }
+
+    /// Like [`Limiter::ready_at`], leaving out the overall limit: whether `chat` itself
+    /// is the reason to wait.
+    pub fn chat_ready_at(&self, chat: &str, now: Instant) -> Instant {
+        let (chat_rate, group_rate) = self.scopes(chat);
+        let mut at = now;
+        if let (Some(rate), Some(w)) = (chat_rate, self.chats.get(chat)) {
+            at = at.max(w.ready_at(rate, now));
+        }
+        if let (Some(rate), Some(w)) = (group_rate, self.groups.get(chat)) {
+            at = at.max(w.ready_at(rate, now));
+        }
+        at
+    }
+
+    /// Count a message to `chat` going out at `now`, if it may; otherwise the instant it
+    /// may. Instants passed must not go back in time.
+    pub fn try_take(&mut self, chat: &str, now: Instant) -> Result<(), Instant> {
+        let at = self.ready_at(chat, now);
+        if at > now {
+            return Err(at);
+        }
+        self.forget_if_due(now);
+        let (chat_rate, group_rate) = self.scopes(chat);
+        if let Some(rate) = self.limits.total {
+            self.total.push(rate, now);
+        }
+        if let Some(rate) = chat_rate {
+            self.chats.entry(chat.to_string()).or_default().push(rate, now);
+        }
+        if let Some(rate) = group_rate {
+            self.groups.entry(chat.to_string()).or_default().push(rate, now);
+        }
+        Ok(())
+    }
+
+    /// Forget the windows of chats not sent to lately, about once per longest window.
+    fn forget_if_due(&mut self, now: Instant) {
+        if self.next_forget.is_some_and(|t| now < t) {
+            return;
+        }
+        let limits = self.limits;
+        if let Some(rate) = limits.chat {
+            self.chats.retain(|_, w| !w.is_empty_at(rate, now));
+        }
+        if let Some(rate) = limits.group {
+            self.groups.retain(|_, w| !w.is_empty_at(rate, now));
+        }
+        let longest = [limits.chat, limits.group].into_iter().flatten().map(|r| r.per).max();
+        self.next_forget = Some(backoff::deadline(now, longest.unwrap_or_default().max(Duration::from_secs(1))));
+    }
+
+    /// Chats and groups whose windows are kept (for tests of the memory bound).
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.chats.len() + self.groups.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn telegram() -> SendLimits {
+        SendLimits {
+            total: Some(Rate::new(30, S)),
+            chat: Some(Rate::new(1, S)),
+            group: Some(Rate::new(20, 60 * S)),
+            group_prefix: Some("-"),
+        }
+    }
+
+    /// Drive `limiter` for `span` in steps of `step`: at each instant, every chat in
+    /// `chats` that has something to send tries once. Returns the sends (instant, chat).
+    fn run(
+        limiter: &mut Limiter,
+        chats: &[&str],
+        start: Instant,
+        step: Duration,
+        span: Duration,
+    ) -> Vec<(Instant, String)> {
+        let mut sent = Vec::new();
+        let mut now = start;
+        while now < start + span {
+            for chat in chats {
+                if limiter.try_take(chat, now).is_ok() {
+                    sent.push((now, chat.to_string()));
+                }
+            }
+            now += step;
+        }
+        sent
+    }
+
+    /// The most sends of `sent` (filtered by `which`) within any window of `per`.
+    fn most_in_window(sent: &[(Instant, String)], per: Duration, which: impl Fn(&str) -> bool) -> usize {
+        let times: Vec<Instant> = sent.iter().filter(|(_, c)| which(c)).map(|(t, _)| *t).collect();
+        (0..times.len()).map(|i| times[i..].iter().take_while(|t| **t < times[i] + per).count()).max().unwrap_or(0)
+    }
+
+    #[test]
+    fn never_more_than_30_a_second_overall() {
+        let mut limiter = Limiter::new(telegram());
+        let chats: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+        let chats: Vec<&str> = chats.iter().map(String::as_str).collect();
+        let sent = run(&mut limiter, &chats, Instant::now(), Duration::from_millis(7), 10 * S);
+        assert_eq!(most_in_window(&sent, S, |_| true), 30);
+        // And it is not starved: close to 30 a second over ten seconds.
+        assert!(sent.len() >= 280, "{}", sent.len());
+    }
+
+    #[test]
+    fn one_a_second_per_chat() {
+        let mut limiter = Limiter::new(telegram());
+        let sent = run(&mut limiter, &["1", "2", "3"], Instant::now(), Duration::from_millis(10), 20 * S);
+        for chat in ["1", "2", "3"] {
+            assert_eq!(most_in_window(&sent, S, |c| c == chat), 1, "chat {chat}");
+            let n = sent.iter().filter(|(_, c)| c == chat).count();
+            assert!((19..=20).contains(&n), "chat {chat}: {n} in 20 s");
+        }
+    }
+
+    #[test]
+    fn twenty_a_minute_per_group_and_one_a_second_in_it() {
+        let mut limiter = Limiter::new(telegram());
+        let sent = run(&mut limiter, &["-100", "-200", "5"], Instant::now(), Duration::from_millis(50), 180 * S);
+        for group in ["-100", "-200"] {
+            assert_eq!(most_in_window(&sent, 60 * S, |c| c == group), 20, "group {group}");
+            assert_eq!(most_in_window(&sent, S, |c| c == group), 1, "group {group}");
+        }
+        // A private chat is not a group: one a second, about 180 in three minutes.
+        assert!(sent.iter().filter(|(_, c)| c == "5").count() >= 170);
+    }
+
+    #[test]
+    fn ready_at_says_when_and_a_chat_wait_is_told_apart_from_the_overall_one() {
+        let mut limiter = Limiter::new(telegram());
+        let t0 = Instant::now();
+        assert_eq!(limiter.ready_at("7", t0), t0);
+        limiter.try_take("7", t0).unwrap();
+        let next = t0 + S + MARGIN;
+        assert_eq!(limiter.try_take("7", t0 + S), Err(next));
+        assert_eq!(limiter.chat_ready_at("7", t0 + S), next);
+        assert_eq!(limiter.chat_ready_at("8", t0 + S), t0 + S);
+        assert_eq!(limiter.try_take("7", next), Ok(()));
+    }
+
+    #[test]
+    fn no_limits_let_everything_through_and_remember_nothing() {
+        let mut limiter = Limiter::new(SendLimits::NONE);
+        let t0 = Instant::now();
+        for i in 0..10_000 {
+            assert_eq!(limiter.try_take(&i.to_string(), t0), Ok(()));
+        }
+        assert_eq!(limiter.remembered(), 0);
+        assert!(SendLimits::NONE.is_none() && !telegram().is_none());
+    }
+
+    #[test]
+    fn chats_not_sent_to_lately_are_forgotten() {
+        let mut limiter = Limiter::new(telegram());
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            let _ = limiter.try_take(&format!("-{i}"), t0 + Duration::from_millis(i));
+        }
+        assert!(limiter.remembered() > 0);
+        // Three minutes later, one send: the old windows are gone.
+        limiter.try_take("1", t0 + 180 * S).unwrap();
+        assert_eq!(limiter.remembered(), 1);
+    }
+
+    #[test]
+    fn hostile_rates_do_not_panic() {
+        let limits = SendLimits {
+            total: Some(Rate::new(0, Duration::MAX)),
+            chat: Some(Rate::new(u32::MAX, Duration::MAX)),
+            ..telegram()
+        };
+        let mut limiter = Limiter::new(limits);
+        let t0 = Instant::now();
+        assert!(limiter.try_take("1", t0).is_err());
+        let limits = SendLimits { chat: Some(Rate::new(1, Duration::MAX)), ..SendLimits::NONE };
+        let mut limiter = Limiter::new(limits);
+        assert!(limiter.try_take("1", t0).is_ok());
+        assert!(limiter.try_take("1", t0 + S).is_err());
+    }
+}
