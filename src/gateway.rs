@@ -40,7 +40,7 @@ const LAST_SEND_GRACE: Duration = Duration::from_millis(150);
 /// time offset (read at startup, while the process had one thread).
 pub fn run(config: &Config, utc_offset_secs: i32, shutdown: Receiver<()>) -> io::Result<i32> {
     let state_dir = &config.gateway.state_dir;
-    let inbox = Arc::new(Inbox::open(state_dir)?);
+    let inbox = Arc::new(Inbox::open_with(state_dir, config.gateway.dedup_window)?);
     let replay = inbox.pending();
     let outbox = Outbox::open(state_dir, config.delivery.clone(), &delivery::platform_limits(config))?;
     let directory = Arc::new(Directory::load(state_dir));

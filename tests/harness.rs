@@ -95,6 +95,7 @@ fn config(dir: &Path, platforms: Vec<PlatformInstance>) -> Config {
             lock_dir: dir.join("locks"),
             log_level: log::LevelFilter::Info,
             log_file: None,
+            dedup_window: switchboard::inbox::DEFAULT_DEDUP_WINDOW,
         },
         reconnect: Reconnect {
             base: Duration::from_millis(100),

@@ -74,6 +74,9 @@ pub struct Gateway {
     pub lock_dir: PathBuf,
     pub log_level: log::LevelFilter,
     pub log_file: Option<PathBuf>,
+    /// `dedup_window`: how long answered message ids are remembered, to recognise a
+    /// message a platform delivers again (default a week).
+    pub dedup_window: Duration,
 }
 
 /// `[reconnect]`: the supervisor's timings.
@@ -274,7 +277,11 @@ fn read_gateway(s: &mut Section<'_>, env: &dyn Fn(&str) -> Option<String>) -> Ga
     });
     let log_level = s.choice("log_level", LOG_LEVELS, log::LevelFilter::Info);
     let log_file = s.path("log_file");
-    Gateway { state_dir, lock_dir, log_level, log_file }
+    let dedup_window = s.duration_or("dedup_window", crate::inbox::DEFAULT_DEDUP_WINDOW);
+    if dedup_window.is_zero() {
+        s.invalid("dedup_window", "must be greater than 0 (a platform's replays would be answered twice)");
+    }
+    Gateway { state_dir, lock_dir, log_level, log_file, dedup_window }
 }
 
 /// Token locks must be host-wide (two gateways with different state directories still
