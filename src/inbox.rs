@@ -28,12 +28,14 @@ keep, it is compacted: rewritten with only the pending messages and the done ids
 the window. The compaction must not stall the adapters, whose `accept_batch` needs the
 inbox's lock, so it runs in two steps:
 
-1. Without the lock: note the journal's length, fold that much of the file (as read from
-   disk) into the lines worth keeping, write them to `journal.compact` and sync it.
+1. With the lock, briefly: note the journal's length and take a snapshot of what the
+   file up to there amounts to (the pending messages, and the done ids, which are shared
+   `Arc<str>`s, so the snapshot copies pointers, not strings). Without the lock: write
+   the snapshot to `journal.compact` and sync it.
 2. With the lock: copy what was appended since step 1 to the end of `journal.compact`,
    sync it, rename it over `journal`, sync the directory, and append to the new file.
 
-The lock is held only for the lines appended meanwhile. A crash before the rename leaves
+The lock is held for the snapshot of pointers and for the lines appended meanwhile. A crash before the rename leaves
 the old journal, complete; after it, the new one, which holds everything the old one
 did that still matters. A leftover `journal.compact` is removed at the next start. The
 journal is also compacted when the inbox is opened. A torn last line (a crash
@@ -42,7 +44,7 @@ mid-write) is skipped.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -137,7 +139,7 @@ impl Inbox {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let (pending, done) = read_journal(&path, u64::MAX)?;
+        let (pending, done) = read_journal(&path)?;
         let keep_secs = window.as_secs_f64();
         let cutoff = clock() - keep_secs;
         let mut order: Vec<(f64, Arc<str>)> =
@@ -255,14 +257,21 @@ impl Inbox {
     }
 
     fn compact_into(&self, tmp: &Path) -> io::Result<()> {
-        // Step 1, without the lock: what the first `covered` bytes leave to keep. Only a
-        // compaction renames the journal, so `self.path` is the file `state.file` is.
-        let covered = self.state.lock().file.metadata()?.len();
-        let (pending, done) = read_journal(&self.path, covered)?;
+        // Step 1. Under the lock only long enough to note the journal's length and take
+        // what memory says the file up to there amounts to: the pending messages (few:
+        // those with a turn running or queued) and the done ids, shared, not copied.
+        let (covered, pending, done) = {
+            let state = self.state.lock();
+            let pending: Vec<(String, f64, Inbound)> =
+                state.pending.iter().map(|(id, (at, msg))| (id.clone(), *at, msg.clone())).collect();
+            let done: Vec<(f64, Arc<str>)> = state.order.iter().cloned().collect();
+            (state.file.metadata()?.len(), pending, done)
+        };
+        // Without the lock: write them.
         let cutoff = (self.clock)() - self.keep_secs;
-        let lines = keep_lines(pending, done, cutoff);
         let mut file = open_journal(tmp, true)?;
-        file.write_all(&lines)?;
+        let written = write_kept(&file, pending, &done, cutoff)?;
+        drop(done);
         file.sync_data()?;
         #[cfg(test)]
         if let Some(hook) = self.midway.lock().as_mut() {
@@ -280,7 +289,7 @@ impl Inbox {
         }
         fs::rename(tmp, &self.path)?;
         state.file = file;
-        state.size = (lines.len() + tail.len()) as u64;
+        state.size = written + tail.len() as u64;
         state.compacted_size = state.size;
         // Until the directory is synced, a power cut could bring the old file back
         // without the lines accepted from now on: keep the lock until it is.
@@ -300,19 +309,29 @@ fn forget_before(state: &mut State, cutoff: f64) {
     }
 }
 
-/// The journal lines worth keeping: pending messages (oldest first), then done ids at
-/// or after `cutoff`.
-fn keep_lines(pending: Pending, done: HashMap<String, f64>, cutoff: f64) -> Vec<u8> {
-    let mut lines = Vec::new();
-    let mut pending: Vec<_> = pending.into_iter().collect();
-    pending.sort_by(|a, b| a.1.0.total_cmp(&b.1.0));
-    for (id, (at, msg)) in pending {
-        push_line(&mut lines, &Record::Accept { id, at, msg });
+/// Write the journal lines worth keeping to `file`: pending messages (oldest first), then
+/// the done ids at or after `cutoff`. Returns the bytes written.
+fn write_kept(
+    file: &File,
+    mut pending: Vec<(String, f64, Inbound)>,
+    done: &[(f64, Arc<str>)],
+    cutoff: f64,
+) -> io::Result<u64> {
+    pending.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut out = io::BufWriter::new(file);
+    let mut line = Vec::new();
+    let mut written = 0;
+    let records = pending.into_iter().map(|(id, at, msg)| Record::Accept { id, at, msg });
+    let dones =
+        done.iter().filter(|(at, _)| *at >= cutoff).map(|(at, id)| Record::Done { id: id.to_string(), at: *at });
+    for record in records.chain(dones) {
+        line.clear();
+        push_line(&mut line, &record);
+        out.write_all(&line)?;
+        written += line.len() as u64;
     }
-    for (id, at) in done.into_iter().filter(|(_, at)| *at >= cutoff) {
-        push_line(&mut lines, &Record::Done { id, at });
-    }
-    lines
+    out.flush()?;
+    Ok(written)
 }
 
 fn push_line(buf: &mut Vec<u8>, record: &Record) {
@@ -351,9 +370,9 @@ fn open_journal(path: &Path, new: bool) -> io::Result<File> {
 
 type Pending = HashMap<String, (f64, Inbound)>;
 
-/// Replay the first `limit` bytes of the journal. Unreadable lines (a torn last line,
-/// damage) are skipped with a warning; a missing journal is an empty one.
-fn read_journal(path: &Path, limit: u64) -> io::Result<(Pending, HashMap<String, f64>)> {
+/// Replay the journal. Unreadable lines (a torn last line, damage) are skipped with a
+/// warning; a missing journal is an empty one.
+fn read_journal(path: &Path) -> io::Result<(Pending, HashMap<String, f64>)> {
     let (mut pending, mut done) = (HashMap::new(), HashMap::new());
     let file = match File::open(path) {
         Ok(file) => file,
@@ -361,7 +380,7 @@ fn read_journal(path: &Path, limit: u64) -> io::Result<(Pending, HashMap<String,
         Err(e) => return Err(e),
     };
     let mut skipped = 0;
-    for line in BufReader::new(file.take(limit)).split(b'\n') {
+    for line in BufReader::new(file).split(b'\n') {
         let line = line?;
         if line.is_empty() {
             continue;
