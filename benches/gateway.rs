@@ -67,7 +67,7 @@ const SOAK_SAMPLE: usize = 10_000;
 const SOAK_BASELINE: usize = 20_000;
 /// The soak's `[gateway] dedup_window`: short, so that its minutes span many windows, as
 /// months span many weeks.
-const SOAK_DEDUP_WINDOW: &str = "10s";
+const SOAK_DEDUP_WINDOW: &str = "2s";
 
 /// A gateway that has answered nothing for this long is stalled: the bench fails.
 const STALL: Duration = Duration::from_secs(15);
