@@ -480,8 +480,8 @@ type Usage = Vec<(String, u64, u64)>;
 
 /// What the soak saw.
 struct Soak {
-    /// (messages answered so far, RSS in KiB) after each push.
-    rss: Vec<(usize, u64)>,
+    /// (messages answered so far, RSS and its anonymous part in KiB) at each sample.
+    rss: Vec<(usize, u64, u64)>,
     /// `/proc/PID/io` (write_bytes, wchar) at the baseline and at the end.
     io: ((u64, u64), (u64, u64)),
     /// The state directory at the baseline and at the end: (top-level name, bytes, files).
@@ -514,13 +514,18 @@ fn bench_soak(texts: &mut Texts) -> Soak {
         }
         thread::sleep(Duration::from_millis(500));
         gw.assert_running("the soak");
-        let kb = gw.sample().rss_kb;
-        rss.push((answered, kb));
+        let sample = gw.sample();
+        let kb = sample.rss_kb;
+        rss.push((answered, kb, sample.rss_anon_kb));
         if answered == SOAK_BASELINE {
             base_io = gw.io_bytes();
             base_state = process::dir_usage(&gw.state_dir());
         }
-        eprintln!("soak: {answered} answered, RSS {:.2} MB", kb as f64 / 1024.0);
+        eprintln!(
+            "soak: {answered} answered, RSS {:.2} MB (anonymous {:.2} MB)",
+            kb as f64 / 1024.0,
+            sample.rss_anon_kb as f64 / 1024.0
+        );
     }
     Soak { rss, io: (base_io, gw.io_bytes()), state: (base_state, process::dir_usage(&gw.state_dir())), seconds }
 }
@@ -528,8 +533,8 @@ fn bench_soak(texts: &mut Texts) -> Soak {
 impl Soak {
     fn to_json(&self) -> Value {
         let mib = |kb: u64| round(kb as f64 / 1024.0, 2);
-        let rss_at = |n: usize| self.rss.iter().find(|(m, _)| *m == n).map_or(0, |(_, kb)| *kb);
-        let (base, end) = (rss_at(SOAK_BASELINE), rss_at(SOAK_MESSAGES));
+        let at = |n: usize| self.rss.iter().find(|(m, _, _)| *m == n).map_or((0, 0), |(_, kb, anon)| (*kb, *anon));
+        let ((base, base_anon), (end, end_anon)) = (at(SOAK_BASELINE), at(SOAK_MESSAGES));
         let after_base = (SOAK_MESSAGES - SOAK_BASELINE) as f64;
         let ((w0, c0), (w1, c1)) = self.io;
         let usage = |state: &[(String, u64, u64)]| -> Value {
@@ -549,7 +554,11 @@ impl Soak {
             "rss_after_20k_mb": mib(base),
             "rss_end_mb": mib(end),
             "rss_growth_mb": round((end as f64 - base as f64) / 1024.0, 2),
-            "rss_curve_mb": self.rss.iter().map(|(n, kb)| json!([n, mib(*kb)])).collect::<Vec<_>>(),
+            "rss_anon_after_20k_mb": mib(base_anon),
+            "rss_anon_end_mb": mib(end_anon),
+            "rss_anon_growth_mb": round((end_anon as f64 - base_anon as f64) / 1024.0, 2),
+            "rss_curve_mb": "[messages, RSS, anonymous part of the RSS]",
+            "rss_curve": self.rss.iter().map(|(n, kb, anon)| json!([n, mib(*kb), mib(*anon)])).collect::<Vec<_>>(),
             "state_dir_after_20k": usage(&self.state.0),
             "state_dir_end": usage(&self.state.1),
             "write_bytes_per_msg": round(w1.saturating_sub(w0) as f64 / after_base, 1),
@@ -572,6 +581,7 @@ fn soak_rows(soak: &Value) -> Vec<(&'static str, String, &'static str, Option<bo
         ("soak: RSS after 20k (MB)", num(&soak["rss_after_20k_mb"]), "", None),
         ("soak: RSS after 200k (MB)", num(&soak["rss_end_mb"]), "", None),
         ("soak: RSS growth (MB)", num(&soak["rss_growth_mb"]), "<= 1", Some(f(&soak["rss_growth_mb"]) <= 1.0)),
+        ("soak: anonymous RSS growth (MB)", num(&soak["rss_anon_growth_mb"]), "", None),
         ("soak: state dir at end (MB)", num(&soak["state_dir_end"]["total_mb"]), "", None),
         ("soak: bytes written per msg", num(&soak["write_bytes_per_msg"]), "", None),
         ("soak: msg/s", num(&soak["msg_per_s"]), "", None),

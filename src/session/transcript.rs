@@ -104,7 +104,11 @@ fn read_tail(file: &File, n: usize, mut window: u64) -> io::Result<Vec<ChatMessa
     loop {
         let start = size.saturating_sub(window);
         let len = usize::try_from(size - start).map_err(|_| io::Error::other("transcript too large"))?;
-        let mut buf = vec![0u8; len];
+        // At least a whole first window's capacity: one size, which the allocator hands
+        // out again turn after turn, rather than a buffer a little larger each turn as a
+        // young transcript grows (each one a new hole in the heap).
+        let mut buf = Vec::with_capacity(len.max(TAIL_WINDOW as usize));
+        buf.resize(len, 0u8);
         file.read_exact_at(&mut buf, start)?;
         let messages = parse_last(&buf, start == 0, n);
         if messages.len() >= n || start == 0 {
