@@ -294,7 +294,23 @@ impl Inbox {
         // Until the directory is synced, a power cut could bring the old file back
         // without the lines accepted from now on: keep the lock until it is.
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        File::open(dir)?.sync_all()
+        File::open(dir)?.sync_all()?;
+        drop(state);
+        release_freed_memory();
+        Ok(())
+    }
+}
+
+/// Hand the memory freed since the last compaction back to the system. The ids in the
+/// window are allocated and freed continually, and how many there are follows the message
+/// rate; without this, glibc keeps the pages of the busiest window ever seen, so the RSS
+/// ratchets up with every new peak instead of following what is held. Costs a walk over
+/// the allocator's free lists, once per compaction.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free pages to the kernel; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -306,6 +322,14 @@ fn forget_before(state: &mut State, cutoff: f64) {
         if state.done.get(&id) == Some(&at) {
             state.done.remove(&id);
         }
+    }
+    // After a burst, give back the room it needed: what the window holds follows the
+    // message rate, and tables never shrink by themselves. Halving the room only when it
+    // is four times what is held keeps this rare (amortized O(1) per id).
+    let held = state.done.len();
+    if state.done.capacity() > 4 * held + 1024 {
+        state.done.shrink_to(2 * held);
+        state.order.shrink_to(2 * held);
     }
 }
 
@@ -431,6 +455,10 @@ mod tests {
     }
 
     impl Inbox {
+        fn done_capacity(&self) -> usize {
+            self.state.lock().done.capacity()
+        }
+
         /// Done ids held in memory: in the map, and in the order queue.
         fn done_counts(&self) -> (usize, usize) {
             let state = self.state.lock();
@@ -573,6 +601,25 @@ mod tests {
         }
         assert!(most <= 201, "{most} ids held for a window of 200 messages");
         assert!(texts(&inbox).is_empty());
+    }
+
+    #[test]
+    fn the_room_a_burst_needed_is_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (now, clock) = clock(1_000_000.0);
+        let inbox = Inbox::open_clocked(dir.path(), Duration::from_secs(10), clock).unwrap();
+        let burst = inbox.accept_batch((0..20_000).map(|n| msg(Some(&n.to_string()), "x")).collect()).unwrap();
+        for a in &burst {
+            inbox.complete(&a.id);
+        }
+        assert!(inbox.done_capacity() >= 20_000);
+        // Quiet again: one message a second for two windows.
+        for n in 0..20 {
+            set(&now, 1_000_001.0 + f64::from(n));
+            let a = inbox.accept(msg(Some(&format!("q{n}")), "x")).unwrap().unwrap();
+            inbox.complete(&a.id);
+        }
+        assert!(inbox.done_capacity() < 2048, "{} slots kept for {:?} ids", inbox.done_capacity(), inbox.done_counts());
     }
 
     #[test]
