@@ -12,9 +12,11 @@ the echo agent unless said otherwise:
 4. idle CPU over 60 s (`BENCH_QUICK=1`: 10 s);
 5. startup: exec to the first `getUpdates`;
 6. reconnect precision: scheduled against actual `getMe` retry times;
-7. agent path: 50 chats through the `openai` backend.
+7. agent path: 50 chats through the `openai` backend;
+8. soak: 200,000 messages from 1,000 chats, RSS and state directory along the way.
 
-It prints a table and writes `bench/results.json`. Every wait has a deadline; a missing,
+It prints a table and writes `bench/results.json`. `BENCH_ONLY=soak` runs the soak alone
+and replaces only its part of `results.json`. Every wait has a deadline; a missing,
 wrong or duplicated reply or a stalled gateway panics, so the bench exits non-zero
 instead of hanging or reporting a figure for broken behaviour.
 */
@@ -55,6 +57,17 @@ const STARTUP_RUNS: usize = 5;
 const RETRY_ATTEMPTS: usize = 6;
 const RETRY_BASE_MS: u64 = 200;
 const AGENT_CHATS: i64 = 50;
+/// The soak: messages in all, over this many chats. They are pushed one round at a time
+/// (one message per chat, answered before the next round), so what is measured is what
+/// stays in memory, not the high-water mark of a backlog of ten thousand; RSS is sampled
+/// every [`SOAK_SAMPLE`] messages, and the baseline is the sample after [`SOAK_BASELINE`].
+const SOAK_MESSAGES: usize = 200_000;
+const SOAK_CHATS: i64 = 1000;
+const SOAK_SAMPLE: usize = 10_000;
+const SOAK_BASELINE: usize = 20_000;
+/// The soak's `[gateway] dedup_window`: short, so that its minutes span many windows, as
+/// months span many weeks.
+const SOAK_DEDUP_WINDOW: &str = "2s";
 
 /// A gateway that has answered nothing for this long is stalled: the bench fails.
 const STALL: Duration = Duration::from_secs(15);
@@ -69,6 +82,10 @@ fn main() {
         return;
     }
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "soak") {
+        soak_only();
+        return;
+    }
     let idle_window = Duration::from_secs(if quick { 10 } else { 60 });
     let began = Instant::now();
     let load_before = loadavg();
@@ -84,6 +101,7 @@ fn main() {
     let load = bench_load(&mut texts);
     let agent = bench_agent_burst(&mut texts);
     let footprint = bench_footprint(idle_window, &mut texts);
+    let soak = bench_soak(&mut texts);
 
     let results = Results {
         binary_bytes,
@@ -97,14 +115,39 @@ fn main() {
         idle_window,
         load_avg: (load_before, loadavg()),
     };
-    let json = results.to_json();
+    let mut json = results.to_json();
+    json["soak"] = soak.to_json();
     print_table(&json);
     if load_before > 0.5 {
         println!("\nnote: the load average was {load_before:.2} at the start: other work shared the CPUs and disk.");
     }
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results.json");
-    std::fs::write(path, serde_json::to_string_pretty(&json).expect("json") + "\n").expect("write results.json");
-    println!("\nwrote {path} in {:.0} s", began.elapsed().as_secs_f64());
+    write_results(&json);
+    println!("in {:.0} s", began.elapsed().as_secs_f64());
+}
+
+const RESULTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results.json");
+
+fn write_results(json: &Value) {
+    std::fs::write(RESULTS, serde_json::to_string_pretty(json).expect("json") + "\n").expect("write results.json");
+    println!("\nwrote {RESULTS}");
+}
+
+/// `BENCH_ONLY=soak`: the soak alone, its figures put into the existing results.
+fn soak_only() {
+    let pinned = tempfile::tempdir().expect("a temporary directory");
+    process::pin_binary(pinned.path());
+    let load_before = loadavg();
+    let soak = bench_soak(&mut Texts::default()).to_json();
+    let mut json: Value = std::fs::read(RESULTS)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    json["soak"] = soak;
+    json["soak"]["date"] = json!(today());
+    json["soak"]["load_average_before_after"] = json!([round(load_before, 2), round(loadavg(), 2)]);
+    print_soak(&json["soak"]);
+    write_results(&json);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -432,6 +475,119 @@ fn fill_sessions(messages: &[(i64, String)]) -> ((u64, u64), f64) {
     ((rss[0], rss[1]), took)
 }
 
+/// A state directory's usage: (top-level name, bytes, files), from [`process::dir_usage`].
+type Usage = Vec<(String, u64, u64)>;
+
+/// What the soak saw.
+struct Soak {
+    /// (messages answered so far, RSS and its anonymous part in KiB) at each sample.
+    rss: Vec<(usize, u64, u64)>,
+    /// `/proc/PID/io` (write_bytes, wchar) at the baseline and at the end.
+    io: ((u64, u64), (u64, u64)),
+    /// The state directory at the baseline and at the end: (top-level name, bytes, files).
+    state: (Usage, Usage),
+    /// Seconds from each round's push to its last reply, summed.
+    seconds: f64,
+}
+
+/// One echo gateway, one bot: [`SOAK_MESSAGES`] messages, one per chat a round over
+/// [`SOAK_CHATS`] chats, every reply checked; RSS 0.5 s after every [`SOAK_SAMPLE`]th
+/// reply, the state directory and the write counters at the baseline and at the end.
+/// `msg_per_s` counts only the rounds, from each push to its last reply.
+fn bench_soak(texts: &mut Texts) -> Soak {
+    eprintln!("soak: {SOAK_MESSAGES} messages over {SOAK_CHATS} chats, dedup_window {SOAK_DEDUP_WINDOW}");
+    let tg = FastTelegram::start(TOKEN);
+    let config = format!("{OPEN_ACCESS}{}", process::telegram_table("tg", &tg.url(), TOKEN, ""));
+    let mut gw = Gateway::start_with(&format!("dedup_window = \"{SOAK_DEDUP_WINDOW}\"\n"), &config);
+    if tg.wait_first_poll(Instant::now() + Duration::from_secs(10)).is_none() {
+        gw.fail("no getUpdates within 10 s of the start");
+    }
+    let (mut rss, mut base_io, mut base_state) = (Vec::new(), (0, 0), Vec::new());
+    let mut seconds = 0.0;
+    for round in 1..=SOAK_MESSAGES / SOAK_CHATS as usize {
+        let messages = texts.spread(5_000_001, SOAK_CHATS, SOAK_CHATS as usize);
+        let (pushed, replies) = exchange(&tg, &mut gw, &messages, "echo: ");
+        seconds += (last_arrival(&replies) - pushed).as_secs_f64();
+        let answered = round * SOAK_CHATS as usize;
+        if !answered.is_multiple_of(SOAK_SAMPLE) {
+            continue;
+        }
+        thread::sleep(Duration::from_millis(500));
+        gw.assert_running("the soak");
+        let sample = gw.sample();
+        let kb = sample.rss_kb;
+        rss.push((answered, kb, sample.rss_anon_kb));
+        if answered == SOAK_BASELINE {
+            base_io = gw.io_bytes();
+            base_state = process::dir_usage(&gw.state_dir());
+        }
+        eprintln!(
+            "soak: {answered} answered, RSS {:.2} MB (anonymous {:.2} MB)",
+            kb as f64 / 1024.0,
+            sample.rss_anon_kb as f64 / 1024.0
+        );
+    }
+    Soak { rss, io: (base_io, gw.io_bytes()), state: (base_state, process::dir_usage(&gw.state_dir())), seconds }
+}
+
+impl Soak {
+    fn to_json(&self) -> Value {
+        let mib = |kb: u64| round(kb as f64 / 1024.0, 2);
+        let at = |n: usize| self.rss.iter().find(|(m, _, _)| *m == n).map_or((0, 0), |(_, kb, anon)| (*kb, *anon));
+        let ((base, base_anon), (end, end_anon)) = (at(SOAK_BASELINE), at(SOAK_MESSAGES));
+        let after_base = (SOAK_MESSAGES - SOAK_BASELINE) as f64;
+        let ((w0, c0), (w1, c1)) = self.io;
+        let usage = |state: &[(String, u64, u64)]| -> Value {
+            let by_name: serde_json::Map<String, Value> = state
+                .iter()
+                .map(|(name, bytes, files)| {
+                    (name.clone(), json!({ "mb": round(*bytes as f64 / 1048576.0, 2), "files": files }))
+                })
+                .collect();
+            let total: u64 = state.iter().map(|(_, bytes, _)| bytes).sum();
+            json!({ "total_mb": round(total as f64 / 1048576.0, 2), "by_dir": by_name })
+        };
+        json!({
+            "messages": SOAK_MESSAGES,
+            "chats": SOAK_CHATS,
+            "dedup_window": SOAK_DEDUP_WINDOW,
+            "rss_after_20k_mb": mib(base),
+            "rss_end_mb": mib(end),
+            "rss_growth_mb": round((end as f64 - base as f64) / 1024.0, 2),
+            "rss_anon_after_20k_mb": mib(base_anon),
+            "rss_anon_end_mb": mib(end_anon),
+            "rss_anon_growth_mb": round((end_anon as f64 - base_anon as f64) / 1024.0, 2),
+            "rss_curve_mb": "[messages, RSS, anonymous part of the RSS]",
+            "rss_curve": self.rss.iter().map(|(n, kb, anon)| json!([n, mib(*kb), mib(*anon)])).collect::<Vec<_>>(),
+            "state_dir_after_20k": usage(&self.state.0),
+            "state_dir_end": usage(&self.state.1),
+            "write_bytes_per_msg": round(w1.saturating_sub(w0) as f64 / after_base, 1),
+            "wchar_per_msg": round(c1.saturating_sub(c0) as f64 / after_base, 1),
+            "msg_per_s": round(SOAK_MESSAGES as f64 / self.seconds.max(1e-9), 1),
+        })
+    }
+}
+
+/// The soak's rows, for `BENCH_ONLY=soak`.
+fn print_soak(soak: &Value) {
+    println!("\n{:<32} {:>12}  {:<8} met?", "metric", "value", "target");
+    for (metric, value, target, met) in soak_rows(soak) {
+        println!("{metric:<32} {value:>12}  {target:<8} {}", met.map_or("", |m| if m { "yes" } else { "NO" }));
+    }
+}
+
+fn soak_rows(soak: &Value) -> Vec<(&'static str, String, &'static str, Option<bool>)> {
+    vec![
+        ("soak: RSS after 20k (MB)", num(&soak["rss_after_20k_mb"]), "", None),
+        ("soak: RSS after 200k (MB)", num(&soak["rss_end_mb"]), "", None),
+        ("soak: RSS growth (MB)", num(&soak["rss_growth_mb"]), "<= 1", Some(f(&soak["rss_growth_mb"]) <= 1.0)),
+        ("soak: anonymous RSS growth (MB)", num(&soak["rss_anon_growth_mb"]), "", None),
+        ("soak: state dir at end (MB)", num(&soak["state_dir_end"]["total_mb"]), "", None),
+        ("soak: bytes written per msg", num(&soak["write_bytes_per_msg"]), "", None),
+        ("soak: msg/s", num(&soak["msg_per_s"]), "", None),
+    ]
+}
+
 // ---------------------------------------------------------------------------------------
 // Results
 
@@ -570,6 +726,7 @@ fn print_table(r: &Value) {
         ("agent burst 50: total (s)", num(&r["agent_burst_50"]["total_s"]), "", None),
         ("agent burst 50: msg/s", num(&r["agent_burst_50"]["msg_per_s"]), "", None),
     ];
+    let rows = rows.into_iter().chain(soak_rows(&r["soak"]));
     println!("\n{} on {}\n", r["date"].as_str().unwrap_or("?"), r["machine"].as_str().unwrap_or("?"));
     println!("{:<32} {:>12}  {:<8} met?", "metric", "value", "target");
     for (metric, value, target, met) in rows {

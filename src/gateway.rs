@@ -118,7 +118,7 @@ pub fn run(config: &Config, utc_offset_secs: i32, shutdown: Receiver<()>) -> Res
         let path = state_dir.join(dir);
         move |source| StartError::State { what, path, source }
     };
-    let inbox = Arc::new(Inbox::open(state_dir).map_err(part("the inbox", "inbox"))?);
+    let inbox = Arc::new(Inbox::open_with(state_dir, config.gateway.dedup_window).map_err(part("the inbox", "inbox"))?);
     let replay = inbox.pending();
     let outbox = Outbox::open(state_dir, config.delivery.clone(), &delivery::platform_limits(config))
         .map_err(part("the outbox", "outbox"))?;

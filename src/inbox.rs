@@ -16,18 +16,40 @@ done, and dropped. Messages without an id (the console) get a unique one and are
 each other. `done` records are not synced: losing one to a power cut means a message is
 answered twice, never that one is lost.
 
-The journal is one JSON object per line. Opening it rewrites it with only what still
-matters (pending messages, and ids done in the last week, kept to recognise replays);
-it is rewritten the same way when it grows past a few times that size. A torn last line
-(a crash mid-write) is skipped.
+# Staying bounded
+
+Done ids are remembered for the replay window (`[gateway] dedup_window`, a week by
+default), no longer: they are kept in memory in the order they were done, and each
+[`Inbox::complete`] forgets the ones that aged out, so memory holds one window's worth of
+ids however long the gateway runs.
+
+The journal is one JSON object per line. When it grows past a few times what it must
+keep, it is compacted: rewritten with only the pending messages and the done ids still in
+the window. The compaction must not stall the adapters, whose `accept_batch` needs the
+inbox's lock, so it runs in two steps:
+
+1. With the lock, briefly: note the journal's length and take a snapshot of what the
+   file up to there amounts to (the pending messages, and the done ids, which are shared
+   `Arc<str>`s, so the snapshot copies pointers, not strings). Without the lock: write
+   the snapshot to `journal.compact` and sync it.
+2. With the lock: copy what was appended since step 1 to the end of `journal.compact`,
+   sync it, rename it over `journal`, sync the directory, and append to the new file.
+
+The lock is held for the snapshot of pointers and for the lines appended meanwhile. A crash before the rename leaves
+the old journal, complete; after it, the new one, which holds everything the old one
+did that still matters. A leftover `journal.compact` is removed at the next start. The
+journal is also compacted when the inbox is opened. A torn last line (a crash
+mid-write) is skipped.
 */
 
-use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -36,13 +58,16 @@ use crate::fsutil;
 use crate::message::Inbound;
 use crate::status::unix_now;
 
-/// How long done ids are remembered to recognise replays, in seconds.
-const DONE_KEPT_SECS: f64 = 7.0 * 24.0 * 3600.0;
+/// How long done ids are remembered to recognise replays, unless configured otherwise.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The journal is compacted when it is this many times larger than what it must keep
 /// (and at least [`COMPACT_MIN_BYTES`]).
 const COMPACT_FACTOR: u64 = 4;
 const COMPACT_MIN_BYTES: u64 = 1 << 20;
+
+/// Where a compaction writes the new journal before renaming it into place.
+const COMPACT_TMP: &str = "journal.compact";
 
 /// A message the inbox has accepted, with the id of its journal entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,18 +84,34 @@ enum Record {
     Done { id: String, at: f64 },
 }
 
+/// Where the inbox reads the time (Unix seconds); tests pass a clock they move.
+type Clock = Box<dyn Fn() -> f64 + Send + Sync>;
+
 pub struct Inbox {
     path: PathBuf,
+    /// The replay window, in seconds.
+    keep_secs: f64,
+    clock: Clock,
     state: Mutex<State>,
+    /// Held for the whole of a compaction, so that only one runs at a time. Never taken
+    /// while `state` is held.
+    compacting: Mutex<()>,
     counter: AtomicU64,
+    /// Called by a compaction between its two steps (tests hold it there).
+    #[cfg(test)]
+    midway: Mutex<Option<Box<dyn FnMut() + Send>>>,
 }
 
 struct State {
+    /// The journal, opened to append and to read back what a compaction must copy.
     file: File,
     /// Accepted and not done: id → (accepted at, message).
     pending: HashMap<String, (f64, Inbound)>,
     /// Done ids and when, to recognise replays.
-    done: HashMap<String, f64>,
+    done: HashMap<Arc<str>, f64>,
+    /// The same ids in the order they were done, oldest first, to forget them as they
+    /// leave the window without scanning all of them.
+    order: VecDeque<(f64, Arc<str>)>,
     /// Bytes in the journal, and after the last compaction.
     size: u64,
     compacted_size: u64,
@@ -79,18 +120,46 @@ struct State {
 }
 
 impl Inbox {
-    /// Open (creating) `state_dir/inbox/journal` and compact it.
+    /// Open (creating) `state_dir/inbox/journal` and compact it, with the default window.
     pub fn open(state_dir: &Path) -> io::Result<Inbox> {
+        Inbox::open_with(state_dir, DEFAULT_DEDUP_WINDOW)
+    }
+
+    /// Open (creating) `state_dir/inbox/journal` and compact it; done ids are remembered
+    /// for `window`.
+    pub fn open_with(state_dir: &Path, window: Duration) -> io::Result<Inbox> {
+        Inbox::open_clocked(state_dir, window, Box::new(unix_now))
+    }
+
+    fn open_clocked(state_dir: &Path, window: Duration, clock: Clock) -> io::Result<Inbox> {
         let dir = state_dir.join("inbox");
         fsutil::create_private_dir(&dir)?;
         let path = dir.join("journal");
-        let (pending, mut done) = read_journal(&path)?;
-        let now = unix_now();
-        done.retain(|_, at| now - *at < DONE_KEPT_SECS);
-        let file = open_append(&path)?;
-        let state = State { file, pending, done, size: 0, compacted_size: 0, torn: false };
-        let inbox = Inbox { path, state: Mutex::new(state), counter: AtomicU64::new(0) };
-        inbox.compact(&mut inbox.state.lock())?;
+        match fs::remove_file(dir.join(COMPACT_TMP)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let (pending, done) = read_journal(&path)?;
+        let keep_secs = window.as_secs_f64();
+        let cutoff = clock() - keep_secs;
+        let mut order: Vec<(f64, Arc<str>)> =
+            done.into_iter().filter(|(_, at)| *at >= cutoff).map(|(id, at)| (at, Arc::from(id))).collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let done = order.iter().map(|(at, id)| (id.clone(), *at)).collect();
+        let file = open_journal(&path, false)?;
+        let size = file.metadata()?.len();
+        let state = State { file, pending, done, order: order.into(), size, compacted_size: size, torn: false };
+        let inbox = Inbox {
+            path,
+            keep_secs,
+            clock,
+            state: Mutex::new(state),
+            compacting: Mutex::new(()),
+            counter: AtomicU64::new(0),
+            #[cfg(test)]
+            midway: Mutex::new(None),
+        };
+        inbox.compact()?;
         Ok(inbox)
     }
 
@@ -103,12 +172,12 @@ impl Inbox {
     /// Either all new ones are recorded, or (on an error) none is.
     pub fn accept_batch(&self, msgs: Vec<Inbound>) -> io::Result<Vec<Accepted>> {
         let mut state = self.state.lock();
-        let at = unix_now();
+        let at = (self.clock)();
         let mut fresh: Vec<Accepted> = Vec::new();
         let mut lines = Vec::new();
         for msg in msgs {
             let id = self.entry_id(&msg);
-            let seen = state.pending.contains_key(&id) || state.done.contains_key(&id);
+            let seen = state.pending.contains_key(&id) || state.done.contains_key(id.as_str());
             if seen || fresh.iter().any(|a| a.id == id) {
                 continue;
             }
@@ -127,24 +196,29 @@ impl Inbox {
         Ok(fresh)
     }
 
-    /// The turn for entry `id` is over: remember it only to recognise a replay.
+    /// The turn for entry `id` is over: remember it only to recognise a replay, for the
+    /// window. Forgets the ids that left the window, and compacts the journal (on this
+    /// thread, mostly without the lock) when it has grown enough.
     pub fn complete(&self, id: &str) {
         let mut state = self.state.lock();
         if state.pending.remove(id).is_none() {
             return;
         }
-        let at = unix_now();
-        state.done.insert(id.to_string(), at);
+        let at = (self.clock)();
+        let shared: Arc<str> = Arc::from(id);
+        state.done.insert(shared.clone(), at);
+        state.order.push_back((at, shared));
+        forget_before(&mut state, at - self.keep_secs);
         let mut line = Vec::new();
         push_line(&mut line, &Record::Done { id: id.to_string(), at });
         if let Err(e) = append(&mut state, &line, false) {
             log::warn!("inbox: cannot record {id} as done: {e}; it may be answered again after a restart");
         }
         let limit = (state.compacted_size * COMPACT_FACTOR).max(COMPACT_MIN_BYTES);
-        if state.size > limit
-            && let Err(e) = self.compact(&mut state)
-        {
-            log::warn!("inbox: cannot compact the journal: {e}");
+        let due = state.size > limit;
+        drop(state);
+        if due && let Err(e) = self.compact() {
+            log::warn!("inbox: cannot compact {}: {e}", self.path.display());
         }
     }
 
@@ -169,24 +243,119 @@ impl Inbox {
         }
     }
 
-    /// Rewrite the journal with only the pending messages and the remembered done ids.
-    fn compact(&self, state: &mut State) -> io::Result<()> {
-        let mut lines = Vec::new();
-        let mut pending: Vec<_> = state.pending.iter().collect();
-        pending.sort_by(|a, b| a.1.0.total_cmp(&b.1.0));
-        for (id, (at, msg)) in pending {
-            push_line(&mut lines, &Record::Accept { id: id.clone(), at: *at, msg: msg.clone() });
+    /// Rewrite the journal with only the pending messages and the done ids in the window,
+    /// in the two steps of the module doc. Returns at once if a compaction is running.
+    fn compact(&self) -> io::Result<()> {
+        let Some(_only_one) = self.compacting.try_lock() else { return Ok(()) };
+        let tmp = self.path.with_file_name(COMPACT_TMP);
+        let _ = fs::remove_file(&tmp);
+        let compacted = self.compact_into(&tmp);
+        if compacted.is_err() {
+            let _ = fs::remove_file(&tmp);
         }
-        for (id, at) in &state.done {
-            push_line(&mut lines, &Record::Done { id: id.clone(), at: *at });
+        compacted
+    }
+
+    fn compact_into(&self, tmp: &Path) -> io::Result<()> {
+        // Step 1. Under the lock only long enough to note the journal's length and take
+        // what memory says the file up to there amounts to: the pending messages (few:
+        // those with a turn running or queued) and the done ids, shared, not copied.
+        let (covered, pending, done) = {
+            let state = self.state.lock();
+            let pending: Vec<(String, f64, Inbound)> =
+                state.pending.iter().map(|(id, (at, msg))| (id.clone(), *at, msg.clone())).collect();
+            let done: Vec<(f64, Arc<str>)> = state.order.iter().cloned().collect();
+            (state.file.metadata()?.len(), pending, done)
+        };
+        // Without the lock: write them.
+        let cutoff = (self.clock)() - self.keep_secs;
+        let mut file = open_journal(tmp, true)?;
+        let written = write_kept(&file, pending, &done, cutoff)?;
+        drop(done);
+        file.sync_data()?;
+        #[cfg(test)]
+        if let Some(hook) = self.midway.lock().as_mut() {
+            hook();
         }
-        fsutil::write_atomic(&self.path, &lines)?;
-        state.file = open_append(&self.path)?;
-        state.size = lines.len() as u64;
+        // Step 2, with the lock: the lines appended meanwhile, then the swap.
+        let mut state = self.state.lock();
+        let end = state.file.metadata()?.len();
+        let len = usize::try_from(end.saturating_sub(covered)).map_err(io::Error::other)?;
+        let mut tail = vec![0; len];
+        state.file.read_exact_at(&mut tail, covered)?;
+        if !tail.is_empty() {
+            file.write_all(&tail)?;
+            file.sync_data()?;
+        }
+        fs::rename(tmp, &self.path)?;
+        state.file = file;
+        state.size = written + tail.len() as u64;
         state.compacted_size = state.size;
-        state.torn = false;
+        // Until the directory is synced, a power cut could bring the old file back
+        // without the lines accepted from now on: keep the lock until it is.
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        File::open(dir)?.sync_all()?;
+        drop(state);
+        release_freed_memory();
         Ok(())
     }
+}
+
+/// Hand the memory freed since the last compaction back to the system. The ids in the
+/// window are allocated and freed continually, and how many there are follows the message
+/// rate; without this, glibc keeps the pages of the busiest window ever seen, so the RSS
+/// ratchets up with every new peak instead of following what is held. Costs a walk over
+/// the allocator's free lists, once per compaction.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free pages to the kernel; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Forget the done ids older than `cutoff`, oldest first. The order is by completion; a
+/// clock step backwards only delays forgetting the ids behind it.
+fn forget_before(state: &mut State, cutoff: f64) {
+    while state.order.front().is_some_and(|(at, _)| *at < cutoff) {
+        let Some((at, id)) = state.order.pop_front() else { break };
+        if state.done.get(&id) == Some(&at) {
+            state.done.remove(&id);
+        }
+    }
+    // After a burst, give back the room it needed: what the window holds follows the
+    // message rate, and tables never shrink by themselves. Halving the room only when it
+    // is four times what is held keeps this rare (amortized O(1) per id).
+    let held = state.done.len();
+    if state.done.capacity() > 4 * held + 1024 {
+        state.done.shrink_to(2 * held);
+        state.order.shrink_to(2 * held);
+    }
+}
+
+/// Write the journal lines worth keeping to `file`: pending messages (oldest first), then
+/// the done ids at or after `cutoff`. Returns the bytes written.
+fn write_kept(
+    file: &File,
+    mut pending: Vec<(String, f64, Inbound)>,
+    done: &[(f64, Arc<str>)],
+    cutoff: f64,
+) -> io::Result<u64> {
+    pending.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut out = io::BufWriter::new(file);
+    let mut line = Vec::new();
+    let mut written = 0;
+    let records = pending.into_iter().map(|(id, at, msg)| Record::Accept { id, at, msg });
+    let dones =
+        done.iter().filter(|(at, _)| *at >= cutoff).map(|(at, id)| Record::Done { id: id.to_string(), at: *at });
+    for record in records.chain(dones) {
+        line.clear();
+        push_line(&mut line, &record);
+        out.write_all(&line)?;
+        written += line.len() as u64;
+    }
+    out.flush()?;
+    Ok(written)
 }
 
 fn push_line(buf: &mut Vec<u8>, record: &Record) {
@@ -210,8 +379,17 @@ fn append(state: &mut State, lines: &[u8], sync: bool) -> io::Result<()> {
     written
 }
 
-fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+/// Open a journal file to append and read back, 0600; `new` for a compaction's
+/// temporary file, which must not exist yet.
+fn open_journal(path: &Path, new: bool) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).append(true).mode(0o600);
+    if new {
+        options.create_new(true);
+    } else {
+        options.create(true);
+    }
+    options.open(path)
 }
 
 type Pending = HashMap<String, (f64, Inbound)>;
@@ -227,11 +405,17 @@ fn read_journal(path: &Path) -> io::Result<(Pending, HashMap<String, f64>)> {
     };
     let mut skipped = 0;
     for line in BufReader::new(file).split(b'\n') {
-        match serde_json::from_slice::<Record>(&line?) {
-            Ok(Record::Accept { id, at, msg }) if !done.contains_key(&id) => {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Record>(&line) {
+            // Lines are in the order written: an accept after a done is the same id
+            // accepted again once the window had forgotten it.
+            Ok(Record::Accept { id, at, msg }) => {
+                done.remove(&id);
                 pending.insert(id, (at, msg));
             }
-            Ok(Record::Accept { .. }) => {}
             Ok(Record::Done { id, at }) => {
                 pending.remove(&id);
                 done.insert(id, at);
@@ -257,6 +441,29 @@ mod tests {
     fn msg_in(chat: &str, id: Option<&str>, text: &str) -> Inbound {
         let source = Source { user_id: Some("7".into()), ..Source::dm("tg", chat) };
         Inbound { source, message_id: id.map(str::to_string), text: text.into() }
+    }
+
+    /// A clock the test moves: Unix seconds as f64 bits.
+    fn clock(start: f64) -> (Arc<AtomicU64>, Clock) {
+        let now = Arc::new(AtomicU64::new(start.to_bits()));
+        let read = now.clone();
+        (now, Box::new(move || f64::from_bits(read.load(Ordering::SeqCst))))
+    }
+
+    fn set(now: &AtomicU64, t: f64) {
+        now.store(t.to_bits(), Ordering::SeqCst);
+    }
+
+    impl Inbox {
+        fn done_capacity(&self) -> usize {
+            self.state.lock().done.capacity()
+        }
+
+        /// Done ids held in memory: in the map, and in the order queue.
+        fn done_counts(&self) -> (usize, usize) {
+            let state = self.state.lock();
+            (state.done.len(), state.order.len())
+        }
     }
 
     fn texts(inbox: &Inbox) -> Vec<String> {
@@ -346,5 +553,136 @@ mod tests {
         assert!(texts(&inbox).is_empty());
         // Done ids survive the compaction: replays are still recognised.
         assert_eq!(inbox.accept(msg(Some("7"), &text)).unwrap(), None);
+    }
+
+    #[test]
+    fn answered_ids_older_than_the_window_are_forgotten_at_run_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (now, clock) = clock(1_000_000.0);
+        let inbox = Inbox::open_clocked(dir.path(), Duration::from_secs(60), clock).unwrap();
+        for n in 0..100 {
+            let a = inbox.accept(msg(Some(&n.to_string()), "old")).unwrap().unwrap();
+            inbox.complete(&a.id);
+        }
+        assert_eq!(inbox.done_counts(), (100, 100));
+        set(&now, 1_000_030.0);
+        let recent = inbox.accept(msg(Some("recent"), "recent")).unwrap().unwrap();
+        inbox.complete(&recent.id);
+        // 61 s after the first hundred, 31 s after the recent one: without a reopen, the
+        // hundred are forgotten and the recent one is still recognised.
+        set(&now, 1_000_061.0);
+        let last = inbox.accept(msg(Some("last"), "last")).unwrap().unwrap();
+        inbox.complete(&last.id);
+        assert_eq!(inbox.done_counts(), (2, 2));
+        assert_eq!(inbox.accept(msg(Some("recent"), "recent")).unwrap(), None, "within the window");
+        let again = inbox.accept(msg(Some("7"), "old")).unwrap();
+        assert!(again.is_some(), "an id out of the window is a new message");
+        // Accepted again after its done record: it is pending after a restart too.
+        drop(inbox);
+        let (_, clock) = super::tests::clock(1_000_062.0);
+        let reopened = Inbox::open_clocked(dir.path(), Duration::from_secs(60), clock).unwrap();
+        assert_eq!(texts(&reopened), ["old"]);
+    }
+
+    #[test]
+    fn memory_holds_one_window_of_answered_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let (now, clock) = clock(1_000_000.0);
+        let inbox = Inbox::open_clocked(dir.path(), Duration::from_secs(20), clock).unwrap();
+        let mut most = 0;
+        // 25 windows, 10 messages a second.
+        for n in 0..5_000u32 {
+            set(&now, 1_000_000.0 + f64::from(n) / 10.0);
+            let a = inbox.accept(msg(Some(&n.to_string()), "x")).unwrap().unwrap();
+            inbox.complete(&a.id);
+            let (map, queue) = inbox.done_counts();
+            assert_eq!(map, queue);
+            most = most.max(map);
+        }
+        assert!(most <= 201, "{most} ids held for a window of 200 messages");
+        assert!(texts(&inbox).is_empty());
+    }
+
+    #[test]
+    fn the_room_a_burst_needed_is_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (now, clock) = clock(1_000_000.0);
+        let inbox = Inbox::open_clocked(dir.path(), Duration::from_secs(10), clock).unwrap();
+        let burst = inbox.accept_batch((0..20_000).map(|n| msg(Some(&n.to_string()), "x")).collect()).unwrap();
+        for a in &burst {
+            inbox.complete(&a.id);
+        }
+        assert!(inbox.done_capacity() >= 20_000);
+        // Quiet again: one message a second for two windows.
+        for n in 0..20 {
+            set(&now, 1_000_001.0 + f64::from(n));
+            let a = inbox.accept(msg(Some(&format!("q{n}")), "x")).unwrap().unwrap();
+            inbox.complete(&a.id);
+        }
+        assert!(inbox.done_capacity() < 2048, "{} slots kept for {:?} ids", inbox.done_capacity(), inbox.done_counts());
+    }
+
+    #[test]
+    fn accept_batch_is_not_blocked_while_a_compaction_is_midway() {
+        use crossbeam_channel::bounded;
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = Arc::new(Inbox::open(dir.path()).unwrap());
+        let waiting = inbox.accept(msg(Some("p"), "pending before")).unwrap().unwrap();
+        for n in 0..500 {
+            let a = inbox.accept(msg(Some(&n.to_string()), &"x".repeat(200))).unwrap().unwrap();
+            inbox.complete(&a.id);
+        }
+        let journal = dir.path().join("inbox/journal");
+        let before = fs::metadata(&journal).unwrap().len();
+        let (reached_tx, reached) = bounded(0);
+        let (go_tx, go) = bounded::<()>(0);
+        *inbox.midway.lock() = Some(Box::new(move || {
+            reached_tx.send(()).unwrap();
+            go.recv().unwrap();
+        }));
+        let compactor = {
+            let inbox = inbox.clone();
+            std::thread::spawn(move || inbox.compact())
+        };
+        reached.recv_timeout(Duration::from_secs(10)).expect("the compaction reached its midpoint");
+        // The compaction is held between its steps: accepting and completing go on.
+        let (accepted_tx, accepted) = bounded(1);
+        {
+            let inbox = inbox.clone();
+            let waiting = waiting.id.clone();
+            std::thread::spawn(move || {
+                let new = inbox.accept_batch(vec![msg(Some("during"), "during"), msg(Some("3"), "replay")]).unwrap();
+                inbox.complete(&waiting);
+                accepted_tx.send(new).unwrap();
+            });
+        }
+        let new = accepted.recv_timeout(Duration::from_secs(10)).expect("accept_batch waited for the compaction");
+        assert_eq!(new.iter().map(|a| a.msg.text.as_str()).collect::<Vec<_>>(), ["during"]);
+        go_tx.send(()).unwrap();
+        compactor.join().unwrap().unwrap();
+        let after = fs::metadata(&journal).unwrap().len();
+        assert!(after < before, "compacted: {before} → {after} bytes");
+        assert!(!dir.path().join("inbox").join(COMPACT_TMP).exists());
+        // The lines appended mid-way are in the new journal, and it is appended to.
+        inbox.accept(msg(Some("later"), "after")).unwrap().unwrap();
+        drop(inbox);
+        let reopened = Inbox::open(dir.path()).unwrap();
+        assert_eq!(texts(&reopened), ["during", "after"]);
+        assert_eq!(reopened.accept(msg(Some("p"), "pending before")).unwrap(), None);
+        assert_eq!(reopened.accept(msg(Some("499"), "x")).unwrap(), None);
+    }
+
+    #[test]
+    fn a_crash_mid_compaction_leaves_the_journal_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = Inbox::open(dir.path()).unwrap();
+        inbox.accept(msg(Some("1"), "kept")).unwrap().unwrap();
+        // A crash during step 1 or 2: the temporary file is half written, the journal
+        // untouched.
+        std::mem::forget(inbox);
+        fs::write(dir.path().join("inbox").join(COMPACT_TMP), b"{\"accept\":{\"id\":\"tg--1--m9\"").unwrap();
+        let again = Inbox::open(dir.path()).unwrap();
+        assert_eq!(texts(&again), ["kept"]);
+        assert!(!dir.path().join("inbox").join(COMPACT_TMP).exists());
     }
 }

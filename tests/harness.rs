@@ -128,7 +128,12 @@ fn instance_counting(name: &str, on_connect: OnConnect, runs_ended: Arc<AtomicU3
 fn config(dir: &Path, platforms: Vec<PlatformInstance>) -> Config {
     Config {
         file: dir.join("gateway.toml"),
-        gateway: Gateway { state_dir: dir.join("state"), log_level: log::LevelFilter::Info, log_file: None },
+        gateway: Gateway {
+            state_dir: dir.join("state"),
+            log_level: log::LevelFilter::Info,
+            log_file: None,
+            dedup_window: switchboard::inbox::DEFAULT_DEDUP_WINDOW,
+        },
         reconnect: Reconnect {
             base: Duration::from_millis(100),
             cap: Duration::from_millis(800),

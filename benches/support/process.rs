@@ -64,9 +64,14 @@ impl Gateway {
     /// Start `switchboard run` with `config` after a `[gateway]` table naming a fresh
     /// state directory. The log level stays the default (`info`), as deployed.
     pub fn start(config: &str) -> Gateway {
+        Gateway::start_with("", config)
+    }
+
+    /// [`Gateway::start`] with `gateway_keys` (lines) added to the `[gateway]` table.
+    pub fn start_with(gateway_keys: &str, config: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let state_dir = dir.path().join("state");
-        let text = format!("[gateway]\nstate_dir = \"{}\"\n{config}", state_dir.display());
+        let text = format!("[gateway]\nstate_dir = \"{}\"\n{gateway_keys}{config}", state_dir.display());
         fs::write(dir.path().join("gateway.toml"), text).expect("write the config");
         let stderr = fs::File::create(dir.path().join("stderr.log")).expect("create the log file");
         let mut command = Command::new(binary());
@@ -108,6 +113,20 @@ impl Gateway {
         format!("--- gateway log (last lines) ---\n{}", lines[lines.len().saturating_sub(40)..].join("\n"))
     }
 
+    /// The gateway's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `/proc/PID/io` now: (`write_bytes`, what reached the block layer; `wchar`, what
+    /// the process passed to `write` and friends). Zeros where the kernel hides it.
+    pub fn io_bytes(&self) -> (u64, u64) {
+        let io = fs::read_to_string(format!("/proc/{}/io", self.pid())).unwrap_or_default();
+        let field =
+            |name: &str| io.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        (field("write_bytes:"), field("wchar:"))
+    }
+
     /// `/proc/PID/status` and `/proc/PID/stat` now.
     pub fn sample(&self) -> ProcSample {
         ProcSample::read(self.pid())
@@ -119,6 +138,36 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Bytes and files under `dir`, recursively, grouped by the first path component
+/// (`sessions`, `inbox`, …); apparent sizes, not blocks.
+pub fn dir_usage(dir: &Path) -> Vec<(String, u64, u64)> {
+    fn walk(path: &Path, bytes: &mut u64, files: &mut u64) {
+        let Ok(entries) = fs::read_dir(path) else { return };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => walk(&entry.path(), bytes, files),
+                Ok(m) => {
+                    *bytes += m.len();
+                    *files += 1;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    let mut usage = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let (mut bytes, mut files) = (0, 0);
+        match entry.metadata() {
+            Ok(m) if m.is_dir() => walk(&entry.path(), &mut bytes, &mut files),
+            Ok(m) => (bytes, files) = (m.len(), 1),
+            Err(_) => continue,
+        }
+        usage.push((entry.file_name().to_string_lossy().into_owned(), bytes, files));
+    }
+    usage.sort();
+    usage
 }
 
 /// What the kernel reports about a process at one moment (sizes in KiB).

@@ -79,6 +79,9 @@ pub struct Gateway {
     pub state_dir: PathBuf,
     pub log_level: log::LevelFilter,
     pub log_file: Option<PathBuf>,
+    /// `dedup_window`: how long answered message ids are remembered, to recognise a
+    /// message a platform delivers again (default a week).
+    pub dedup_window: Duration,
 }
 
 /// `[reconnect]`: the supervisor's timings.
@@ -333,7 +336,11 @@ fn read_gateway(s: &mut Section<'_>, warnings: &mut Vec<ConfigError>) -> Gateway
     }
     let log_level = s.choice("log_level", LOG_LEVELS, log::LevelFilter::Info);
     let log_file = s.path("log_file");
-    Gateway { state_dir, log_level, log_file }
+    let dedup_window = s.duration_or("dedup_window", crate::inbox::DEFAULT_DEDUP_WINDOW);
+    if dedup_window.is_zero() {
+        s.invalid("dedup_window", "must be greater than 0 (a platform's replays would be answered twice)");
+    }
+    Gateway { state_dir, log_level, log_file, dedup_window }
 }
 
 fn read_reconnect(s: &mut Section<'_>) -> Reconnect {

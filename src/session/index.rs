@@ -1,28 +1,31 @@
 /*!
 The routing index (session key → current session) on disk: a snapshot and a journal.
 
-`index.json` is the snapshot: a JSON object from key to entry, replaced atomically
-(`fsutil::write_atomic`), so it is always a whole old or a whole new version. Rewriting it
-costs time in proportion to the number of sessions (about 3 MB for 10,000), too much for
-every turn, so the store rewrites it at most about once a second.
+`index.json` is the snapshot: a JSON object from key to entry for the sessions held in
+memory, replaced atomically (`fsutil::write_atomic`), so it is always a whole old or a
+whole new version. Rewriting it costs time and disk writes in proportion to the number of
+sessions, so it is rewritten only when the journal has grown to a few times its size.
 
-What must never be lost is which session a key points at: losing it would orphan a
-conversation. So every new mapping (a new session or a reset) is also appended to
-`index.journal`, one JSON line `{"key":…,"entry":{…}}`, and synced before the store
-returns it. Loading reads the snapshot, then applies the journal; after the next
-snapshot covers the journal, the journal is truncated.
+`index.journal` takes every change, one JSON line `{"key":…,"entry":{…}}` with the whole
+entry: a new mapping (a new session or a reset) is appended and synced before the store
+returns it (losing it would orphan a conversation); changed token counts and activity
+times are appended, unsynced, at most once per interval, one line per changed entry. So
+what is written is proportional to what changed, not to how many sessions there are.
+Loading reads the snapshot, then applies the journal; a compaction writes a new snapshot
+and drops the journal lines it covers.
 
-Replay rule: for each key, only the journal's last line counts, and it applies when the
-snapshot has no entry for the key or one with another session id. A line written before the
-snapshot was taken is already in it with the same id, so its older token counts never
-overwrite newer ones; a line written after points at a session the snapshot does not know.
+Replay rule: for each key, only the journal's last line counts. With another session id
+than the snapshot's (or no snapshot entry) it replaces the entry: it is a newer mapping.
+With the same id, token counts and activity time are the larger of the two: both only
+grow within a session, so a line the snapshot already covers never rolls them back.
 */
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -134,12 +137,12 @@ fn replay(path: &Path, entries: &mut Entries) -> io::Result<usize> {
     let mut last: HashMap<String, Record> = HashMap::new();
     let mut skipped = 0;
     for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<LineIn>(line) {
-            Ok(l) if transcript::valid_id(&l.entry.session_id) => {
-                last.insert(l.key, l.entry);
+        match parse_line(line) {
+            Some((key, entry)) => {
+                last.insert(key, entry);
             }
             // A torn last line (crash mid-append) or a hand-edited one.
-            _ => skipped += 1,
+            None => skipped += 1,
         }
     }
     if skipped > 0 {
@@ -147,12 +150,46 @@ fn replay(path: &Path, entries: &mut Entries) -> io::Result<usize> {
     }
     let mut replayed = 0;
     for (key, record) in last {
-        if entries.get(&key).is_none_or(|current| current.session_id != record.session_id) {
-            entries.insert(key, record);
-            replayed += 1;
+        match entries.get_mut(&key) {
+            Some(current) if current.session_id == record.session_id => {
+                if merge(current, &record) {
+                    replayed += 1;
+                }
+            }
+            _ => {
+                entries.insert(key, record);
+                replayed += 1;
+            }
         }
     }
     Ok(replayed)
+}
+
+/// Fold `newer`, a later version of the same session, into `current`; whether anything
+/// changed. Counts and times only grow within a session, so the larger value is the later.
+pub(super) fn merge(current: &mut Record, newer: &Record) -> bool {
+    let before = current.clone();
+    current.input_tokens = current.input_tokens.max(newer.input_tokens);
+    current.output_tokens = current.output_tokens.max(newer.output_tokens);
+    if newer.updated_at > current.updated_at {
+        current.updated_at = newer.updated_at;
+        current.origin = newer.origin.clone();
+    }
+    *current != before
+}
+
+/// One journal (or archive) line for `key`.
+pub(super) fn line(key: &str, entry: &Record) -> io::Result<Vec<u8>> {
+    let mut buf = serde_json::to_vec(&LineOut { key, entry })?;
+    buf.push(b'\n');
+    Ok(buf)
+}
+
+/// Parse one journal (or archive) line; `None` for a torn or damaged one, or one whose
+/// session id is not safe to use as a file name.
+pub(super) fn parse_line(line: &[u8]) -> Option<(String, Record)> {
+    let l = serde_json::from_slice::<LineIn>(line).ok()?;
+    transcript::valid_id(&l.entry.session_id).then_some((l.key, l.entry))
 }
 
 /// `entries` as the bytes of `index.json`, keys sorted so that the file diffs well.
@@ -168,52 +205,60 @@ pub(super) fn write_snapshot(dir: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// The append side of `index.journal`.
 pub(super) struct Journal {
-    file: File,
-    /// Bytes in the file: where a failed write is cut back to, and how the store tells
-    /// whether anything was appended since a snapshot was taken.
+    /// Shared, so that a new mapping is synced after the store's lock is released.
+    file: Arc<File>,
+    /// Bytes in the file: where a failed write is cut back to, and where a compaction's
+    /// snapshot was taken.
     len: u64,
 }
 
 impl Journal {
     /// Open (or create, 0600) the journal in `dir` for appending.
     pub(super) fn open(dir: &Path) -> io::Result<Journal> {
-        let file = OpenOptions::new().append(true).create(true).mode(0o600).open(dir.join(JOURNAL))?;
+        let file = OpenOptions::new().read(true).append(true).create(true).mode(0o600).open(dir.join(JOURNAL))?;
         let len = file.metadata()?.len();
-        Ok(Journal { file, len })
+        Ok(Journal { file: Arc::new(file), len })
     }
 
     pub(super) fn len(&self) -> u64 {
         self.len
     }
 
-    /// Append one mapping as a complete line. Not synced: the caller syncs through
-    /// [`Journal::sync_handle`] after releasing its lock.
-    pub(super) fn append(&mut self, key: &str, entry: &Record) -> io::Result<()> {
-        let mut buf = serde_json::to_vec(&LineOut { key, entry })?;
-        buf.push(b'\n');
-        if let Err(e) = self.file.write_all(&buf) {
+    /// Append complete lines. Not synced: the caller syncs through [`Journal::handle`]
+    /// after releasing its lock, when it must.
+    pub(super) fn append(&mut self, lines: &[u8]) -> io::Result<()> {
+        if let Err(e) = (&*self.file).write_all(lines) {
             // Cut off a partial line, so the next line does not start inside it.
             let _ = self.file.set_len(self.len);
             return Err(e);
         }
-        self.len += buf.len() as u64;
+        self.len += lines.len() as u64;
         Ok(())
     }
 
-    /// Empty the journal if it still holds exactly `len` bytes, the length it had when
-    /// the snapshot now on disk was taken. Lines appended since are not in that snapshot
-    /// and stay (the replay rule makes keeping covered lines harmless).
-    pub(super) fn truncate_if(&mut self, len: u64) -> io::Result<()> {
-        if self.len == len && len > 0 {
+    /// Drop the first `covered` bytes, the lines a snapshot now on disk holds. Usually
+    /// that is all of them and the file is emptied; lines appended after the snapshot was
+    /// taken are kept, in a journal rewritten atomically to hold only them.
+    pub(super) fn drop_covered(&mut self, dir: &Path, covered: u64) -> io::Result<()> {
+        if covered == 0 {
+            return Ok(());
+        }
+        if self.len == covered {
             self.file.set_len(0)?;
             self.len = 0;
+            return Ok(());
         }
+        let len = usize::try_from(self.len - covered).map_err(io::Error::other)?;
+        let mut tail = vec![0; len];
+        self.file.read_exact_at(&mut tail, covered)?;
+        fsutil::write_atomic(&dir.join(JOURNAL), &tail)?;
+        *self = Journal::open(dir)?;
         Ok(())
     }
 
-    /// A second handle on the journal, for syncing it without the store's lock.
-    pub(super) fn sync_handle(&self) -> io::Result<File> {
-        self.file.try_clone()
+    /// The file, for syncing it without the store's lock.
+    pub(super) fn handle(&self) -> Arc<File> {
+        self.file.clone()
     }
 }
 
@@ -238,11 +283,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = Journal::open(dir.path()).unwrap();
         // Written before the snapshot: a then b for key k (b is in the snapshot, with tokens).
-        journal.append("k", &record("a", 0)).unwrap();
-        journal.append("k", &record("b", 0)).unwrap();
+        journal.append(&line("k", &record("a", 0)).unwrap()).unwrap();
+        journal.append(&line("k", &record("b", 0)).unwrap()).unwrap();
         // Written after the snapshot: a new key, and a reset of key m.
-        journal.append("n", &record("c", 0)).unwrap();
-        journal.append("m", &record("e", 0)).unwrap();
+        journal.append(&line("n", &record("c", 0)).unwrap()).unwrap();
+        journal.append(&line("m", &record("e", 0)).unwrap()).unwrap();
         let snapshot: Entries = [("k".to_string(), record("b", 7)), ("m".to_string(), record("d", 3))].into();
         write_snapshot(dir.path(), &encode(&snapshot).unwrap()).unwrap();
         let loaded = load(dir.path(), 0).unwrap();
@@ -259,7 +304,7 @@ mod tests {
         let bytes = encode(&snapshot).unwrap();
         let torn = &bytes[..bytes.len() / 2];
         fs::write(dir.path().join(SNAPSHOT), torn).unwrap();
-        Journal::open(dir.path()).unwrap().append("n", &record("c", 0)).unwrap();
+        Journal::open(dir.path()).unwrap().append(&line("n", &record("c", 0)).unwrap()).unwrap();
         fs::OpenOptions::new().append(true).open(dir.path().join(JOURNAL)).unwrap().write_all(b"{\"key\":").unwrap();
         let loaded = load(dir.path(), 1234).unwrap();
         let (moved, why) = loaded.corrupt.unwrap();
@@ -285,18 +330,36 @@ mod tests {
     }
 
     #[test]
-    fn truncate_keeps_lines_appended_after_the_snapshot() {
+    fn dropping_covered_lines_keeps_the_ones_appended_after_the_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = Journal::open(dir.path()).unwrap();
-        journal.append("k", &record("a", 0)).unwrap();
+        journal.append(&line("k", &record("a", 0)).unwrap()).unwrap();
         let taken_at = journal.len();
-        journal.append("n", &record("c", 0)).unwrap();
-        journal.truncate_if(taken_at).unwrap();
-        assert_ne!(fs::metadata(dir.path().join(JOURNAL)).unwrap().len(), 0);
-        journal.truncate_if(journal.len()).unwrap();
+        journal.append(&line("n", &record("c", 0)).unwrap()).unwrap();
+        journal.drop_covered(dir.path(), taken_at).unwrap();
+        let text = fs::read_to_string(dir.path().join(JOURNAL)).unwrap();
+        assert!(text.starts_with("{\"key\":\"n\"") && text.lines().count() == 1, "{text:?}");
+        journal.append(&line("m", &record("d", 0)).unwrap()).unwrap();
+        assert_eq!(fs::read_to_string(dir.path().join(JOURNAL)).unwrap().lines().count(), 2, "appends go on");
+        journal.drop_covered(dir.path(), journal.len()).unwrap();
         assert_eq!(fs::metadata(dir.path().join(JOURNAL)).unwrap().len(), 0);
-        journal.append("k", &record("b", 0)).unwrap();
+        journal.append(&line("k", &record("b", 0)).unwrap()).unwrap();
         let text = fs::read_to_string(dir.path().join(JOURNAL)).unwrap();
         assert!(text.starts_with("{\"key\":\"k\""), "appends after truncation start at 0: {text:?}");
+    }
+
+    #[test]
+    fn a_covered_counts_line_never_rolls_back_newer_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path()).unwrap();
+        let mut newer = record("b", 9);
+        newer.updated_at = 5.0;
+        journal.append(&line("k", &record("b", 3)).unwrap()).unwrap();
+        journal.append(&line("j", &newer).unwrap()).unwrap();
+        let snapshot: Entries = [("k".to_string(), newer.clone()), ("j".to_string(), record("b", 3))].into();
+        write_snapshot(dir.path(), &encode(&snapshot).unwrap()).unwrap();
+        let loaded = load(dir.path(), 0).unwrap();
+        assert_eq!(loaded.entries["k"], newer, "the snapshot's later counts stay");
+        assert_eq!(loaded.entries["j"], newer, "the journal's later counts apply");
     }
 }

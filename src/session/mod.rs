@@ -8,8 +8,17 @@ is replaced lazily, on the conversation's next message, which then carries a one
 notice for the user; `/new` replaces it at once ([`SessionStore::reset`]).
 
 [`SessionStore`] is shared by the router's worker threads (`Arc<SessionStore>`); its
-methods take `&self` and lock one internal mutex for short, in-memory critical sections.
+methods take `&self` and lock one internal mutex for short critical sections.
 Times come in as `SystemTime` arguments, so tests (and the lead's benchmark) control them.
+
+# Bounded over months
+
+Memory holds the entries of conversations active lately. An entry idle past the reset
+policy, or for [`EVICT_IDLE`], moves to the archive on disk (`archive.rs`) and is read back
+when its conversation speaks again or `/status` asks, so a gateway that has seen a
+hundred thousand chats holds only today's. Disk writes are proportional to what changed:
+one journal line per changed entry and interval, and a whole new snapshot only when the
+journal has grown to a few times the snapshot (see `index.rs`).
 
 # Durability
 
@@ -24,13 +33,16 @@ What a crash may cost, from most to least precious:
   the last few seconds that the kernel had not written back. That is acceptable for chat
   history, the platform itself still shows the conversation, and an fsync per turn would
   cap a Raspberry Pi's SD card at a few dozen turns per second.
-- *Token counts and `updated_at`* live in `index.json`, rewritten atomically at most
-  once per [`INDEX_WRITE_INTERVAL`], by whichever worker thread appends after the
-  interval passed, and by [`SessionStore::flush`] (called at shutdown, and on drop). A
-  crash loses at most the last interval's counts and activity times; with 10,000 sessions
-  a rewrite per turn would cost more than the turn.
+- *Token counts and `updated_at`* are appended to the journal, unsynced, at most once per
+  [`INDEX_WRITE_INTERVAL`], by whichever worker thread runs after the interval passed, and
+  by [`SessionStore::flush`] (called at shutdown, and on drop, which also folds the
+  journal into `index.json`). A crash loses at most the last interval's counts and
+  activity times.
+- *Archived entries* are appended unsynced too, and synced before a snapshot without
+  them is written: until then the snapshot and journal still hold them.
 */
 
+mod archive;
 mod config;
 mod index;
 mod key;
@@ -40,7 +52,7 @@ mod transcript;
 #[cfg(test)]
 mod tests;
 
-use std::fs::File;
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -55,12 +67,25 @@ pub use policy::civil_from_days;
 
 use crate::fsutil;
 use crate::message::{ChatMessage, Source};
+use archive::Archive;
 use index::{Entries, Journal, Record};
 use policy::unix_secs;
 
-/// The longest `index.json` goes without reflecting new token counts and activity times
-/// while turns are running (see the module doc).
+/// The longest the journal goes without new token counts and activity times while turns
+/// are running (see the module doc).
 pub const INDEX_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An entry idle this long leaves memory for the archive even when its session has not
+/// expired (`reset = "none"`, long idle times); it comes back on the next message.
+pub const EVICT_IDLE: Duration = Duration::from_secs(3600);
+
+/// How often the entries in memory are checked for ones to archive.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The journal is folded into a new snapshot when it is this many times larger than the
+/// snapshot (and at least [`COMPACT_MIN_BYTES`]).
+const COMPACT_FACTOR: u64 = 4;
+const COMPACT_MIN_BYTES: u64 = 256 * 1024;
 
 /// One conversation's current session, as the index holds it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,18 +124,22 @@ pub struct SessionStore {
     /// once (`write_atomic` uses one temporary name per process) and snapshots reach the
     /// disk in the order they were taken. Always taken before `state`, never after.
     writer: Mutex<()>,
-    /// The journal, for `fdatasync` outside the `state` lock.
-    journal_sync: File,
     rng: SystemRandom,
 }
 
 struct State {
+    /// The entries in memory: the conversations active lately.
     entries: Entries,
     journal: Journal,
-    /// Entries changed since the last snapshot was taken.
-    dirty: bool,
-    /// When (in the callers' `now`) the last debounced snapshot was due.
-    last_snapshot: SystemTime,
+    archive: Archive,
+    /// Keys whose entries changed since they were last written to the journal.
+    dirty: HashSet<String>,
+    /// When (in the callers' `now`) the dirty entries were last written, and the entries
+    /// last checked for archiving.
+    last_write: SystemTime,
+    last_sweep: SystemTime,
+    /// Bytes of `index.json` when it was last written.
+    snapshot_len: u64,
 }
 
 impl SessionStore {
@@ -131,23 +160,34 @@ impl SessionStore {
             );
         }
         let mut journal = Journal::open(&dir)?;
+        let snapshot = dir.join(index::SNAPSHOT);
         // Fold the journal into a fresh snapshot now, so it starts empty and small, and so
-        // `index.json` exists again after a corrupt one was set aside.
-        if loaded.corrupt.is_some() || journal.len() > 0 {
-            index::write_snapshot(&dir, &index::encode(&loaded.entries)?)?;
-            journal.truncate_if(journal.len())?;
-        }
+        // `index.json` exists (again, after a corrupt one was set aside).
+        let snapshot_len = if loaded.corrupt.is_some() || journal.len() > 0 || !snapshot.exists() {
+            let bytes = index::encode(&loaded.entries)?;
+            index::write_snapshot(&dir, &bytes)?;
+            journal.drop_covered(&dir, journal.len())?;
+            bytes.len() as u64
+        } else {
+            std::fs::metadata(&snapshot)?.len()
+        };
         log::debug!("sessions: {} in the index ({} from the journal)", loaded.entries.len(), loaded.replayed);
-        let journal_sync = journal.sync_handle()?;
         // The first change after opening is written at once; the interval counts from there.
-        let state = State { entries: loaded.entries, journal, dirty: false, last_snapshot: SystemTime::UNIX_EPOCH };
+        let state = State {
+            entries: loaded.entries,
+            journal,
+            archive: Archive::new(&dir),
+            dirty: HashSet::new(),
+            last_write: SystemTime::UNIX_EPOCH,
+            last_sweep: SystemTime::UNIX_EPOCH,
+            snapshot_len,
+        };
         Ok(SessionStore {
             dir,
             config,
             utc_offset_secs,
             state: Mutex::new(state),
             writer: Mutex::new(()),
-            journal_sync,
             rng: SystemRandom::new(),
         })
     }
@@ -160,15 +200,16 @@ impl SessionStore {
         let t = unix_secs(now);
         let mut guard = self.state.lock();
         let state = &mut *guard;
+        unarchive(state, &key)?;
         let expired = match state.entries.get_mut(&key) {
             None => None,
             Some(record) => match policy::expiry(&self.config, self.utc_offset_secs, record.updated_at, t) {
                 None => {
                     touch(record, source, t);
                     let entry = record.to_entry(&key);
-                    state.dirty = true;
+                    state.dirty.insert(key);
                     drop(guard);
-                    self.maybe_snapshot(now);
+                    self.maybe_write(now);
                     return Ok(Begin { entry, notice: None });
                 }
                 Some(why) => Some((why, record.session_id.clone())),
@@ -179,12 +220,13 @@ impl SessionStore {
             _ => None,
         };
         let entry = self.create(state, key, source, t)?;
+        let journal = state.journal.handle();
         drop(guard);
         if let Some((why, old)) = expired {
             log::info!("sessions: {} expired ({why:?}); {old} → {}", entry.key, entry.session_id);
         }
-        self.journal_sync.sync_data()?;
-        self.maybe_snapshot(now);
+        journal.sync_data()?;
+        self.maybe_write(now);
         Ok(Begin { entry, notice })
     }
 
@@ -192,10 +234,14 @@ impl SessionStore {
     /// The old transcript stays on disk.
     pub fn reset(&self, source: &Source, now: SystemTime) -> io::Result<SessionEntry> {
         let key = session_key(source, self.config.group_sessions_per_user);
-        let entry = self.create(&mut self.state.lock(), key, source, unix_secs(now))?;
+        let (entry, journal) = {
+            let mut state = self.state.lock();
+            let entry = self.create(&mut state, key, source, unix_secs(now))?;
+            (entry, state.journal.handle())
+        };
         log::info!("sessions: {} reset by request; now {}", entry.key, entry.session_id);
-        self.journal_sync.sync_data()?;
-        self.maybe_snapshot(now);
+        journal.sync_data()?;
+        self.maybe_write(now);
         Ok(entry)
     }
 
@@ -216,7 +262,13 @@ impl SessionStore {
         output_tokens: u64,
         now: SystemTime,
     ) -> io::Result<()> {
-        let Some(session_id) = self.state.lock().entries.get(key).map(|r| r.session_id.clone()) else {
+        let session_id = {
+            let mut state = self.state.lock();
+            // A turn longer than the idle time may find its entry archived meanwhile.
+            unarchive(&mut state, key)?;
+            state.entries.get(key).map(|r| r.session_id.clone())
+        };
+        let Some(session_id) = session_id else {
             let message = format!("no session for {key}");
             return Err(io::Error::new(io::ErrorKind::NotFound, message));
         };
@@ -233,68 +285,120 @@ impl SessionStore {
             record.input_tokens = record.input_tokens.saturating_add(input_tokens);
             record.output_tokens = record.output_tokens.saturating_add(output_tokens);
             record.updated_at = record.updated_at.max(t);
-            state.dirty = true;
+            state.dirty.insert(key.to_string());
         }
         drop(state);
-        self.maybe_snapshot(now);
+        self.maybe_write(now);
         Ok(())
     }
 
-    /// The current session of `key`, if any (expired or not).
+    /// The current session of `key`, if any (expired or not, in memory or archived).
     pub fn get(&self, key: &str) -> Option<SessionEntry> {
-        self.state.lock().entries.get(key).map(|r| r.to_entry(key))
+        let state = self.state.lock();
+        if let Some(record) = state.entries.get(key) {
+            return Some(record.to_entry(key));
+        }
+        match state.archive.get(key) {
+            Ok(record) => record.map(|r| r.to_entry(key)),
+            Err(e) => {
+                log::warn!("sessions: cannot read the archived session of {key}: {e}");
+                None
+            }
+        }
     }
 
+    /// How many sessions are held in memory (the archived ones are not counted).
     pub fn session_count(&self) -> usize {
         self.state.lock().entries.len()
     }
 
-    /// Write `index.json` now if anything changed since the last write. Call at shutdown;
+    /// Write what changed, and fold the journal into `index.json`. Call at shutdown;
     /// dropping the store does it too, but cannot report an error.
     pub fn flush(&self) -> io::Result<()> {
         let _writing = self.writer.lock();
-        self.write_snapshot()
+        write_dirty(&mut self.state.lock())?;
+        self.compact()
     }
 
-    /// Rewrite `index.json` if entries changed and the last write is at least
-    /// [`INDEX_WRITE_INTERVAL`] old. Runs on the caller's thread; a failure is logged and
-    /// retried on a later turn (the turn itself succeeded; the journal holds the mappings).
-    fn maybe_snapshot(&self, now: SystemTime) {
-        {
-            let mut state = self.state.lock();
-            // A clock that went backwards counts as "due", so a snapshot is not put off
+    /// Once [`INDEX_WRITE_INTERVAL`] has passed since the last time: append the changed
+    /// entries to the journal, archive the quiet ones (every [`SWEEP_INTERVAL`]), and
+    /// compact the journal when it has grown enough. Runs on the caller's thread; a
+    /// failure is logged and retried later (the turn itself succeeded).
+    fn maybe_write(&self, now: SystemTime) {
+        let since = |then: SystemTime, interval: Duration| now.duration_since(then).map_or(true, |d| d >= interval);
+        let compact_due = {
+            let mut guard = self.state.lock();
+            let state = &mut *guard;
+            // A clock that went backwards counts as "due", so a write is not put off
             // until the clock catches up.
-            let due = now.duration_since(state.last_snapshot).map_or(true, |d| d >= INDEX_WRITE_INTERVAL);
-            if !state.dirty || !due {
+            let sweep_due = since(state.last_sweep, SWEEP_INTERVAL);
+            if !since(state.last_write, INDEX_WRITE_INTERVAL) || (state.dirty.is_empty() && !sweep_due) {
                 return;
             }
-            // Claim this interval, so the other workers do not all line up to write.
-            state.last_snapshot = now;
-        }
-        // Another thread writing right now: the next interval's write catches up.
-        let Some(_writing) = self.writer.try_lock() else { return };
-        if let Err(e) = self.write_snapshot() {
+            state.last_write = now;
+            if let Err(e) = write_dirty(state) {
+                log::warn!("sessions: could not append to {}: {e}", self.dir.join(index::JOURNAL).display());
+            }
+            if sweep_due {
+                state.last_sweep = now;
+                self.sweep(state, unix_secs(now));
+            }
+            state.journal.len() > (state.snapshot_len * COMPACT_FACTOR).max(COMPACT_MIN_BYTES)
+        };
+        // Another thread compacting right now: nothing left to do.
+        let Some(_writing) = self.writer.try_lock().filter(|_| compact_due) else { return };
+        if let Err(e) = self.compact() {
             log::warn!("sessions: could not write {}: {e}", self.dir.join(index::SNAPSHOT).display());
         }
     }
 
-    /// Take a snapshot under the state lock, write it without, then drop the journal
-    /// lines it covers. The caller holds `writer`.
-    fn write_snapshot(&self) -> io::Result<()> {
-        let (bytes, journal_len) = {
+    /// Move the entries that went quiet to the archive. Only clean entries move (the
+    /// caller has just written the dirty ones), so the journal is never behind the archive.
+    fn sweep(&self, state: &mut State, t: f64) {
+        let idle = EVICT_IDLE.as_secs_f64();
+        let quiet: Vec<(String, Record)> = state
+            .entries
+            .iter()
+            .filter(|(key, r)| {
+                !state.dirty.contains(*key)
+                    && (t - r.updated_at > idle
+                        || policy::expiry(&self.config, self.utc_offset_secs, r.updated_at, t).is_some())
+            })
+            .map(|(key, r)| (key.clone(), r.clone()))
+            .collect();
+        if quiet.is_empty() {
+            return;
+        }
+        if let Err(e) = state.archive.put(&quiet) {
+            log::warn!("sessions: could not archive {} quiet sessions: {e}", quiet.len());
+            return;
+        }
+        for (key, _) in &quiet {
+            state.entries.remove(key);
+        }
+        if state.entries.len() < state.entries.capacity() / 4 {
+            state.entries.shrink_to_fit();
+        }
+        log::debug!("sessions: archived {} quiet sessions; {} in memory", quiet.len(), state.entries.len());
+    }
+
+    /// Take a snapshot of the entries in memory under the state lock, sync the archive
+    /// buckets holding entries that left memory, write the snapshot, then drop the
+    /// journal lines it covers. The caller holds `writer`.
+    fn compact(&self) -> io::Result<()> {
+        let (bytes, covered, buckets) = {
             let mut state = self.state.lock();
-            if !state.dirty && state.journal.len() == 0 {
-                return Ok(());
-            }
             let bytes = index::encode(&state.entries)?;
-            state.dirty = false;
-            (bytes, state.journal.len())
+            (bytes, state.journal.len(), state.archive.take_unsynced())
         };
-        if let Err(e) = index::write_snapshot(&self.dir, &bytes) {
-            self.state.lock().dirty = true;
+        if let Err(e) = Archive::sync(&self.dir, &buckets) {
+            self.state.lock().archive.restore_unsynced(buckets);
             return Err(e);
         }
-        self.state.lock().journal.truncate_if(journal_len)
+        index::write_snapshot(&self.dir, &bytes)?;
+        let mut state = self.state.lock();
+        state.snapshot_len = bytes.len() as u64;
+        state.journal.drop_covered(&self.dir, covered)
     }
 
     /// A new session for `key`, journaled (not yet synced) and made current.
@@ -310,13 +414,13 @@ impl SessionStore {
         };
         // Journal first: if that fails, the key keeps its old session and the caller
         // reports the error, rather than running a turn in a session nothing records.
-        state.journal.append(&key, &record)?;
+        state.journal.append(&index::line(&key, &record)?)?;
         let entry = record.to_entry(&key);
+        // The line holds the whole entry: nothing of it is left to write.
+        state.dirty.remove(&key);
         state.entries.insert(key, record);
-        state.dirty = true;
         Ok(entry)
     }
-
     /// A session id used by no current session and no transcript on disk. 32 random bits
     /// collide within one second only among tens of thousands of new sessions, but a
     /// benchmark makes that many, so collisions are checked, not assumed away.
@@ -340,6 +444,33 @@ impl Drop for SessionStore {
             log::warn!("sessions: could not write {} at exit: {e}", self.dir.join(index::SNAPSHOT).display());
         }
     }
+}
+
+/// Bring `key`'s archived entry back into memory, if it is not there already.
+fn unarchive(state: &mut State, key: &str) -> io::Result<()> {
+    if !state.entries.contains_key(key)
+        && let Some(record) = state.archive.get(key)?
+    {
+        state.entries.insert(key.to_string(), record);
+    }
+    Ok(())
+}
+
+/// Append the changed entries to the journal, one line each. On an error they stay
+/// dirty, for the next try.
+fn write_dirty(state: &mut State) -> io::Result<()> {
+    if state.dirty.is_empty() {
+        return Ok(());
+    }
+    let mut lines = Vec::new();
+    for key in &state.dirty {
+        if let Some(record) = state.entries.get(key) {
+            lines.extend(index::line(key, record)?);
+        }
+    }
+    state.journal.append(&lines)?;
+    state.dirty.clear();
+    Ok(())
 }
 
 /// Mark `record` active at `t`, and remember the latest source (a renamed chat, a user's

@@ -46,6 +46,11 @@ fn idle_config(minutes: u64) -> SessionConfig {
     SessionConfig { reset: ResetMode::Idle, idle: Duration::from_secs(minutes * 60), ..SessionConfig::default() }
 }
 
+/// What a restart would find (`index.json` and the journal), without opening a store.
+fn stored(dir: &Path) -> index::Entries {
+    index::load(&dir.join("sessions"), 0).unwrap().entries
+}
+
 /// The entries `index.json` holds on disk right now.
 fn on_disk(dir: &Path) -> serde_json::Map<String, serde_json::Value> {
     serde_json::from_slice(&fs::read(dir.join("sessions/index.json")).unwrap()).unwrap()
@@ -183,14 +188,92 @@ fn append_without_a_session_is_not_found() {
 }
 
 #[test]
-fn the_index_is_rewritten_at_most_once_per_interval() {
+fn counts_are_written_at_most_once_per_interval() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), SessionConfig::default());
     let key = store.begin_turn(&dm("1"), at(1e9)).unwrap().entry.key;
     store.append(&key, &turn(0), 10, 0, at(1e9 + 0.5)).unwrap();
-    assert_eq!(on_disk(dir.path())[&key]["input_tokens"], 0, "not rewritten within the interval");
+    assert_eq!(stored(dir.path())[&key].input_tokens, 0, "not written within the interval");
     store.append(&key, &turn(1), 1, 0, at(1e9 + 1.0)).unwrap();
-    assert_eq!(on_disk(dir.path())[&key]["input_tokens"], 11, "rewritten once the interval passed");
+    assert_eq!(stored(dir.path())[&key].input_tokens, 11, "written once the interval passed");
+}
+
+/// Issue 7, section 4: the whole index was rewritten, with two fsyncs, every second
+/// while any conversation was active.
+#[test]
+fn a_turn_writes_only_the_entry_it_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SessionConfig::default());
+    for chat in 0..1000 {
+        store.begin_turn(&dm(&chat.to_string()), at(1e9)).unwrap();
+    }
+    store.flush().unwrap();
+    let snapshot = dir.path().join("sessions/index.json");
+    let journal = dir.path().join("sessions/index.journal");
+    let before = fs::read(&snapshot).unwrap();
+    assert!(before.len() > 100_000, "1000 sessions in the snapshot: {} bytes", before.len());
+    let journal_before = fs::metadata(&journal).unwrap().len();
+    for second in 1..=5 {
+        let now = at(1e9 + f64::from(second));
+        let key = store.begin_turn(&dm("7"), now).unwrap().entry.key;
+        store.append(&key, &turn(0), 5, 5, now).unwrap();
+    }
+    assert_eq!(fs::read(&snapshot).unwrap(), before, "the snapshot is not rewritten");
+    let grown = fs::metadata(&journal).unwrap().len() - journal_before;
+    assert!(grown < 5 * 400, "five intervals with one changed entry wrote {grown} bytes");
+    assert_eq!(stored(dir.path())["agent:main:tg:dm:7"].input_tokens, 20, "the last interval's counts pending");
+}
+
+#[test]
+fn quiet_sessions_leave_memory_and_come_back_when_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), idle_config(60));
+    let mut first = None;
+    for chat in 0..100 {
+        let entry = store.begin_turn(&dm(&chat.to_string()), hours(1.0)).unwrap().entry;
+        store.append(&entry.key, &turn(0), 3, 4, hours(1.0)).unwrap();
+        first.get_or_insert(entry);
+    }
+    let old = store.get(&first.unwrap().key).unwrap();
+    assert_eq!(store.session_count(), 100);
+    // Two hours later one other conversation speaks: the hundred expired and left memory.
+    store.begin_turn(&dm("other"), hours(3.0)).unwrap();
+    assert_eq!(store.session_count(), 1);
+    assert_eq!(store.get(&old.key), Some(old.clone()), "/status still finds it, counts and all");
+    // Its conversation speaks again: told once, and a fresh session.
+    let back = store.begin_turn(&dm("0"), hours(3.1)).unwrap();
+    assert_eq!(back.notice.as_deref(), Some("Session reset after 1 h idle; starting fresh."));
+    assert_ne!(back.entry.session_id, old.session_id);
+    assert_eq!(store.begin_turn(&dm("0"), hours(3.2)).unwrap().notice, None, "told once");
+    assert_eq!(store.session_count(), 2);
+    // After a crash the archived ones are still there.
+    std::mem::forget(store);
+    let store = open(dir.path(), idle_config(60));
+    assert_eq!(store.get("agent:main:tg:dm:5").map(|e| (e.input_tokens, e.output_tokens)), Some((3, 4)));
+    let again = store.begin_turn(&dm("5"), hours(3.3)).unwrap();
+    assert!(again.notice.is_some(), "the notice survives the restart");
+}
+
+#[test]
+fn a_session_archived_before_it_expired_goes_on_where_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SessionConfig { reset: ResetMode::None, ..SessionConfig::default() };
+    let store = open(dir.path(), config.clone());
+    let old = store.begin_turn(&dm("1"), hours(1.0)).unwrap().entry;
+    store.append(&old.key, &turn(0), 2, 2, hours(1.0)).unwrap();
+    store.begin_turn(&dm("2"), hours(3.0)).unwrap();
+    assert_eq!(store.session_count(), 1, "idle for longer than EVICT_IDLE");
+    let back = store.begin_turn(&dm("1"), hours(30.0)).unwrap();
+    assert_eq!((back.entry.session_id.as_str(), back.notice), (old.session_id.as_str(), None));
+    assert_eq!(back.entry.input_tokens, 2);
+    assert_eq!(store.history(&old.session_id).unwrap(), turn(0));
+    // A turn that outlasts the idle time finds its entry archived, and still records.
+    store.begin_turn(&dm("3"), hours(32.0)).unwrap();
+    assert_eq!(store.get(&old.key).unwrap().updated_at, back.entry.updated_at);
+    store.append(&old.key, &turn(1), 1, 1, hours(32.0)).unwrap();
+    assert_eq!(store.get(&old.key).unwrap().input_tokens, 3);
+    drop(store);
+    assert_eq!(open(dir.path(), config).get(&old.key).unwrap().input_tokens, 3);
 }
 
 #[test]

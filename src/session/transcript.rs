@@ -104,41 +104,46 @@ fn read_tail(file: &File, n: usize, mut window: u64) -> io::Result<Vec<ChatMessa
     loop {
         let start = size.saturating_sub(window);
         let len = usize::try_from(size - start).map_err(|_| io::Error::other("transcript too large"))?;
-        let mut buf = vec![0u8; len];
+        // At least a whole first window's capacity: one size, which the allocator hands
+        // out again turn after turn, rather than a buffer a little larger each turn as a
+        // young transcript grows (each one a new hole in the heap).
+        let mut buf = Vec::with_capacity(len.max(TAIL_WINDOW as usize));
+        buf.resize(len, 0u8);
         file.read_exact_at(&mut buf, start)?;
-        let mut messages = parse_lines(&buf, start == 0);
+        let messages = parse_last(&buf, start == 0, n);
         if messages.len() >= n || start == 0 {
-            let skip = messages.len().saturating_sub(n);
-            messages.drain(..skip);
             return Ok(messages);
         }
         window = window.saturating_mul(4);
     }
 }
 
-/// The messages of the complete lines in `buf`. The first piece is the tail of an earlier
-/// line unless `buf` starts the file; the piece after the last newline is a torn write.
+/// The last `n` messages of the complete lines in `buf`, oldest first. The first piece is
+/// the tail of an earlier line unless `buf` starts the file; the piece after the last
+/// newline is a torn write. Lines are parsed from the end and only until `n` are found, so
+/// a turn does not build (and drop) every message of a window to keep the last few.
 /// Lines that do not parse (torn ones glued to a later line by an old version, or edited
 /// by hand) are skipped: a bad line must not cost the whole history.
-fn parse_lines(buf: &[u8], at_start: bool) -> Vec<ChatMessage> {
-    let mut lines: Vec<&[u8]> = buf.split(|&b| b == b'\n').collect();
-    lines.pop();
-    let first = usize::from(!at_start).min(lines.len());
+fn parse_last(buf: &[u8], at_start: bool, n: usize) -> Vec<ChatMessage> {
+    let Some(end) = buf.iter().rposition(|&b| b == b'\n') else { return Vec::new() };
+    let start = if at_start { 0 } else { buf.iter().position(|&b| b == b'\n').map_or(end, |i| i + 1) };
+    let mut messages = Vec::with_capacity(n.min(64));
     let mut skipped = 0;
-    let messages: Vec<ChatMessage> = lines[first..]
-        .iter()
-        .filter(|line| !line.is_empty())
-        .filter_map(|line| match serde_json::from_slice::<LineIn>(line) {
-            Ok(l) => Some(ChatMessage { role: l.role, content: l.content }),
-            Err(_) => {
-                skipped += 1;
-                None
+    if start < end {
+        for line in buf[start..end].rsplit(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+            if messages.len() == n {
+                break;
             }
-        })
-        .collect();
+            match serde_json::from_slice::<LineIn>(line) {
+                Ok(l) => messages.push(ChatMessage { role: l.role, content: l.content }),
+                Err(_) => skipped += 1,
+            }
+        }
+    }
     if skipped > 0 {
         log::debug!("transcript: skipped {skipped} unreadable line(s)");
     }
+    messages.reverse();
     messages
 }
 
