@@ -202,7 +202,7 @@ fn append(state: &mut State, lines: &[u8], sync: bool) -> io::Result<()> {
         buf.push(b'\n');
     }
     buf.extend_from_slice(lines);
-    let written = state.file.write_all(&buf).and_then(|()| if sync { state.file.sync_data() } else { Ok(()) });
+    let written = state.file.write_all(&buf).and_then(|()| if sync { fsutil::sync_data(&state.file) } else { Ok(()) });
     state.torn = written.is_err();
     if written.is_ok() {
         state.size += buf.len() as u64;

@@ -183,7 +183,7 @@ impl SessionStore {
         if let Some((why, old)) = expired {
             log::info!("sessions: {} expired ({why:?}); {old} → {}", entry.key, entry.session_id);
         }
-        self.journal_sync.sync_data()?;
+        fsutil::sync_data(&self.journal_sync)?;
         self.maybe_snapshot(now);
         Ok(Begin { entry, notice })
     }
@@ -194,7 +194,7 @@ impl SessionStore {
         let key = session_key(source, self.config.group_sessions_per_user);
         let entry = self.create(&mut self.state.lock(), key, source, unix_secs(now))?;
         log::info!("sessions: {} reset by request; now {}", entry.key, entry.session_id);
-        self.journal_sync.sync_data()?;
+        fsutil::sync_data(&self.journal_sync)?;
         self.maybe_snapshot(now);
         Ok(entry)
     }
