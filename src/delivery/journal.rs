@@ -18,8 +18,10 @@ only once written, so memory never runs ahead of the file.
 **Group commit.** A durable change returns once an `fdatasync` that began after its
 lines were written has returned. The first waiter becomes the leader and syncs; the
 others wait on a condition variable, and a sync covers everything written before it
-began, so every writer that arrived while one sync ran shares the next one. A busy
-gateway thus pays one sync per batch of replies, not per reply. A new delivery is not
+began, so every writer that arrived while one sync ran shares the next one. Under load
+(the last sync served several writers) the leader first waits [`COMMIT_DELAY`] for the
+writers on their way. A busy gateway thus pays one sync per batch of replies, not per
+reply. A new delivery is not
 listed ([`Journal::live`]) before its sync returned, so no worker sends what could still
 be refused; if the sync fails, the delivery is withdrawn (a `gone` line) and the writer
 gets the error, so "error" still means "nothing queued".
@@ -44,6 +46,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
@@ -56,6 +59,12 @@ use crate::fsutil;
 const COMPACT_FACTOR: u64 = 4;
 /// (Small in unit tests, so that they compact often.)
 const COMPACT_MIN_BYTES: u64 = if cfg!(test) { 16 << 10 } else { 1 << 20 };
+
+/// When the last sync served more than one durable change (writers queue up at once), a
+/// leader waits this long before it syncs, so that the writers on their way share its
+/// sync (PostgreSQL's `commit_delay` with `commit_siblings`). One change at a time never
+/// waits; under load the wait is a fraction of a sync.
+const COMMIT_DELAY: Duration = Duration::from_micros(500);
 
 /// One line of the journal.
 // Lines are made one at a time, to be written or replayed: boxing the record would
@@ -99,6 +108,8 @@ pub(super) struct Journal {
     synced: Condvar,
     /// Mirror of `State::written`, for the leader to read without the lock.
     written: AtomicU64,
+    /// Durable changes so far (written under the lock), for the commit delay.
+    durable: AtomicU64,
 }
 
 struct State {
@@ -111,6 +122,9 @@ struct State {
     syncing: bool,
     /// The writes `(after, up to]` whose sync failed.
     failed: Option<(u64, u64)>,
+    /// Durable changes covered by syncs so far, and by the last one.
+    durable_synced: u64,
+    last_batch: u64,
     /// Bytes in the file, and right after the last compaction.
     size: u64,
     compacted_size: u64,
@@ -137,6 +151,8 @@ impl Journal {
             synced: 0,
             syncing: false,
             failed: None,
+            durable_synced: 0,
+            last_batch: 0,
             size,
             compacted_size: 0,
             compacting: false,
@@ -148,6 +164,7 @@ impl Journal {
             state: Mutex::new(state),
             synced: Condvar::new(),
             written: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
         };
         Ok((journal, first_puts))
     }
@@ -182,6 +199,9 @@ impl Journal {
         state.written += 1;
         let seq = state.written;
         self.written.store(seq, Ordering::Release);
+        if durable {
+            self.durable.fetch_add(1, Ordering::Release);
+        }
         let mut fresh = Vec::new();
         for line in lines {
             if let Line::Put { id, .. } = &line
@@ -243,15 +263,22 @@ impl Journal {
             state.syncing = true;
             let file = state.file.clone();
             let before = state.synced;
-            let (target, synced) = MutexGuard::unlocked(state, || {
+            let delay = state.last_batch > 1;
+            let (target, durable, synced) = MutexGuard::unlocked(state, || {
+                if delay {
+                    std::thread::sleep(COMMIT_DELAY);
+                }
                 #[cfg(test)]
                 tests::sync_gate();
                 // Everything written up to here is in `file`: the file is only swapped
                 // by a compaction, which waits for `syncing` to clear.
                 let target = self.written.load(Ordering::Acquire);
-                (target, fsutil::sync_data(&file))
+                let durable = self.durable.load(Ordering::Acquire);
+                (target, durable, fsutil::sync_data(&file))
             });
             state.syncing = false;
+            state.last_batch = durable.saturating_sub(state.durable_synced);
+            state.durable_synced = state.durable_synced.max(durable);
             match synced {
                 Ok(()) => state.synced = state.synced.max(target),
                 Err(e) => {
