@@ -231,15 +231,7 @@ impl Store {
     /// is taken by another record gets a new stem.
     fn fold(&self, journal: &Journal, first_puts: &HashMap<String, Record>) -> io::Result<()> {
         let _one = self.shared.folding.lock();
-        let mut spool: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-        let names = read_names(&self.queue);
-        for name in names.iter().filter(|n| !n.starts_with('.')) {
-            for ext in ["json", "sending"] {
-                if let Some(stem) = name.strip_suffix(&format!(".{ext}")) {
-                    spool.entry(stem.to_string()).or_default().push(ext);
-                }
-            }
-        }
+        let spool = self.spool();
         if spool.is_empty() {
             return Ok(());
         }
@@ -286,6 +278,19 @@ impl Store {
         }
         journal.removed_files();
         Ok(())
+    }
+
+    /// The spool files by stem: which of `STEM.json` and `STEM.sending` exist, sorted.
+    fn spool(&self) -> BTreeMap<String, Vec<&'static str>> {
+        let mut spool: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+        for name in read_names(&self.queue).iter().filter(|n| !n.starts_with('.')) {
+            for ext in ["json", "sending"] {
+                if let Some(stem) = name.strip_suffix(&format!(".{ext}")) {
+                    spool.entry(stem.to_string()).or_default().push(ext);
+                }
+            }
+        }
+        spool
     }
 
     /// Claim the delivery `stem` for sending.
@@ -540,11 +545,7 @@ pub(crate) fn count_queued(state_dir: &Path) -> Vec<(String, usize)> {
             let store = Store::new(state_dir, &p);
             let mut stems: HashSet<String> =
                 Journal::read_live(&store.queue.join("journal")).unwrap_or_default().into_keys().collect();
-            for name in read_names(&store.queue).into_iter().filter(|n| !n.starts_with('.')) {
-                if let Some(stem) = name.strip_suffix(".json").or_else(|| name.strip_suffix(".sending")) {
-                    stems.insert(stem.to_string());
-                }
-            }
+            stems.extend(store.spool().into_keys());
             (p, stems.len())
         })
         .collect()
