@@ -457,8 +457,10 @@ fn replay(path: &Path, keep_damaged: bool) -> io::Result<(Entries, HashMap<Strin
             path.display(),
             aside.display()
         );
-        let mut f = OpenOptions::new().create(true).append(true).mode(0o600).open(&aside)?;
-        f.write_all(&damaged)?;
+        let kept = OpenOptions::new().create(true).append(true).mode(0o600).open(&aside);
+        if let Err(e) = kept.and_then(|mut f| f.write_all(&damaged)) {
+            log::warn!("outbox: cannot keep the unreadable lines in {}: {e}", aside.display());
+        }
     }
     Ok((entries, first_puts))
 }

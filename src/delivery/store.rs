@@ -176,8 +176,13 @@ impl Store {
         }
         fsutil::create_private_dir(&self.queue)?;
         let (journal, first_puts) = Journal::open(&self.queue.join("journal"))?;
-        self.fold(&journal, &first_puts)?;
-        journal.compact()?;
+        // Neither is needed to start (a full disk): the spool waits, the journal stays long.
+        if let Err(e) = self.fold(&journal, &first_puts) {
+            log::warn!("{}: cannot take the queued files of {} in yet: {e}", self.name, self.queue.display());
+        }
+        if let Err(e) = journal.compact() {
+            log::warn!("{}: cannot compact the outbox journal in {}: {e}", self.name, self.queue.display());
+        }
         let journal = Arc::new(journal);
         *slot = Some(journal.clone());
         Ok(journal)
