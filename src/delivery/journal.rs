@@ -330,6 +330,8 @@ impl Journal {
         let mut file = OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
         file.write_all(snapshot)?;
         fsutil::sync_data(&file)?;
+        #[cfg(test)]
+        tests::compact_gate();
         let mut state = self.state.lock();
         while state.syncing {
             self.synced.wait(&mut state);
@@ -362,6 +364,11 @@ impl Journal {
     #[cfg(test)]
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Acquire)
+    }
+
+    #[cfg(test)]
+    pub fn compacting(&self) -> bool {
+        self.state.lock().compacting
     }
 }
 
@@ -474,5 +481,12 @@ pub(super) mod tests {
 
     pub fn sync_gate() {
         drop(SYNC_GATE.lock());
+    }
+
+    /// Held by a test to stop every compaction between its two phases.
+    pub static COMPACT_GATE: Mutex<()> = parking_lot::const_mutex(());
+
+    pub fn compact_gate() {
+        drop(COMPACT_GATE.lock());
     }
 }

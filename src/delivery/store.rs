@@ -856,6 +856,37 @@ mod tests {
         assert_eq!(texts(&Store::new(dir.path(), "tg")), want);
     }
 
+    /// Compaction does not stall enqueues: while one is held between its phases (the
+    /// live deliveries copied and synced, the swap not yet done), a write still becomes
+    /// durable and returns, and it is in the compacted journal.
+    #[test]
+    fn compaction_lets_enqueues_through_and_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path(), "tg");
+        store.write(&record("before")).unwrap();
+        let journal = store.journal().unwrap();
+        let gate = super::super::journal::tests::COMPACT_GATE.lock();
+        std::thread::scope(|s| {
+            let compacting = s.spawn(|| journal.compact());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !journal.compacting() && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            assert!(journal.compacting(), "the compaction did not start");
+            let (done, written) = crossbeam_channel::bounded(1);
+            let writer = store.clone();
+            s.spawn(move || done.send(writer.write(&record("during")).is_ok()));
+            let during = written.recv_timeout(Duration::from_secs(10));
+            let still = journal.compacting();
+            drop(gate);
+            compacting.join().unwrap().unwrap();
+            assert_eq!(during, Ok(true), "the write waited for the compaction");
+            assert!(still);
+        });
+        store.write(&record("after")).unwrap();
+        assert_eq!(texts(&Store::new(dir.path(), "tg")), ["before", "during", "after"]);
+    }
+
     fn long(chunks: &[&str]) -> Record {
         let mut r = record(chunks[0]);
         r.outbound.reply_to = Some("9".into());
