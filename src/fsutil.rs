@@ -5,15 +5,79 @@ Every state file is replaced atomically: write a temporary file in the same dire
 fsync it, rename it over the target, fsync the directory. A reader (or the next start
 after a `kill -9`) sees the old content or the new, never a torn mix. Files are 0600:
 state can name users and chats.
+
+Every `fsync`/`fdatasync` of the process goes through [`sync_all`], [`sync_data`] or
+[`sync_dir`], which count it ([`sync_count`]): small boxes run on SD cards that die of
+writes, so `make bench` reports syncs per message, and a regression shows as a number.
 */
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Syncs issued by this process (successful or not).
+static SYNCS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Syncs issued by this thread.
+    static THREAD_SYNCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many `fsync`/`fdatasync` calls this process has made so far.
+pub fn sync_count() -> u64 {
+    SYNCS.load(Ordering::Relaxed)
+}
+
+/// How many of them the calling thread made (for tests that share a process).
+pub fn thread_sync_count() -> u64 {
+    THREAD_SYNCS.with(|n| n.get())
+}
+
+fn count_sync() {
+    SYNCS.fetch_add(1, Ordering::Relaxed);
+    THREAD_SYNCS.with(|n| n.set(n.get() + 1));
+}
+
+/// Bytes this process caused to be written to storage so far (`write_bytes` of
+/// `/proc/self/io`); `None` where that is not available.
+pub fn write_bytes() -> Option<u64> {
+    let io = fs::read_to_string("/proc/self/io").ok()?;
+    io.lines().find_map(|l| l.strip_prefix("write_bytes: "))?.trim().parse().ok()
+}
+
+/// `fsync(file)`: its data and metadata reach the disk. Counted.
+pub fn sync_all(file: &File) -> io::Result<()> {
+    count_sync();
+    file.sync_all()
+}
+
+/// `fdatasync(file)`: its data (and the size, if it grew) reach the disk. Counted.
+pub fn sync_data(file: &File) -> io::Result<()> {
+    count_sync();
+    file.sync_data()
+}
+
+/// Make the renames, creations and removals in `dir` durable. Counted.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    sync_all(&File::open(dir)?)
+}
 
 /// Replace `path` with `data` atomically, creating parent directories (0700) as needed.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, true)
+}
+
+/// [`write_atomic`] without the directory sync: one sync instead of two. The file is
+/// always whole, but after a power cut it may hold its previous content. Only for
+/// files that may safely go back in time: a platform cursor (the messages after it are
+/// fetched again, and the inbox drops what it already has).
+pub fn write_atomic_lazy(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, false)
+}
+
+fn replace(path: &Path, data: &[u8], durable_rename: bool) -> io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     create_private_dir(dir)?;
     let name = path.file_name().ok_or_else(|| io::Error::other("path has no file name"))?;
@@ -23,9 +87,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let written = (|| {
         let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         file.write_all(data)?;
-        file.sync_all()?;
+        sync_all(&file)?;
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if durable_rename { sync_dir(dir) } else { Ok(()) }
     })();
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -60,5 +124,20 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["state.json"]);
+    }
+
+    #[test]
+    fn every_sync_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = sync_count();
+        write_atomic(&dir.path().join("a"), b"x").unwrap();
+        // Other tests sync meanwhile: at least the file and its directory.
+        assert!(sync_count() >= before + 2);
+        let mine = thread_sync_count();
+        write_atomic(&dir.path().join("b"), b"y").unwrap();
+        assert_eq!(thread_sync_count(), mine + 2, "a file and its directory");
+        write_atomic_lazy(&dir.path().join("b"), b"z").unwrap();
+        assert_eq!(thread_sync_count(), mine + 3, "the file only");
+        assert_eq!(fs::read(dir.path().join("b")).unwrap(), b"z");
     }
 }

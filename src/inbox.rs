@@ -272,7 +272,7 @@ impl Inbox {
         let mut file = open_journal(tmp, true)?;
         let written = write_kept(&file, pending, &done, cutoff)?;
         drop(done);
-        file.sync_data()?;
+        fsutil::sync_data(&file)?;
         #[cfg(test)]
         if let Some(hook) = self.midway.lock().as_mut() {
             hook();
@@ -285,7 +285,7 @@ impl Inbox {
         state.file.read_exact_at(&mut tail, covered)?;
         if !tail.is_empty() {
             file.write_all(&tail)?;
-            file.sync_data()?;
+            fsutil::sync_data(&file)?;
         }
         fs::rename(tmp, &self.path)?;
         state.file = file;
@@ -294,7 +294,7 @@ impl Inbox {
         // Until the directory is synced, a power cut could bring the old file back
         // without the lines accepted from now on: keep the lock until it is.
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        File::open(dir)?.sync_all()?;
+        fsutil::sync_dir(dir)?;
         drop(state);
         release_freed_memory();
         Ok(())
@@ -371,7 +371,7 @@ fn append(state: &mut State, lines: &[u8], sync: bool) -> io::Result<()> {
         buf.push(b'\n');
     }
     buf.extend_from_slice(lines);
-    let written = state.file.write_all(&buf).and_then(|()| if sync { state.file.sync_data() } else { Ok(()) });
+    let written = state.file.write_all(&buf).and_then(|()| if sync { fsutil::sync_data(&state.file) } else { Ok(()) });
     state.torn = written.is_err();
     if written.is_ok() {
         state.size += buf.len() as u64;

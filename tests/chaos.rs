@@ -96,7 +96,7 @@ fn cli(dir: &Path, args: &[&str]) -> Output {
         .expect("run switchboard")
 }
 
-/// The texts of every delivery file in `dir` (`*.json`, and `*.sending` claims).
+/// The texts of every delivery file in `dir` (`*.json`; `*.sending` claims of earlier versions).
 fn delivery_texts(dir: &Path) -> Vec<(String, String)> {
     let Ok(entries) = fs::read_dir(dir) else { return vec![] };
     let mut out = vec![];
@@ -114,6 +114,25 @@ fn delivery_texts(dir: &Path) -> Vec<(String, String)> {
     out
 }
 
+/// The texts of every delivery queued in `queue` (`outbox/NAME/`): the journal (one
+/// JSON object per line: `put` with the record, `claim`, `unclaim`, `gone`) replayed as
+/// the gateway does, torn lines skipped, plus the spool files not yet taken in.
+fn queued_texts(queue: &Path) -> Vec<(String, String)> {
+    let bytes = fs::read(queue.join("journal")).unwrap_or_default();
+    let mut live: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for line in bytes.split(|&b| b == b'\n').filter_map(|l| serde_json::from_slice::<Value>(l).ok()) {
+        if let Some(put) = line.get("put") {
+            let r = &put["record"]["outbound"];
+            let text =
+                (r["chat_id"].as_str().unwrap_or_default().into(), r["text"].as_str().unwrap_or_default().into());
+            live.insert(put["id"].as_str().unwrap_or_default().into(), text);
+        } else if let Some(gone) = line.get("gone") {
+            live.remove(gone["id"].as_str().unwrap_or_default());
+        }
+    }
+    live.into_values().chain(delivery_texts(queue)).collect()
+}
+
 /// What the state directory holds for platform `TG`.
 struct Parked {
     queued: Vec<(String, String)>,
@@ -124,7 +143,7 @@ struct Parked {
 fn parked(state_dir: &Path) -> Parked {
     let outbox = state_dir.join("outbox").join(TG);
     Parked {
-        queued: delivery_texts(&outbox),
+        queued: queued_texts(&outbox),
         unknown: delivery_texts(&outbox.join("unknown")).into_iter().collect(),
         dead: delivery_texts(&state_dir.join("deadletter").join(TG)).into_iter().collect(),
     }
@@ -918,6 +937,7 @@ const STATE_FILES: &[&str] = &[
     "sessions/*.jsonl",
     "cursors/telegram-tg.offset",
     "inbox/journal",
+    "outbox/tg/journal",
     "outbox/tg/*.json",
     "outbox/tg/unknown/*",
     "deadletter/tg/*",

@@ -393,10 +393,7 @@ fn an_answer_beyond_max_message_bytes_is_cut_with_a_marker_not_split_into_hundre
     let marker = "truncated: longer than the gateway's max_message_bytes]";
     assert!(wait_until(deadline(SOON), || fake.sent().iter().any(|(_, t)| t.contains(marker))), "no marker");
     // Nothing follows the marker: the outbox is empty, and 64 KiB made a few messages.
-    let queued = || {
-        let files = fs::read_dir(g.state_dir.join("outbox/tg")).unwrap().map(|e| e.unwrap().path());
-        files.filter(|p| p.extension().is_some_and(|e| e == "json" || e == "sending")).count()
-    };
+    let queued = || switchboard::delivery::queued(&g.state_dir).iter().map(|(_, n)| n).sum::<usize>();
     assert!(wait_until(deadline(SOON), || queued() == 0));
     let sent = fake.sent();
     assert!(sent.len() < 20, "{} messages", sent.len());

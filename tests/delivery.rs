@@ -11,7 +11,9 @@ mod support;
 
 use std::collections::VecDeque;
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,7 @@ use switchboard::message::Outbound;
 use switchboard::text::{Limit, Unit};
 
 use support::fake_telegram::{FakeTelegram, Fault, TOKEN, api_error, rate_limited};
+use support::gateway::{Gateway, OPEN_ACCESS, binary, reconnect, telegram};
 use support::{deadline, wait_until};
 
 const P: &str = "p";
@@ -186,6 +189,33 @@ fn queue_dir(state: &Path) -> PathBuf {
     state.join("outbox").join(P)
 }
 
+/// A delivery queued on disk: its stem, record, and whether it is claimed.
+type OnDisk = (String, serde_json::Value, bool);
+
+/// The deliveries queued on disk for `P` under `state`, oldest first: the journal
+/// (`outbox/P/journal`, one JSON object per line: `put`, `claim`, `unclaim`, `gone`)
+/// replayed as the gateway does, plus the spool files (`STEM.json`) not yet taken in.
+fn queued_on_disk(state: &Path) -> Vec<OnDisk> {
+    let queue = queue_dir(state);
+    let mut live = std::collections::BTreeMap::new();
+    let journal = fs::read(queue.join("journal")).unwrap_or_default();
+    for line in journal.split(|&b| b == b'\n').filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok()) {
+        let (op, body) = line.as_object().and_then(|o| o.iter().next()).expect("one operation per line");
+        let id = body["id"].as_str().unwrap_or_default().to_string();
+        match (op.as_str(), live.get_mut(&id)) {
+            ("put", _) => drop(live.insert(id, (body["record"].clone(), body["claimed"] == true))),
+            ("claim", Some(e)) => e.1 = true,
+            ("unclaim", Some(e)) => e.1 = false,
+            _ => drop(live.remove(&id)),
+        }
+    }
+    for name in files(&queue).into_iter().filter(|n| n.ends_with(".json")) {
+        let record = serde_json::from_slice(&fs::read(queue.join(&name)).unwrap()).unwrap_or_default();
+        live.insert(name.trim_end_matches(".json").to_string(), (record, false));
+    }
+    live.into_iter().map(|(stem, (r, claimed))| (stem, r, claimed)).collect()
+}
+
 #[test]
 fn kept_while_the_platform_is_down_then_sent_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,14 +224,14 @@ fn kept_while_the_platform_is_down_then_sent_in_order() {
         outbox.enqueue(P, msg(text)).unwrap();
     }
     // Durable before enqueue returned, and waiting: there is no outlet yet.
-    assert_eq!(files(&queue_dir(dir.path())).len(), 4);
+    assert_eq!(queued_on_disk(dir.path()).len(), 4);
     assert_eq!(outbox.pending(P), 4);
     assert!(outbox.outlet(P).is_none());
     let outlet = TestOutlet::new();
     outbox.publish(P, 1, outlet.clone(), LIMIT);
     assert_eq!(outlet.wait_sent(4), ["one", "two", "three", "four"]);
     assert_eq!(outbox.drain(deadline(SOON)), 0);
-    assert!(files(&queue_dir(dir.path())).is_empty(), "confirmed sends are removed");
+    assert!(queued_on_disk(dir.path()).is_empty(), "confirmed sends are removed");
     // A withdrawn outlet stops sending; only its own generation can withdraw it.
     outbox.withdraw(P, 0);
     assert!(outbox.outlet(P).is_some());
@@ -318,11 +348,14 @@ fn a_send_interrupted_by_a_crash_is_unknown_outcome() {
     let outbox = Outbox::open(dir.path(), settings(10), &[(P.to_string(), LIMIT)]).unwrap();
     outbox.enqueue(P, msg("in flight")).unwrap();
     outbox.enqueue(P, msg("queued")).unwrap();
-    // What a worker leaves when the process dies between sending and hearing back.
-    let queue = queue_dir(dir.path());
-    let first = files(&queue)[0].clone();
-    let stem = first.strip_suffix(".json").unwrap();
-    fs::rename(queue.join(&first), queue.join(format!("{stem}.sending"))).unwrap();
+    drop(outbox);
+    // What a worker leaves when the process dies between sending and hearing back: a
+    // claim line, and nothing after it.
+    let stem = queued_on_disk(dir.path())[0].0.clone();
+    let journal = queue_dir(dir.path()).join("journal");
+    let claim = format!("{{\"claim\":{{\"id\":\"{stem}\"}}}}\n");
+    fs::OpenOptions::new().append(true).open(&journal).unwrap().write_all(claim.as_bytes()).unwrap();
+    assert!(queued_on_disk(dir.path())[0].2, "claimed");
 
     let restarted = open(dir.path(), settings(10));
     let outlet = TestOutlet::new();
@@ -369,10 +402,9 @@ fn quit_interrupts_a_long_wait_at_once() {
     assert!(outbox.join(deadline(SOON)));
     assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
     // Still queued on disk for the next start, with the attempt counted.
-    let queued = files(&queue_dir(dir.path()));
+    let queued = queued_on_disk(dir.path());
     assert_eq!(queued.len(), 1);
-    let record: serde_json::Value =
-        serde_json::from_slice(&fs::read(queue_dir(dir.path()).join(&queued[0])).unwrap()).unwrap();
+    let record = &queued[0].1;
     assert_eq!((record["attempts"].as_u64(), record["last_error"].as_str()), (Some(1), Some("down")));
     assert_eq!(delivery::queued(dir.path()), [(P.to_string(), 1)]);
 }
@@ -433,7 +465,7 @@ fn outbox_read_errors_are_set_aside_never_counted_as_sent() {
     stop(&outbox);
 }
 
-/// A limit that splits `long_text()` into three chunks.
+/// A limit that splits `long_text()` into several chunks (four).
 const SMALL: Limit = Limit { max: 30, unit: Unit::Chars };
 
 fn long_text() -> String {
@@ -449,7 +481,7 @@ fn chunk_rollback_a_long_message_is_queued_whole_and_resumed_not_repeated() {
     let first = Outbox::open(dir.path(), settings(10), &[(P.to_string(), SMALL)]).unwrap();
     first.start_workers().unwrap();
     first.enqueue(P, msg(&long_text())).unwrap();
-    assert_eq!(files(&queue_dir(dir.path())).len(), 1, "one message, one file");
+    assert_eq!(queued_on_disk(dir.path()).len(), 1, "one message, one delivery");
     assert_eq!(first.pending(P), 1);
     let before = TestOutlet::new();
     // The first chunk goes out, then the platform asks for a long pause; the gateway stops.
@@ -463,14 +495,15 @@ fn chunk_rollback_a_long_message_is_queued_whole_and_resumed_not_repeated() {
     second.start_workers().unwrap();
     let after = TestOutlet::new();
     second.publish(P, 1, after.clone(), SMALL);
-    let rest = after.wait_sent(2);
     assert_eq!(second.drain(deadline(SOON)), 0);
     stop(&second);
     let mut all = before.sent();
-    all.extend(rest);
-    assert_eq!(all.len(), 3, "{all:?}");
-    assert!(all[0].starts_with("first") && all[1].contains("second") && all[2].contains("third"), "{all:?}");
-    assert!(files(&queue_dir(dir.path())).is_empty());
+    all.extend(after.sent());
+    // Every chunk once, in order: the first not repeated after the restart.
+    let chunks = switchboard::text::split(&long_text(), SMALL);
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    assert_eq!(all, chunks);
+    assert!(queued_on_disk(dir.path()).is_empty());
 }
 
 /// An unknown outcome in the middle of a long message sets aside that chunk only.
@@ -511,7 +544,7 @@ fn a_closed_outlet_keeps_its_queue_and_is_not_sent_to_again() {
     assert_eq!(outbox.pending(P), 3);
     assert!(delivery::dead_letters(dir.path()).is_empty());
     stop(&outbox);
-    assert_eq!(files(&queue_dir(dir.path())).len(), 3, "still queued on disk");
+    assert_eq!(queued_on_disk(dir.path()).len(), 3, "still queued on disk");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -584,6 +617,61 @@ fn send_works_while_no_gateway_runs() {
     let outbox = gateway(&config);
     assert_eq!(fake.wait_sent(1, deadline(SOON)), [("5".to_string(), "queued offline".to_string())]);
     stop(&outbox);
+}
+
+/// Issue 8, section 3 ("group commit"): the gateway is the only writer of its journal,
+/// and `switchboard send` processes, several at once, queue through the spool, while a
+/// gateway runs and while none does. Each message arrives exactly once.
+#[test]
+fn group_commit_switchboard_send_from_several_processes_with_and_without_a_gateway() {
+    let fake = FakeTelegram::start(TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    let config = format!("{}{}{}", reconnect(200, 0, 5000), OPEN_ACCESS, telegram("tg", &fake.url(), TOKEN));
+    let send_all = |prefix: &str| {
+        let children: Vec<_> = (0..8)
+            .map(|n| {
+                Command::new(binary())
+                    .args(["send", "--config", "gateway.toml", "tg:7", &format!("{prefix} {n}")])
+                    .current_dir(dir.path())
+                    .env("SWITCHBOARD_LOCK_DIR", &locks)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("start switchboard send")
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "send failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    };
+    let expect = |prefixes: &[&str]| {
+        let mut all: Vec<String> = prefixes.iter().flat_map(|p| (0..8).map(move |n| format!("{p} {n}"))).collect();
+        all.sort();
+        all
+    };
+    let sorted = |sent: Vec<(String, String)>| {
+        let mut texts: Vec<String> = sent.into_iter().map(|(_, t)| t).collect();
+        texts.sort();
+        texts
+    };
+    let mut g = Gateway::start_in(dir.path(), &locks, &config);
+    g.wait_platform("tg", "connected", SOON);
+    send_all("live");
+    assert_eq!(sorted(fake.wait_sent(8, deadline(SOON))), expect(&["live"]));
+    g.signal("TERM");
+    assert_eq!(g.wait_exit(SOON), Some(0));
+    send_all("offline");
+    assert_eq!(delivery::queued(&g.state_dir), [("tg".to_string(), 8)]);
+    let g = Gateway::start_in(dir.path(), &locks, &config);
+    g.wait_platform("tg", "connected", SOON);
+    assert_eq!(sorted(fake.wait_sent(16, deadline(SOON))), expect(&["live", "offline"]));
+    // Nothing more comes: wait for another poll, then count again.
+    let polls = fake.count("getUpdates");
+    fake.wait_count("getUpdates", polls + 2, deadline(SOON));
+    assert_eq!(fake.sent().len(), 16);
+    assert_eq!(delivery::queued(&g.state_dir), [("tg".to_string(), 0)]);
 }
 
 #[test]

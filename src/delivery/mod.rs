@@ -16,11 +16,13 @@ unless the platform de-duplicates by itself.
 - `lane.rs`: the schedule of one instance — per chat in order, chats in parallel up to
   `max_in_flight`, waits that hold only the chat they concern.
 - `limiter.rs`: the platform's send limits ([`SendLimits`]), enforced before each message.
-- `store.rs`: the files (`state_dir/outbox/NAME/`, `unknown/`, `state_dir/deadletter/NAME/`),
-  their names and format, crash recovery.
+- `store.rs`: the layout on disk (`state_dir/outbox/NAME/`: the journal, a spool for
+  other processes, `unknown/`; `state_dir/deadletter/NAME/`), claims, crash recovery.
+- `journal.rs`: the append-only journal of queued deliveries, with group commit (one
+  `fdatasync` for every delivery queued while the previous one ran) and compaction.
 
 Texts are split to the platform's limit when they are queued ([`crate::text::split`]);
-all chunks of a message share one file, rewritten after each chunk is sent, so the
+all chunks of a message share one record, replaced after each chunk is sent, so the
 sender sees a message whole or not at all, and a crash in the middle of a long reply
 resumes with the next chunk instead of repeating the first.
 
@@ -43,6 +45,7 @@ They live in the platform's table because they are the platform's: a bot with ra
 limits, a test fake with none.
 */
 
+mod journal;
 mod lane;
 mod limiter;
 mod outbox;
@@ -236,7 +239,8 @@ pub fn platform_limits(config: &Config) -> Vec<(String, Limit)> {
 
 /// `switchboard send TARGET TEXT`: queue `text` for `target` in the outbox of
 /// `config`'s state directory, whether or not a gateway is running (a running one sends
-/// it within a second, otherwise the next start does). `origin` is an error here: the
+/// it within a second, otherwise the next start does). It writes a spool file, never
+/// the gateway's journal, so any number of `send`s may run at once (see `store.rs`). `origin` is an error here: the
 /// command line is no conversation. Returns a line for the user.
 pub fn send_command(config: &Config, target: &str, text: &str) -> Result<String, String> {
     let target = parse_target(target)?;
@@ -257,7 +261,7 @@ pub fn send_command(config: &Config, target: &str, text: &str) -> Result<String,
     let state_dir = &config.gateway.state_dir;
     check_owner(state_dir)?;
     let store = store::Store::new(state_dir, &address.platform);
-    store.write(&record).map_err(|e| format!("cannot write to the outbox in {}: {e}", state_dir.display()))?;
+    store.write_spool(&record).map_err(|e| format!("cannot write to the outbox in {}: {e}", state_dir.display()))?;
     let parts = if record.more.is_empty() { String::new() } else { format!(" in {} parts", record.more.len() + 1) };
     Ok(format!("queued for {address}{parts}"))
 }

@@ -745,7 +745,7 @@ impl Telegram {
     fn store_offset(&mut self, ctx: &Context) {
         let Some(next) = self.offset.filter(|next| Some(*next) != self.stored) else { return };
         self.stored = Some(next);
-        if let Err(e) = fsutil::write_atomic(&self.cursor, format!("{next}\n").as_bytes()) {
+        if let Err(e) = fsutil::write_atomic_lazy(&self.cursor, format!("{next}\n").as_bytes()) {
             // Going on is the lesser evil: the offset in memory still acknowledges the
             // update, so a restart may repeat messages, but a full disk must not silence
             // the bot.

@@ -101,9 +101,9 @@ impl Archive {
         }
         let dir = sessions.join("archive");
         for b in buckets {
-            File::open(dir.join(name(*b)))?.sync_data()?;
+            fsutil::sync_data(&File::open(dir.join(name(*b)))?)?;
         }
-        File::open(&dir)?.sync_all()
+        fsutil::sync_dir(&dir)
     }
 
     /// Rewrite bucket `b` with the last line of each key, in the order they were last

@@ -225,7 +225,7 @@ impl SessionStore {
         if let Some((why, old)) = expired {
             log::info!("sessions: {} expired ({why:?}); {old} → {}", entry.key, entry.session_id);
         }
-        journal.sync_data()?;
+        fsutil::sync_data(&journal)?;
         self.maybe_write(now);
         Ok(Begin { entry, notice })
     }
@@ -240,7 +240,7 @@ impl SessionStore {
             (entry, state.journal.handle())
         };
         log::info!("sessions: {} reset by request; now {}", entry.key, entry.session_id);
-        journal.sync_data()?;
+        fsutil::sync_data(&journal)?;
         self.maybe_write(now);
         Ok(entry)
     }
