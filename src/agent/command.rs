@@ -25,8 +25,9 @@ The answer is complete when the program exits, not when stdout ends: a backgroun
 process it started may hold stdout open for as long as it runs. So once the program has
 exited (seen with `waitid(WNOWAIT)`, which leaves it unreaped), its whole process group
 is killed, and what was read is the answer; the loop gets [`GRACE`] to reach the end of
-the pipes, which it normally does at once, since the kill closed every other holder. A timeout or a cancel kills the group too, so a script's own children (the model
-runner it started) die with it instead of running on. The child is started as the
+the pipes, which it normally does at once, since the kill closed every other holder. A
+timeout or a cancel kills the group too, so a script's own children (the model runner
+it started) die with it instead of running on. The child is started as the
 leader of a new group, and the group is signalled while the child is still unreaped, so
 its id cannot have been reused by anyone else.
 */
