@@ -432,6 +432,20 @@ fn command_ignoring_its_large_input_still_answers() {
     assert_eq!(agent.reply(&turn, &Cancel::new(), &mut |_| {}).unwrap().text, "quick");
 }
 
+/// Issue 8 §4: the pipes are served by one poll loop on the turn's thread instead of
+/// three threads. A program echoing a large input fills stdout while stdin is still
+/// being written, and floods stderr meanwhile: the loop must keep every pipe moving.
+#[test]
+fn command_pipes_full_both_ways_do_not_deadlock() {
+    let text = "y".repeat(300_000);
+    let source = source();
+    let turn = Turn { text: &text, session_key: "k", history: &[], source: &source };
+    let script = "head -c 200000 /dev/zero >&2; cat";
+    let reply = command(&["sh", "-c", script], SOON).reply(&turn, &Cancel::new(), &mut |_| {}).unwrap();
+    let echoed: serde_json::Value = serde_json::from_str(&reply.text).expect("the whole input came back");
+    assert_eq!(echoed["text"].as_str().map(str::len), Some(text.len()));
+}
+
 /// A script that records its pid and its child's, then waits on the child.
 const TREE: &str = r#"echo $$ > "$1/shell.pid"; sleep 30 & echo $! > "$1/child.pid"; wait"#;
 

@@ -34,35 +34,61 @@ const MOST_CREATED: usize = MESSAGES * 10 / 1000;
 fn r_no_thread_is_created_per_message_or_long_poll() {
     let fake = FakeTelegram::start(TOKEN);
     let g = Gateway::start(&format!("{OPEN_ACCESS}{}", telegram("tg", &fake.url(), TOKEN)));
-    let created = count(&fake, &g, None);
+    let created = count(&fake, &g, None, false);
     assert!(created <= MOST_CREATED, "{created} threads created over {MESSAGES} messages");
 }
 
-/// The same through the `openai` backend, whose every request runs on a thread of its
-/// own (`src/agent/openai.rs`, `start`): one thread per turn.
+/// Issue 8 §4, the same through the `openai` backend, whose every request ran on a
+/// thread of its own (`agent-openai`): 200 threads over 200 messages. The exchange now
+/// runs on the turn's thread, a cancel shutting its connection down.
 #[test]
-#[ignore = "issue 8 §4, open: the openai backend starts a thread per request"]
 fn no_thread_is_created_per_model_request() {
     let fake = FakeTelegram::start(TOKEN);
     let model = FakeOpenAi::start();
     let agent = format!("[agent]\nbackend = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\n", model.url());
     let g = Gateway::start(&format!("{OPEN_ACCESS}{agent}{}", telegram("tg", &fake.url(), TOKEN)));
-    let created = count(&fake, &g, Some(&model));
+    let created = count(&fake, &g, Some(&model), false);
+    assert!(created <= MOST_CREATED, "{created} threads created over {MESSAGES} messages");
+}
+
+/// Issue 8 §4, the same with `stream = true`: the stream's read loop runs on the
+/// turn's thread too.
+#[test]
+fn no_thread_is_created_per_streamed_model_request() {
+    let fake = FakeTelegram::start(TOKEN);
+    let model = FakeOpenAi::start();
+    let agent =
+        format!("[agent]\nbackend = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\nstream = true\n", model.url());
+    let g = Gateway::start(&format!("{OPEN_ACCESS}{agent}{}", telegram("tg", &fake.url(), TOKEN)));
+    let created = count(&fake, &g, Some(&model), true);
+    assert_eq!(fake.count("editMessageText"), WARM_UP + MESSAGES, "each answer ends with an edit of its preview");
+    assert!(created <= MOST_CREATED, "{created} threads created over {MESSAGES} messages");
+}
+
+/// Issue 8 §4, the same through the `command` backend, which wrote the child's stdin
+/// and read its stdout and stderr on three threads per turn. The command sleeps a
+/// moment, so that threads of the turn live long enough for the census to see them.
+#[test]
+fn no_thread_is_created_per_command_turn() {
+    let fake = FakeTelegram::start(TOKEN);
+    let agent = "[agent]\nbackend = \"command\"\ncommand = [\"sh\", \"-c\", \"read -r turn; sleep 0.05; echo ok\"]\n";
+    let g = Gateway::start(&format!("{OPEN_ACCESS}{agent}{}", telegram("tg", &fake.url(), TOKEN)));
+    let created = count(&fake, &g, None, false);
     assert!(created <= MOST_CREATED, "{created} threads created over {MESSAGES} messages");
 }
 
 /// Run [`WARM_UP`] then [`MESSAGES`] messages through `g`; returns how many threads were
 /// created during the latter. With a `model`, each answer is held a moment so that a
-/// thread of the request is seen.
-fn count(fake: &FakeTelegram, g: &Gateway, model: Option<&FakeOpenAi>) -> usize {
+/// thread of the request is seen; `streamed` answers end with an edit.
+fn count(fake: &FakeTelegram, g: &Gateway, model: Option<&FakeOpenAi>, streamed: bool) -> usize {
     g.wait_platform("tg", "connected", SOON);
     let census = ThreadCensus::start(g.pid());
     for n in 0..WARM_UP {
-        round(fake, model, &census, n, g);
+        round(fake, model, streamed, &census, n, g);
     }
     let warm = census.seen();
     for n in WARM_UP..WARM_UP + MESSAGES {
-        round(fake, model, &census, n, g);
+        round(fake, model, streamed, &census, n, g);
     }
     let created = census.seen() - warm;
     census.sample();
@@ -78,9 +104,18 @@ fn count(fake: &FakeTelegram, g: &Gateway, model: Option<&FakeOpenAi>) -> usize 
     created
 }
 
-/// One message in, its reply out, and the next long poll held (when a thread of its own
-/// would be alive): sample then, and while the model holds its request.
-fn round(fake: &FakeTelegram, model: Option<&FakeOpenAi>, census: &ThreadCensus, n: usize, g: &Gateway) {
+/// One message in, its reply out (a streamed one: its preview, then the final edit,
+/// queued as the turn ends, so that the next turn does not overlap this one and start a
+/// second turn thread), and the next long poll held (when a thread of its own would be
+/// alive): sample then, and while the model holds its request.
+fn round(
+    fake: &FakeTelegram,
+    model: Option<&FakeOpenAi>,
+    streamed: bool,
+    census: &ThreadCensus,
+    n: usize,
+    g: &Gateway,
+) {
     let polls = fake.count("getUpdates");
     let chat = 100 + (n % 20) as i64;
     if let Some(model) = model {
@@ -93,6 +128,9 @@ fn round(fake: &FakeTelegram, model: Option<&FakeOpenAi>, census: &ThreadCensus,
     }
     let sent = fake.wait_sent(n + 1, deadline(SOON));
     assert_eq!(sent.len(), n + 1, "no reply to message {n}\n{}", g.log());
+    if streamed {
+        assert!(fake.wait_count("editMessageText", n + 1, deadline(SOON)) > n, "no final edit\n{}", g.log());
+    }
     assert!(fake.wait_count("getUpdates", polls + 1, deadline(SOON)) > polls, "no next poll\n{}", g.log());
     census.sample();
 }

@@ -14,42 +14,41 @@ variable whose value holds one of the config's secrets is withheld too, with a w
 naming the variable (never the value). The environment is read once, when the agent is
 built.
 
-Pipes deadlock when one side waits for the other, so stdin is written and stdout and
-stderr are read on helper threads, each reader draining its pipe to the end even past
-what it keeps. The calling thread checks for the exit every [`TICK`] (std offers no
-blocking wait that can be interrupted) and wakes at once on cancel.
+Pipes deadlock when one side waits for the other, so the three pipes are non-blocking
+and served together by one `poll(2)` loop on the turn's own thread ([`Pipes`]): stdin is
+written as the program takes it, stdout and stderr are drained to their end even past
+what is kept. A turn starts no thread (issue 8 §4; it used to start three). The loop
+wakes at least every [`TICK`] to check for the exit (std offers no blocking wait that
+can be interrupted) and for a cancel.
 
 The answer is complete when the program exits, not when stdout ends: a background
 process it started may hold stdout open for as long as it runs. So once the program has
 exited (seen with `waitid(WNOWAIT)`, which leaves it unreaped), its whole process group
-is killed, and what the reader has is the answer; the reader gets [`GRACE`] to reach the
-end of the pipe, which it normally does at once, since the kill closed every other
-holder. A timeout or a cancel kills the group too, so a script's own children (the model
-runner it started) die with it instead of running on. The child is started as the
+is killed, and what was read is the answer; the loop gets [`GRACE`] to reach the end of
+the pipes, which it normally does at once, since the kill closed every other holder. A
+timeout or a cancel kills the group too, so a script's own children (the model runner
+it started) die with it instead of running on. The child is started as the
 leader of a new group, and the group is signalled while the child is still unreaped, so
 its id cannot have been reused by anyone else.
 */
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
-use std::thread;
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, bounded, select};
-use parking_lot::Mutex;
 use serde_json::json;
 
 use super::{Agent, AgentError, AgentErrorKind, Cancel, CommandSettings, Reply, Turn, deadline_after};
 use crate::config::Secret;
 
-/// How often the exit of a running command is checked.
+/// How often the exit of a running command, and a cancel, are checked.
 const TICK: Duration = Duration::from_millis(10);
-/// How long after the exit (and the group kill) a reader may take to reach the end of
-/// its pipe before its bytes so far are taken as they are.
+/// How long after the exit (and the group kill) the output pipes may take to reach their
+/// end before what was read of them is taken as it is.
 const GRACE: Duration = Duration::from_millis(200);
 /// The most of stdout kept as the reply; a chat message is far shorter.
 const MAX_STDOUT: usize = 1024 * 1024;
@@ -82,8 +81,8 @@ impl CommandAgent {
         self.settings.command.first().map_or("", String::as_str)
     }
 
-    /// Start the command with its pipes served by helper threads.
-    fn spawn(&self, input: Vec<u8>) -> io::Result<Running> {
+    /// Start the command, its pipes ready for [`Pipes::pump`].
+    fn spawn(&self, input: Vec<u8>) -> io::Result<(Child, Pipes)> {
         let (program, args) = self
             .settings
             .command
@@ -100,8 +99,8 @@ impl CommandAgent {
             // also keeps a terminal's Ctrl-C from hitting it before the gateway drains.
             .process_group(0)
             .spawn()?;
-        match serve_pipes(&mut child, input) {
-            Ok((stdout, stderr)) => Ok(Running { child, stdout, stderr }),
+        match Pipes::new(&mut child, input) {
+            Ok(pipes) => Ok((child, pipes)),
             Err(e) => {
                 let _ = kill_tree(&mut child);
                 Err(e)
@@ -116,19 +115,22 @@ impl Agent for CommandAgent {
             return Err(AgentError::cancelled());
         }
         let program = self.program();
-        let mut running = self.spawn(turn_input(turn)).map_err(|e| {
+        let (mut child, mut pipes) = self.spawn(turn_input(turn)).map_err(|e| {
             AgentError::new(AgentErrorKind::Failed, USER_NO_START, format!("cannot run `{program}`: {e}"))
         })?;
         let deadline = deadline_after(self.settings.timeout);
-        let outcome = supervise(&mut running.child, cancel, deadline);
+        let outcome = supervise(&mut child, &mut pipes, cancel, deadline);
         // Exited or not, what it started goes with it (module doc); this also reaps it.
-        let status = kill_tree(&mut running.child);
-        let stdout = running.stdout.collect(GRACE);
-        if stdout.truncated {
+        let status = kill_tree(&mut child);
+        // The pipes normally end with the kill; a descendant still holding one must not
+        // delay the reply.
+        pipes.drain(GRACE);
+        if pipes.stdout.truncated {
             log::warn!("agent command: the answer exceeds {MAX_STDOUT} bytes; the rest is dropped");
         }
         let ok = outcome.is_ok() && status.as_ref().is_ok_and(ExitStatus::success);
-        log_stderr(program, &running.stderr, ok);
+        log_stderr(program, &pipes.stderr, ok);
+        let stdout = pipes.stdout;
         match outcome {
             Ok(()) => match status {
                 Ok(status) => judge(program, status, &stdout.bytes),
@@ -149,14 +151,7 @@ fn wait_failed(program: &str, e: io::Error) -> AgentError {
     AgentError::new(AgentErrorKind::Failed, USER_FAILED, format!("waiting for `{program}` failed: {e}"))
 }
 
-/// A started command and its output pipes' readers.
-struct Running {
-    child: Child,
-    stdout: Capture,
-    stderr: Capture,
-}
-
-/// What a reader thread kept of one pipe.
+/// What was read of one output pipe.
 #[derive(Debug, Default)]
 struct Captured {
     bytes: Vec<u8>,
@@ -164,19 +159,133 @@ struct Captured {
     truncated: bool,
 }
 
-/// A pipe being read on a thread: what it kept so far, and the end of the pipe.
-struct Capture {
-    kept: Arc<Mutex<Captured>>,
-    /// Disconnected once the reader reached the end of the pipe.
-    end: Receiver<()>,
+impl Captured {
+    /// Keep what fits of `data` under `limit` bytes. Past the limit the rest is drained,
+    /// not kept: a program blocked on a full pipe would never exit.
+    fn keep(&mut self, data: &[u8], limit: usize) {
+        let room = limit.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&data[..data.len().min(room)]);
+        self.truncated |= data.len() > room;
+    }
 }
 
-impl Capture {
-    /// What was read, once the pipe ended or, at the latest, after `grace`.
-    fn collect(&self, grace: Duration) -> Captured {
-        let _ = self.end.recv_timeout(grace);
-        std::mem::take(&mut *self.kept.lock())
+/// The child's pipes, non-blocking, served on the calling thread: stdin until all of
+/// the input is written (then closed, so the program sees its end), stdout and stderr
+/// until their end. A pipe is `None` once done with.
+struct Pipes {
+    stdin: Option<ChildStdin>,
+    input: Vec<u8>,
+    written: usize,
+    out: Option<ChildStdout>,
+    err: Option<ChildStderr>,
+    stdout: Captured,
+    stderr: Captured,
+}
+
+impl Pipes {
+    fn new(child: &mut Child, input: Vec<u8>) -> io::Result<Pipes> {
+        let missing = || io::Error::other("a pipe of the child is missing");
+        let stdin = child.stdin.take().ok_or_else(missing)?;
+        let out = child.stdout.take().ok_or_else(missing)?;
+        let err = child.stderr.take().ok_or_else(missing)?;
+        for fd in [stdin.as_raw_fd(), out.as_raw_fd(), err.as_raw_fd()] {
+            set_nonblocking(fd)?;
+        }
+        let stdin = (!input.is_empty()).then_some(stdin);
+        let (stdout, stderr) = (Captured::default(), Captured::default());
+        Ok(Pipes { stdin, input, written: 0, out: Some(out), err: Some(err), stdout, stderr })
     }
+
+    /// Whether stdout and stderr have both reached their end.
+    fn ended(&self) -> bool {
+        self.out.is_none() && self.err.is_none()
+    }
+
+    /// Wait up to `timeout` for a pipe to be ready, then move what it can without
+    /// blocking. With every pipe done, just waits.
+    fn pump(&mut self, timeout: Duration) -> io::Result<()> {
+        let fd = |pipe: Option<&dyn AsRawFd>, events| libc::pollfd {
+            fd: pipe.map_or(-1, |p| p.as_raw_fd()), // poll ignores a negative fd
+            events,
+            revents: 0,
+        };
+        let mut fds = [
+            fd(self.stdin.as_ref().map(|p| p as &dyn AsRawFd), libc::POLLOUT),
+            fd(self.out.as_ref().map(|p| p as &dyn AsRawFd), libc::POLLIN),
+            fd(self.err.as_ref().map(|p| p as &dyn AsRawFd), libc::POLLIN),
+        ];
+        let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call.
+        if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) } < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e) };
+        }
+        if fds[0].revents != 0 {
+            self.write_input();
+        }
+        if fds[1].revents != 0 {
+            read_available(&mut self.out, &mut self.stdout, MAX_STDOUT);
+        }
+        if fds[2].revents != 0 {
+            read_available(&mut self.err, &mut self.stderr, MAX_STDERR);
+        }
+        Ok(())
+    }
+
+    /// Write what the pipe takes of the input; close stdin when all of it is written or
+    /// the program closed its end. A program that answers without reading its input
+    /// breaks the pipe: that is its business, not an error of the turn.
+    fn write_input(&mut self) {
+        let Some(stdin) = &mut self.stdin else { return };
+        while self.written < self.input.len() {
+            match stdin.write(&self.input[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => break,
+            }
+        }
+        self.stdin = None;
+    }
+
+    /// Serve the output pipes until both end or `grace` passes; stdin is closed.
+    fn drain(&mut self, grace: Duration) {
+        self.stdin = None;
+        let until = Instant::now() + grace;
+        while !self.ended() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.pump(left).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Read what `pipe` has now into `kept` (up to `limit` bytes); at its end (or on an
+/// error) the pipe is closed.
+fn read_available(pipe: &mut Option<impl Read>, kept: &mut Captured, limit: usize) {
+    let Some(reader) = pipe else { return };
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => kept.keep(&buf[..n], limit),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => break,
+        }
+    }
+    *pipe = None;
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor this process owns, with no pointer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Why a run ended before the command did.
@@ -187,63 +296,21 @@ enum Stop {
     Wait(io::Error),
 }
 
-/// Write `input` to the child's stdin and read its stdout and stderr, each on a thread.
-fn serve_pipes(child: &mut Child, input: Vec<u8>) -> io::Result<(Capture, Capture)> {
-    let missing = || io::Error::other("a pipe of the child is missing");
-    let mut stdin = child.stdin.take().ok_or_else(missing)?;
-    let stdout = child.stdout.take().ok_or_else(missing)?;
-    let stderr = child.stderr.take().ok_or_else(missing)?;
-    thread::Builder::new().name("agent-cmd-stdin".into()).spawn(move || {
-        // A program that answers without reading its input closes the pipe: the
-        // broken pipe is its business, not an error of the turn. Dropping `stdin`
-        // closes it, so the program sees the end of its input.
-        let _ = stdin.write_all(&input);
-    })?;
-    Ok((capture(stdout, MAX_STDOUT, "agent-cmd-stdout")?, capture(stderr, MAX_STDERR, "agent-cmd-stderr")?))
-}
-
-/// Read `pipe` to its end on a thread, keeping the first `limit` bytes where
-/// [`Capture::collect`] finds them at any time.
-fn capture(mut pipe: impl Read + Send + 'static, limit: usize, name: &str) -> io::Result<Capture> {
-    let kept = Arc::new(Mutex::new(Captured::default()));
-    let (end_tx, end) = bounded::<()>(0);
-    let shared = kept.clone();
-    thread::Builder::new().name(name.into()).spawn(move || {
-        let _end = end_tx; // dropped at the end of the pipe, which disconnects `end`
-        let mut buf = [0u8; 8192];
-        loop {
-            let n = match pipe.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
-            };
-            // Past the limit the rest is drained, not kept: a program blocked on a
-            // full pipe would never exit.
-            let mut kept = shared.lock();
-            let room = limit.saturating_sub(kept.bytes.len());
-            kept.bytes.extend_from_slice(&buf[..n.min(room)]);
-            kept.truncated |= n > room;
-        }
-    })?;
-    Ok(Capture { kept, end })
-}
-
-/// Wait until the command has exited (leaving it unreaped), `deadline` passes, or
-/// `cancel` fires.
-fn supervise(child: &mut Child, cancel: &Cancel, deadline: Instant) -> Result<(), Stop> {
+/// Serve the pipes until the command has exited (leaving it unreaped), `deadline`
+/// passes, or `cancel` fires.
+fn supervise(child: &mut Child, pipes: &mut Pipes, cancel: &Cancel, deadline: Instant) -> Result<(), Stop> {
     loop {
         if has_exited(child).map_err(Stop::Wait)? {
             return Ok(());
+        }
+        if cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
         }
         let now = Instant::now();
         if now >= deadline {
             return Err(Stop::Timeout);
         }
-        select! {
-            recv(cancel.receiver()) -> _ => return Err(Stop::Cancelled),
-            default(TICK.min(deadline - now)) => {}
-        }
+        pipes.pump(TICK.min(deadline - now)).map_err(Stop::Wait)?;
     }
 }
 
@@ -284,10 +351,7 @@ fn kill_tree(child: &mut Child) -> io::Result<ExitStatus> {
 
 /// Log what the command wrote to stderr, if anything: as a warning when the turn
 /// failed, where it most likely says why.
-fn log_stderr(program: &str, stderr: &Capture, ok: bool) {
-    // The reader has normally finished with the exit; a descendant still holding the
-    // pipe must not delay the reply.
-    let captured = stderr.collect(Duration::from_millis(50));
+fn log_stderr(program: &str, captured: &Captured, ok: bool) {
     let text = String::from_utf8_lossy(&captured.bytes);
     let text = text.trim();
     if text.is_empty() {

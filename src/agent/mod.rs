@@ -11,8 +11,10 @@ Three backends stand behind one trait, chosen by `[agent] backend`:
 The router calls [`Agent::reply`] on a worker thread, one turn per session at a time. A
 turn can be stopped from another thread (`/stop`, an interrupting message, shutdown)
 through its [`Cancel`] token; every backend notices within about 100 ms, even while
-blocked on the network or on a child process, because every wait selects on
-[`Cancel::receiver`].
+blocked on the network or on a child process: every wait selects on
+[`Cancel::receiver`], and a blocking socket read is cut short by an action registered
+with [`Cancel::on_cancel`] (the `openai` backend shuts its connection down). A backend
+runs its turn on the calling thread and starts no thread of its own per turn.
 
 Failures come back as an [`AgentError`]: a [`AgentErrorKind`] the router can act on
 (`ContextTooLong` suggests `/new`), a short text that is safe to show the user, and a
@@ -28,7 +30,8 @@ mod openai;
 mod sse;
 
 use std::fmt;
-use std::sync::Arc;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
@@ -115,26 +118,67 @@ impl std::error::Error for AgentError {}
 ///
 /// It works like the adapters' stop channel: nothing is ever sent on the channel;
 /// cancelling drops the only sender, which disconnects the receiver and so wakes every
-/// `select!` that includes [`Cancel::receiver`], at once and without polling.
+/// `select!` that includes [`Cancel::receiver`], at once and without polling. A call
+/// blocked outside any `select!` (a socket read) is woken by an action registered with
+/// [`Cancel::on_cancel`] that cuts it short (shuts the socket down).
 #[derive(Clone)]
 pub struct Cancel {
-    sender: Arc<Mutex<Option<Sender<()>>>>,
+    state: Arc<Mutex<CancelState>>,
     receiver: Receiver<()>,
+}
+
+/// One action of [`Cancel::on_cancel`].
+type CancelAction = Box<dyn FnOnce() + Send>;
+
+struct CancelState {
+    /// `None` once cancelled.
+    sender: Option<Sender<()>>,
+    /// The registered actions, by the id their [`OnCancel`] holds.
+    actions: Vec<(u64, CancelAction)>,
+    next_id: u64,
 }
 
 impl Cancel {
     pub fn new() -> Cancel {
         let (sender, receiver) = bounded(0);
-        Cancel { sender: Arc::new(Mutex::new(Some(sender))), receiver }
+        let state = CancelState { sender: Some(sender), actions: Vec::new(), next_id: 0 };
+        Cancel { state: Arc::new(Mutex::new(state)), receiver }
     }
 
-    /// Cancel the turn. Idempotent.
+    /// Cancel the turn, then run the actions registered with [`Cancel::on_cancel`].
+    /// Idempotent.
     pub fn cancel(&self) {
-        self.sender.lock().take();
+        let actions = {
+            let mut state = self.state.lock();
+            // Cancelled before any action runs, so that a call an action cuts short
+            // sees a cancel and not a network failure.
+            state.sender.take();
+            std::mem::take(&mut state.actions)
+        };
+        actions.into_iter().for_each(|(_, action)| run_action(action));
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.sender.lock().is_none()
+        self.state.lock().sender.is_none()
+    }
+
+    /// Run `action` once when the turn is cancelled (at once, if it already is), until
+    /// the returned guard is dropped: a later cancel then leaves it alone, so that
+    /// `action` (shutting down a request's connection) never touches what outlived the
+    /// call it was for. It runs on the thread that cancels (the router's), so it must
+    /// not block; a panic in it is logged and goes no further.
+    #[must_use = "the action is unregistered when the guard is dropped"]
+    pub fn on_cancel(&self, action: impl FnOnce() + Send + 'static) -> OnCancel {
+        let mut state = self.state.lock();
+        if state.sender.is_none() {
+            drop(state);
+            run_action(Box::new(action));
+            return OnCancel { state: Arc::downgrade(&self.state), id: None };
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state.actions.push((id, Box::new(action)));
+        OnCancel { state: Arc::downgrade(&self.state), id: Some(id) }
     }
 
     /// Wait `d`, or less if cancelled. Returns whether the token is cancelled.
@@ -149,6 +193,29 @@ impl Cancel {
     /// in a `select!` to wake on cancellation.
     pub fn receiver(&self) -> &Receiver<()> {
         &self.receiver
+    }
+}
+
+/// An action registered with [`Cancel::on_cancel`]; dropping it unregisters the action
+/// (if it has not run yet).
+pub struct OnCancel {
+    state: Weak<Mutex<CancelState>>,
+    id: Option<u64>,
+}
+
+impl Drop for OnCancel {
+    fn drop(&mut self) {
+        if let (Some(state), Some(id)) = (self.state.upgrade(), self.id) {
+            state.lock().actions.retain(|(other, _)| *other != id);
+        }
+    }
+}
+
+/// Run one cancel action. It runs on the thread that cancels, which a bug in one
+/// action must not take down.
+fn run_action(action: CancelAction) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(action)) {
+        log::error!("a cancel action panicked: {}", crate::supervise::panic_message(&*payload));
     }
 }
 
@@ -168,7 +235,8 @@ impl fmt::Debug for Cancel {
 pub trait Agent: Send + Sync {
     /// Answer one turn. `on_delta` receives text as it streams (only when
     /// [`Agent::streams`]); the returned [`Reply`] then holds the whole text again.
-    /// Returns [`AgentErrorKind::Cancelled`] within about 100 ms of `cancel.cancel()`.
+    /// Returns [`AgentErrorKind::Cancelled`] within about 100 ms of `cancel.cancel()`
+    /// (the `openai` backend: once a connect or lookup in progress has ended).
     fn reply(&self, turn: &Turn<'_>, cancel: &Cancel, on_delta: &mut dyn FnMut(&str)) -> Result<Reply, AgentError>;
 
     /// Whether `reply` calls `on_delta` with partial text.
@@ -229,6 +297,43 @@ mod tests {
     fn a_huge_timeout_is_a_far_deadline_not_a_panic() {
         assert!(deadline_after(Duration::MAX) > Instant::now() + Duration::from_secs(365 * 86_400));
         assert!(deadline_after(Duration::from_secs(1)) <= Instant::now() + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn on_cancel_runs_once_on_cancel_and_at_once_when_already_cancelled() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = || {
+            let runs = runs.clone();
+            move || {
+                runs.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let cancel = Cancel::new();
+        let _registered = cancel.on_cancel(counter());
+        let other = cancel.clone();
+        let woken_cancelled = Arc::new(AtomicUsize::new(0));
+        let seen = woken_cancelled.clone();
+        // The token is cancelled before an action runs (a call it cuts short sees why).
+        let _check = cancel.on_cancel(move || {
+            seen.fetch_add(usize::from(other.is_cancelled()), Ordering::SeqCst);
+        });
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        cancel.cancel();
+        cancel.cancel();
+        assert_eq!((runs.load(Ordering::SeqCst), woken_cancelled.load(Ordering::SeqCst)), (1, 1));
+        let _late = cancel.on_cancel(counter());
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "registered after the cancel: runs at once");
+    }
+
+    #[test]
+    fn a_dropped_on_cancel_guard_unregisters_its_action() {
+        let cancel = Cancel::new();
+        let registered = cancel.on_cancel(|| panic!("a finished request is left alone"));
+        drop(registered);
+        let _broken = cancel.on_cancel(|| panic!("a broken cancel action"));
+        cancel.cancel(); // the broken action's panic is logged, not passed on
+        assert!(cancel.is_cancelled());
     }
 
     #[test]

@@ -17,23 +17,24 @@ the user, nothing is retried (the text would be shown twice).
 streamed piece fall within it. A per-read timer would not do, since a server's SSE
 keep-alive comments reset it forever.
 
-The exchange runs on a helper thread per request and reports over a channel, while the
-caller waits on that channel, on the cancel token and on the turn's deadline. Each
-request gets its own `ureq::Agent`, so that [`Exchange`]'s drop can `shutdown()` exactly
-that request's connection: on cancel or deadline the caller returns at once, and the
-socket is closed under the helper's blocked read (which then ends) instead of staying
-open until the server finishes. A turn takes seconds, so giving up connection reuse
-costs little.
+The exchange runs on the turn's own thread, so a turn starts no thread (issue 8 §4).
+Each request gets its own `ureq::Agent`, built with the time left of the turn as its
+global timeout (which counts from the request's start, so keep-alives cannot reset it),
+and registers that agent's `shutdown()` with [`Cancel::on_cancel`] while it runs: a
+cancel (`/stop`, `/new`, an interrupting message) closes exactly this request's
+connection under a blocked read or write, which then fails at once, and the turn
+reports the cancel. A turn takes seconds, so giving up connection reuse costs little.
+A DNS lookup or a TCP connect in progress is not cut short by `shutdown()` (it closes
+established connections only): a cancel during one waits for it to end, at most
+[`MAX_CONNECT`].
 
 The pure parts ([`request_body`], [`parse_reply`], [`parse_chunk`], the judges) are kept
 apart from the I/O so they are unit-tested on values.
 */
 
 use std::ops::ControlFlow;
-use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, at, select, unbounded};
 use serde_json::{Value, json};
 
 use super::sse;
@@ -96,8 +97,9 @@ impl OpenAi {
         AgentError { detail: self.clean(&error.detail), user_message: self.clean(&error.user_message), ..error }
     }
 
-    /// One request: start the exchange and follow it until it ends, `cancel` fires or
-    /// `deadline` passes. `streamed` is set once any text went to `on_delta`.
+    /// One request, on the calling thread, on a connection of its own that a cancel
+    /// shuts down and that ends by `deadline` at the latest (module doc). `streamed` is
+    /// set once any text went to `on_delta`.
     fn attempt(
         &self,
         body: &[u8],
@@ -106,74 +108,103 @@ impl OpenAi {
         on_delta: &mut dyn FnMut(&str),
         streamed: &mut bool,
     ) -> Result<Reply, Verdict> {
-        let exchange =
-            self.start(body.to_vec(), deadline).map_err(|e| Verdict::Fail(failed(format!("no helper thread: {e}"))))?;
-        let timer = at(deadline);
-        let mut reply = Reply::default();
-        loop {
-            // Returning drops `exchange`, which closes the connection (module doc).
-            let event = select! {
-                recv(exchange.events) -> event => event,
-                recv(cancel.receiver()) -> _ => return Err(Verdict::Fail(AgentError::cancelled())),
-                recv(timer) -> _ => return Err(Verdict::Fail(self.timed_out())),
-            };
-            let Ok(event) = event else {
-                return Err(Verdict::Fail(failed("the request thread ended without an answer".into())));
-            };
-            match event {
-                Event::Answer { status: 200..=299, body, .. } => return parse_reply(&body).map_err(Verdict::Fail),
-                Event::Answer { status, retry_after, body } => {
-                    return Err(judge_status(status, retry_after, &body, self.settings.api_key.is_some()));
-                }
-                Event::Broken(failure, detail) => return Err(judge_network(failure, &detail)),
-                Event::Data(data) => match parse_chunk(&data).map_err(Verdict::Fail)? {
-                    Chunk::Done => return finish_stream(reply),
-                    Chunk::Part { delta, usage } => {
-                        if let Some((input, output)) = usage {
-                            (reply.input_tokens, reply.output_tokens) = (input, output);
-                        }
-                        if !delta.is_empty() {
-                            on_delta(&delta);
-                            *streamed = true;
-                            reply.text.push_str(&delta);
-                        }
-                        if reply.text.len() > MAX_STREAMED {
-                            return Err(Verdict::Fail(failed("the streamed answer exceeds 1 MiB".into())));
-                        }
-                    }
-                },
-                Event::End => return finish_stream(reply),
-            }
-        }
-    }
-
-    /// Run the exchange on a helper thread, on a connection of its own that ends by
-    /// `deadline` at the latest.
-    fn start(&self, body: Vec<u8>, deadline: Instant) -> std::io::Result<Exchange> {
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         let http = http::agent(left.min(MAX_CONNECT), left);
-        let (tx, events) = unbounded();
+        let closer = http.clone();
+        let _closer = cancel.on_cancel(move || closer.shutdown());
+        let outcome = self.exchange(&http, body, deadline, cancel, on_delta, streamed);
+        // A closed connection reads as an error or as the end of the answer: either way
+        // the turn was stopped, and what came so far is not its reply.
+        if cancel.is_cancelled() {
+            return Err(Verdict::Fail(AgentError::cancelled()));
+        }
+        outcome
+    }
+
+    /// Send the request and read its answer, whole or streamed.
+    fn exchange(
+        &self,
+        http: &ureq::Agent,
+        body: &[u8],
+        deadline: Instant,
+        cancel: &Cancel,
+        on_delta: &mut dyn FnMut(&str),
+        streamed: &mut bool,
+    ) -> Result<Reply, Verdict> {
         let mut request = http.post(&self.url).header("Content-Type", "application/json");
         if let Some(key) = &self.settings.api_key {
             request = request.header("Authorization", format!("Bearer {}", key.expose()));
         }
-        let stream = self.stream;
-        thread::Builder::new().name("agent-openai".into()).spawn(move || exchange(request, &body, stream, &tx))?;
-        Ok(Exchange { http, events })
+        let mut response = request.send(body).map_err(|e| self.broken(http::classify(&e), &e.to_string(), deadline))?;
+        let status = response.status().as_u16();
+        // A server that cannot stream may ignore `"stream": true` and answer one JSON body.
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let events = content_type.trim_start().to_ascii_lowercase().starts_with("text/event-stream");
+        if !self.stream || !(200..300).contains(&status) || !events {
+            let retry_after = http::retry_after(response.headers(), SystemTime::now());
+            let body = http::read_body(&mut response)
+                .map_err(|e| self.broken(http::classify(&e), &format!("reading the answer: {e}"), deadline))?;
+            if !(200..300).contains(&status) {
+                return Err(judge_status(status, retry_after, &body, self.settings.api_key.is_some()));
+            }
+            return parse_reply(&body).map_err(Verdict::Fail);
+        }
+        let mut stream = Stream { reply: Reply::default(), end: None, on_delta, streamed };
+        let read = sse::read_events(response.into_body().into_reader(), |data| {
+            if cancel.is_cancelled() {
+                return ControlFlow::Break(());
+            }
+            stream.event(&data)
+        });
+        match (stream.end, read) {
+            (Some(Err(verdict)), _) => Err(verdict),
+            (Some(Ok(())), _) | (None, Ok(())) => finish_stream(stream.reply),
+            (None, Err(e)) => Err(self.broken(http::classify_read(&e), &format!("reading the stream: {e}"), deadline)),
+        }
+    }
+
+    /// What to do about a request that got no (whole) response: a timeout once the
+    /// deadline has passed is the turn's `timeout`, the rest is judged as it comes.
+    fn broken(&self, failure: Failure, detail: &str, deadline: Instant) -> Verdict {
+        if failure == Failure::Timeout && Instant::now() >= deadline {
+            return Verdict::Fail(self.timed_out());
+        }
+        judge_network(failure, detail)
     }
 }
 
-/// A request in flight on its helper thread. Dropping it closes its connection, which
-/// wakes the helper from any blocked read or write.
-struct Exchange {
-    /// The request's own agent: shutting it down closes exactly this connection.
-    http: ureq::Agent,
-    events: Receiver<Event>,
+/// A streamed answer being read.
+struct Stream<'a> {
+    reply: Reply,
+    /// Why reading stopped before the stream ended: `Ok` at `[DONE]`, or a failure.
+    end: Option<Result<(), Verdict>>,
+    on_delta: &'a mut dyn FnMut(&str),
+    streamed: &'a mut bool,
 }
 
-impl Drop for Exchange {
-    fn drop(&mut self) {
-        self.http.clone().shutdown();
+impl Stream<'_> {
+    /// Take the data of one event; `Break` once the answer is complete or has failed.
+    fn event(&mut self, data: &str) -> ControlFlow<()> {
+        let end = match parse_chunk(data) {
+            Err(e) => Err(Verdict::Fail(e)),
+            Ok(Chunk::Done) => Ok(()),
+            Ok(Chunk::Part { delta, usage }) => {
+                if let Some((input, output)) = usage {
+                    (self.reply.input_tokens, self.reply.output_tokens) = (input, output);
+                }
+                if !delta.is_empty() {
+                    (self.on_delta)(&delta);
+                    *self.streamed = true;
+                    self.reply.text.push_str(&delta);
+                }
+                if self.reply.text.len() <= MAX_STREAMED {
+                    return ControlFlow::Continue(());
+                }
+                Err(Verdict::Fail(failed("the streamed answer exceeds 1 MiB".into())))
+            }
+        };
+        self.end = Some(end);
+        ControlFlow::Break(())
     }
 }
 
@@ -221,55 +252,6 @@ impl Agent for OpenAi {
     fn streams(&self) -> bool {
         self.stream
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// The exchange, on its helper thread
-
-/// What the helper thread reports.
-#[derive(Debug)]
-enum Event {
-    /// A whole response: any status of a plain request, or a non-2xx of a streamed one.
-    Answer { status: u16, retry_after: Option<Duration>, body: Vec<u8> },
-    /// The data of one server-sent event of a streamed 2xx response.
-    Data(String),
-    /// The streamed response ended.
-    End,
-    /// No response, or the body broke off.
-    Broken(Failure, String),
-}
-
-/// Send the request and report what comes back on `tx`. Stops early once `tx` has no
-/// receiver (the turn was cancelled or is over).
-fn exchange(request: ureq::RequestBuilder<ureq::typestate::WithBody>, body: &[u8], stream: bool, tx: &Sender<Event>) {
-    let mut response = match request.send(body) {
-        Ok(response) => response,
-        Err(e) => {
-            let _ = tx.send(Event::Broken(http::classify(&e), e.to_string()));
-            return;
-        }
-    };
-    let status = response.status().as_u16();
-    // A server that cannot stream may ignore `"stream": true` and answer one JSON body.
-    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let events = content_type.trim_start().to_ascii_lowercase().starts_with("text/event-stream");
-    if !stream || !(200..300).contains(&status) || !events {
-        let retry_after = http::retry_after(response.headers(), SystemTime::now());
-        let event = match http::read_body(&mut response) {
-            Ok(body) => Event::Answer { status, retry_after, body },
-            Err(e) => Event::Broken(http::classify(&e), format!("reading the answer: {e}")),
-        };
-        let _ = tx.send(event);
-        return;
-    }
-    let read = sse::read_events(response.into_body().into_reader(), |data| match tx.send(Event::Data(data)) {
-        Ok(()) => ControlFlow::Continue(()),
-        Err(_) => ControlFlow::Break(()),
-    });
-    let _ = tx.send(match read {
-        Ok(()) => Event::End,
-        Err(e) => Event::Broken(http::classify_read(&e), format!("reading the stream: {e}")),
-    });
 }
 
 // ---------------------------------------------------------------------------------------
