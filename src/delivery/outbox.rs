@@ -7,22 +7,21 @@ instance's limiter allows it ([`super::limiter`]). Workers send while the instan
 published [`Outlet`] and wait while it has none. A worker that panics is restarted
 ([`supervise::spawn`]) and its delivery handed back.
 
-State is split between disk and memory. The files ([`super::store`]) are the truth: a
-delivery is durable before [`Outbox::enqueue`] returns and leaves the disk only once the
+State is split between disk and memory. The store ([`super::store`]: a journal per
+instance, with group commit) is the truth: a delivery is durable before [`Outbox::enqueue`] returns and leaves the disk only once the
 platform confirmed it, or when it is set aside. Memory holds the outlets and the schedule
 ([`super::lane`]: the queued stems per chat, what is in flight, the waits), so that
 [`Outbox::drain`] and [`Outbox::pending`] need no disk access.
 
-A `switchboard send` from another process writes files only; a worker picks them up by
-listing its directory at most once a second while it waits (one `readdir` of a small
-directory per platform per second, and one read of each file it did not know, for its
-chat), and at once when its own process enqueues.
+A `switchboard send` from another process writes a spool file only; a worker folds such
+files into the journal when it scans, at most once a second while it waits (one `readdir`
+of a small directory per platform per second), and sees its own process's enqueues at once.
 
 Per delivery, by the outlet's answer:
 
 | answer            | then                                                                      |
 |-------------------|---------------------------------------------------------------------------|
-| sent              | file removed                                                              |
+| sent              | forgotten (a `gone` line in the journal)                                  |
 | `RetryAfter(d)`   | the chat waits `d`, not counted as an attempt                             |
 | `RetryAfterAll(d)`| every chat of the instance waits `d`, not counted                         |
 | `Transient`       | count an attempt; the chat waits `retry_wait`, doubling up to `retry_cap`; after `max_delivery_attempts` dead-letter it |
@@ -30,7 +29,7 @@ Per delivery, by the outlet's answer:
 | `Rejected`        | dead-letter at once                                                       |
 | `Closed`          | kept queued, not counted; the outlet is withdrawn until the platform publishes a new one |
 
-A long message is one file holding all its chunks ([`super::store`]): one attempt sends
+A long message is one record holding all its chunks ([`super::store`]): one attempt sends
 them in order, each when the limiter allows it, recording progress after each, and a
 failure settles the chunks not yet sent by the table above (an unknown outcome sets aside
 only the chunk it concerns).
