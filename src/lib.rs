@@ -32,3 +32,4 @@ pub mod testhook;
 pub mod text;
 pub mod turn;
 pub mod typing;
+pub mod workqueue;

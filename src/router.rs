@@ -45,6 +45,7 @@ use crate::supervise;
 use crate::text::Limit;
 use crate::turn::{self, Work};
 use crate::typing::Typing;
+use crate::workqueue::{Pushed, WorkQueue};
 
 /// The router's settings, taken from the config once.
 #[derive(Clone, Debug)]
@@ -163,92 +164,37 @@ fn turn_idle() -> Duration {
 }
 
 /// The turn threads: started when a turn finds none free, at most
-/// `max_concurrent_turns`, ended after [`TURN_IDLE`] without a turn.
-///
-/// Turns wait in one FIFO channel, so the first thread free takes the oldest. The
-/// counts are changed under one lock, and a turn is sent under it too: a thread that
-/// gives up waiting looks at the channel once more under the lock, so it never ends
-/// while a turn counted on it waits (see [`next_turn`]).
+/// `max_concurrent_turns`, ended after [`TURN_IDLE`] without a turn. Turns wait in one
+/// FIFO ([`WorkQueue`]), so the first thread free takes the oldest.
 struct Pool {
     shared: Arc<PoolShared>,
-    work: Sender<Work>,
 }
 
 struct PoolShared {
     services: Arc<Services>,
-    work: Receiver<Work>,
+    work: WorkQueue<Work>,
     /// Held here as well as by every thread: with no thread alive, the router's
     /// channel of ended turns must still be open.
     done: Sender<Done>,
-    idle: Duration,
-    threads: Mutex<Threads>,
-}
-
-#[derive(Default)]
-struct Threads {
-    /// Turn threads alive.
-    alive: usize,
-    /// Of them, those waiting for a turn that no sent turn is counted on yet.
-    waiting: usize,
-    /// Threads started so far, to name the next one.
-    started: u64,
 }
 
 impl Pool {
     fn new(services: Arc<Services>, done: Sender<Done>, idle: Duration) -> Pool {
-        let (work, work_rx) = unbounded();
-        let shared = PoolShared { services, work: work_rx, done, idle, threads: Mutex::default() };
-        Pool { shared: Arc::new(shared), work }
+        let work = WorkQueue::new(services.config.max_concurrent_turns, idle);
+        Pool { shared: Arc::new(PoolShared { services, work, done }) }
     }
 
     /// Run `work` on a waiting thread, a new one, or (all `max_concurrent_turns` busy)
     /// the first one to finish its turn.
     fn submit(&self, work: Work) {
-        let max = self.shared.services.config.max_concurrent_turns.max(1);
-        let mut threads = self.shared.threads.lock();
-        // The receiver lives in `shared`, which this pool holds: the send cannot fail.
-        let _ = self.work.send(work);
-        if threads.waiting > 0 {
-            threads.waiting -= 1;
-            return;
-        }
-        if threads.alive >= max {
-            return;
-        }
-        threads.alive += 1;
-        threads.started += 1;
-        let name = format!("turn-{}", threads.started);
-        if let Err(e) = supervise::spawn(name, turn_worker(self.shared.clone())) {
-            threads.alive -= 1;
-            // The turn stays in the channel: the next thread free, or the next start of
-            // one, takes it.
+        let Pushed::StartThread(number) = self.shared.work.push(work) else { return };
+        if let Err(e) = supervise::spawn(format!("turn-{number}"), turn_worker(self.shared.clone())) {
+            self.shared.work.not_started();
+            // The turn stays queued: the next thread free, or the next start of one,
+            // takes it.
             log::error!("cannot start a turn thread: {e}; the turn waits for another one");
         }
     }
-}
-
-/// The next turn for a thread of `pool`, or `None` when it waited [`TURN_IDLE`] in vain
-/// (or the router is gone): the thread then ends, counted out.
-fn next_turn(pool: &PoolShared) -> Option<Work> {
-    {
-        let mut threads = pool.threads.lock();
-        if let Ok(work) = pool.work.try_recv() {
-            return Some(work);
-        }
-        threads.waiting += 1;
-    }
-    // A turn received here was counted on a waiting thread by `submit`: this one.
-    if let Ok(work) = pool.work.recv_timeout(pool.idle) {
-        return Some(work);
-    }
-    let mut threads = pool.threads.lock();
-    // Sent while the wait ended, and counted on this thread: take it.
-    if let Ok(work) = pool.work.try_recv() {
-        return Some(work);
-    }
-    threads.waiting -= 1;
-    threads.alive -= 1;
-    None
 }
 
 /// The body of a turn thread: run turns as they come, tell the router of each one's
@@ -267,7 +213,7 @@ fn turn_worker(pool: Arc<PoolShared>) -> impl FnMut() + Send + 'static {
                     services.typing.end(interrupted.turn);
                     (interrupted, panics + 1)
                 }
-                None => match next_turn(&pool) {
+                None => match pool.work.next() {
                     Some(next) => (next, 0),
                     None => return,
                 },
