@@ -554,45 +554,25 @@ fn send_as_another_user_than_the_state_directory_owner_refuses() {
 }
 
 /// Issue 8, section 1: a gateway on a model that takes seconds. The turns of different
-/// sessions run at once (default `max_concurrent_turns` 64): 20 agents are running at
-/// the same time, each having marked itself in `running/` and waiting for `release`.
-/// With the old 4 workers never more than 4 were. (A command agent and not the fake
-/// model: the fake's HTTP server, tiny_http, can leave a connection of a burst unserved
-/// until another one ends, which never happens while all answers are held.)
+/// sessions run at once (default `max_concurrent_turns` 64): 20 requests are at the
+/// fake model at the same time, all held, each on a connection of its own. With the old
+/// 4 workers never more than 4 were. (This also proves the fake serves a burst of new
+/// connections at once: tiny_http, the fakes' server before, left one of a burst
+/// unserved until another connection ended, which never happens while answers are held.)
 #[test]
 fn twenty_sessions_turns_run_at_once() {
-    let fake = FakeTelegram::start(TOKEN);
+    let (fake, llm) = (FakeTelegram::start(TOKEN), FakeOpenAi::start());
+    llm.hold();
     let dir = tempfile::tempdir().unwrap();
-    let (running, release) = (dir.path().join("running"), dir.path().join("release"));
-    fs::create_dir(&running).unwrap();
-    let agent = command_agent(
-        dir.path(),
-        &format!(
-            "import json, os, sys, time\nturn = json.load(sys.stdin)\n\
-             open(os.path.join({running:?}, turn['text']), 'w').close()\n\
-             while not os.path.exists({release:?}):\n    time.sleep(0.01)\nprint('done: ' + turn['text'])\n",
-            running = running.display().to_string(),
-            release = release.display().to_string()
-        ),
-    );
-    // One send at a time: tiny_http 0.12's task pool can leave a new keep-alive
-    // connection of a burst unserved (a race in its spawn), and this test is about turns.
-    let config = format!(
-        "{}{OPEN_ACCESS}{agent}{}max_in_flight = 1\n",
-        reconnect(200, 20, 5000),
-        telegram("tg", &fake.url(), TOKEN)
-    );
-    let g = Gateway::start_in(dir.path(), &dir.path().join("locks"), &config);
-    g.wait_platform("tg", "connected", SOON);
+    let g = open_bot(dir.path(), &fake, &openai_agent(&llm.url(), ""));
     for chat in 1..=20 {
         fake.push_text(chat, chat, &format!("question {chat}"));
     }
-    let count = || fs::read_dir(&running).map_or(0, |d| d.count());
-    assert!(wait_until(deadline(SOON), || count() == 20), "{} agents at once\n{}", count(), g.log());
-    fs::write(&release, "").unwrap();
+    assert_eq!(llm.wait_in_flight(20, deadline(SOON)), 20, "{}", g.log());
+    llm.release();
     let sent = fake.wait_sent(20, deadline(SOON));
     assert_eq!(sent.len(), 20, "{}", g.log());
-    assert!(sent.iter().all(|(_, text)| text.starts_with("done: question ")), "{sent:?}");
+    assert_eq!(llm.peak(), 20, "{}", g.log());
 }
 
 /// The last user message of each request the fake model got, in arrival order.

@@ -231,15 +231,13 @@ fn a_hung_connect_times_out_and_is_retried() {
 /// The redirect climbs above the root, so the client fails with an error that quotes
 /// the `Location`, token and all. Returns the portal's URL.
 fn captive_portal() -> String {
-    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", server.server_addr().to_ip().unwrap());
-    std::thread::spawn(move || {
-        for request in server.incoming_requests() {
-            let location = format!("../../../portal/login?from={}", request.url());
-            let header = tiny_http::Header::from_bytes("Location", location).unwrap();
-            let _ = request.respond(tiny_http::Response::empty(302).with_header(header));
-        }
+    let server = support::http::Server::start("captive-portal", |request| {
+        let location = format!("../../../portal/login?from={}", request.url());
+        request.respond(302, &[("Location".to_string(), location)], b"");
     });
+    let url = server.url();
+    // The portal serves until the test process ends.
+    std::mem::forget(server);
     url
 }
 

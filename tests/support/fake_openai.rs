@@ -25,11 +25,11 @@ Dropping the fake releases held answers at once and stops the server.
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::http::{Request, Server};
 use super::watched::{Closing, Watched};
 
 /// One scripted answer.
@@ -103,32 +103,21 @@ impl Closing for State {
 /// A running fake endpoint. Dropping it stops the server.
 pub struct FakeOpenAi {
     shared: Arc<Shared>,
-    server: Arc<tiny_http::Server>,
-    url: String,
-    accept: Option<JoinHandle<()>>,
+    /// Dropped after the state is marked closing (see `Drop`), which wakes held answers.
+    server: Option<Server>,
 }
 
 impl FakeOpenAi {
     pub fn start() -> FakeOpenAi {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind the fake OpenAI"));
-        let port = server.server_addr().to_ip().expect("an IP listener").port();
         let shared = Arc::new(Watched::new(State::default()));
-        let (srv, sh) = (server.clone(), shared.clone());
-        let accept = thread::Builder::new()
-            .name("fake-openai".into())
-            .spawn(move || {
-                while let Ok(request) = srv.recv() {
-                    let sh = sh.clone();
-                    let _ = thread::Builder::new().name("fake-openai-call".into()).spawn(move || handle(&sh, request));
-                }
-            })
-            .expect("spawn the fake's accept thread");
-        FakeOpenAi { shared, server, url: format!("http://127.0.0.1:{port}/v1"), accept: Some(accept) }
+        let sh = shared.clone();
+        let server = Server::start("fake-openai", move |request| handle(&sh, request));
+        FakeOpenAi { shared, server: Some(server) }
     }
 
     /// The `base_url` to configure: `http://127.0.0.1:PORT/v1`.
     pub fn url(&self) -> String {
-        self.url.clone()
+        format!("{}/v1", self.server.as_ref().expect("the server runs until the fake is dropped").url())
     }
 
     /// Queue any answer.
@@ -217,24 +206,16 @@ impl FakeOpenAi {
 impl Drop for FakeOpenAi {
     fn drop(&mut self) {
         self.shared.change(|state| state.closing = true);
-        self.server.unblock();
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
+        drop(self.server.take());
     }
 }
 
-fn handle(shared: &Shared, mut request: tiny_http::Request) {
-    let header = |name: &str| {
-        let h = request.headers().iter().find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name));
-        h.map(|h| h.value.as_str().to_string())
-    };
+fn handle(shared: &Shared, request: Request) {
+    let header = |name: &str| request.header(name).map(str::to_string);
     let (authorization, content_type) = (header("authorization"), header("content-type"));
     let path = request.url().to_string();
-    let mut text = String::new();
-    let _ = request.as_reader().read_to_string(&mut text);
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    if path != "/v1/chat/completions" || *request.method() != tiny_http::Method::Post {
+    let body: Value = serde_json::from_str(&request.body_text()).unwrap_or(Value::Null);
+    if path != "/v1/chat/completions" || request.method() != "POST" {
         return respond(request, 404, &api_error("Not found", None), &[]);
     }
     let stream = body["stream"] == json!(true);
@@ -256,7 +237,7 @@ fn handle(shared: &Shared, mut request: tiny_http::Request) {
     serve(shared, request, answer, stream);
 }
 
-fn serve(shared: &Shared, request: tiny_http::Request, answer: Answer, stream: bool) {
+fn serve(shared: &Shared, request: Request, answer: Answer, stream: bool) {
     match answer {
         Answer::Text { text, usage } if stream => {
             let pieces = vec![text];
@@ -295,7 +276,7 @@ fn piece_event(piece: &str) -> String {
 }
 
 /// Send the head, the role event and `pieces`; the writer, or `None` when the client hung up.
-fn start_stream(shared: &Shared, request: tiny_http::Request, pieces: &[String]) -> Option<Box<dyn Write + Send>> {
+fn start_stream(shared: &Shared, request: Request, pieces: &[String]) -> Option<Box<dyn Write + Send>> {
     let mut writer = request.into_writer();
     let role = json!({ "choices": [{ "index": 0, "delta": { "role": "assistant" } }] });
     let mut ok = writer.write_all(STREAM_HEAD.as_bytes()).is_ok();
@@ -309,7 +290,7 @@ fn start_stream(shared: &Shared, request: tiny_http::Request, pieces: &[String])
 }
 
 /// [`Answer::KeepAlive`]: comments until a write fails (a hang-up) or the fake closes.
-fn keep_alive(shared: &Shared, request: tiny_http::Request, every: Duration) {
+fn keep_alive(shared: &Shared, request: Request, every: Duration) {
     let Some(mut writer) = start_stream(shared, request, &[]) else { return };
     loop {
         if shared.wait_until(Instant::now() + every, |s| s.closing).closing {
@@ -336,22 +317,17 @@ fn completion(text: &str, usage: Option<(u64, u64)>) -> Value {
     body
 }
 
-fn respond(request: tiny_http::Request, status: u16, body: &Value, headers: &[(String, String)]) {
-    let mut response = tiny_http::Response::from_string(body.to_string()).with_status_code(status);
+fn respond(request: Request, status: u16, body: &Value, headers: &[(String, String)]) {
     let content_type = ("Content-Type".to_string(), "application/json".to_string());
-    for (name, value) in headers.iter().chain([&content_type]) {
-        let header = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("a valid test header");
-        response.add_header(header);
-    }
-    // The client may have given up (a cancelled turn).
-    let _ = request.respond(response);
+    let headers: Vec<(String, String)> = headers.iter().cloned().chain([content_type]).collect();
+    request.respond(status, &headers, body.to_string().as_bytes());
 }
 
 /// Write a chunked `text/event-stream` response by hand, flushing each event, so the
-/// client sees every piece when it is sent (tiny_http would buffer them).
+/// client sees every piece when it is sent.
 fn write_stream(
     shared: &Shared,
-    request: tiny_http::Request,
+    request: Request,
     pieces: &[String],
     delay: Duration,
     done: bool,

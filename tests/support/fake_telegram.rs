@@ -37,11 +37,11 @@ it as well as tests of the adapter.
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use super::http::{Request, Server};
 use super::watched::{Closing, Watched};
 
 /// A token in Telegram's shape, for tests that need one.
@@ -137,41 +137,23 @@ impl Closing for State {
 pub struct FakeTelegram {
     shared: Arc<Shared>,
     token: String,
-    server: Arc<tiny_http::Server>,
-    url: String,
-    accept: Option<JoinHandle<()>>,
+    /// Dropped after the state is marked closing (see `Drop`), which wakes held calls.
+    server: Option<Server>,
 }
 
 impl FakeTelegram {
     /// Start a fake for bot `token` on `127.0.0.1:0`.
     pub fn start(token: &str) -> FakeTelegram {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind the fake Telegram"));
-        let port = server.server_addr().to_ip().expect("an IP listener").port();
         let state = State { next_update_id: 1000, next_message_id: 1, ..State::default() };
         let shared = Arc::new(Watched::new(State { token: token.to_string(), ..state }));
-        let (srv, sh) = (server.clone(), shared.clone());
-        let accept = thread::Builder::new()
-            .name("fake-telegram".into())
-            .spawn(move || {
-                while let Ok(request) = srv.recv() {
-                    let sh = sh.clone();
-                    let _ =
-                        thread::Builder::new().name("fake-telegram-call".into()).spawn(move || handle(&sh, request));
-                }
-            })
-            .expect("spawn the fake's accept thread");
-        FakeTelegram {
-            shared,
-            token: token.to_string(),
-            server,
-            url: format!("http://127.0.0.1:{port}"),
-            accept: Some(accept),
-        }
+        let sh = shared.clone();
+        let server = Server::start("fake-telegram", move |request| handle(&sh, request));
+        FakeTelegram { shared, token: token.to_string(), server: Some(server) }
     }
 
     /// The `api_base` to give the bot: `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        self.url.clone()
+        self.server.as_ref().expect("the server runs until the fake is dropped").url()
     }
 
     /// The token this fake accepts.
@@ -355,10 +337,7 @@ impl FakeTelegram {
 impl Drop for FakeTelegram {
     fn drop(&mut self) {
         self.shared.change(|state| state.closing = true);
-        self.server.unblock();
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
+        drop(self.server.take());
     }
 }
 
@@ -387,10 +366,10 @@ fn unix_now() -> u64 {
 // ---------------------------------------------------------------------------------------
 // Serving one request
 
-fn handle(shared: &Shared, mut request: tiny_http::Request) {
+fn handle(shared: &Shared, request: Request) {
     let url = request.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-    let params = read_params(&mut request, query);
+    let params = read_params(&request, query);
     let token = shared.lock().token.clone();
     let method = match route(path, &token) {
         Ok(method) => method,
@@ -436,7 +415,7 @@ fn record_call(shared: &Shared, method: &str, params: &Value) -> Option<Fault> {
     })
 }
 
-fn serve(shared: &Shared, request: tiny_http::Request, method: &str, params: &Value) {
+fn serve(shared: &Shared, request: Request, method: &str, params: &Value) {
     let result = match method {
         "getMe" => Ok(json!({ "id": 1, "is_bot": true, "first_name": "Fake", "username": "fake_bot" })),
         "deleteWebhook" | "sendChatAction" => Ok(json!(true)),
@@ -540,32 +519,23 @@ fn number(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| v.as_str()?.parse().ok())
 }
 
-fn respond(request: tiny_http::Request, status: u16, body: &str) {
+fn respond(request: Request, status: u16, body: &str) {
     respond_with(request, status, body, &[]);
 }
 
-fn respond_with(request: tiny_http::Request, status: u16, body: &str, headers: &[(String, String)]) {
-    let header =
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("a valid static header");
-    let mut response = tiny_http::Response::from_string(body).with_status_code(status).with_header(header);
-    for (name, value) in headers {
-        // A header tiny_http cannot send is left out: the test then sees its absence.
-        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(header);
-        }
-    }
-    // The client may have given up (a stopped adapter's abandoned long poll).
-    let _ = request.respond(response);
+fn respond_with(request: Request, status: u16, body: &str, headers: &[(String, String)]) {
+    let content_type = ("Content-Type".to_string(), "application/json".to_string());
+    let headers: Vec<(String, String)> = std::iter::once(content_type).chain(headers.iter().cloned()).collect();
+    request.respond(status, &headers, body.as_bytes());
 }
 
 // ---------------------------------------------------------------------------------------
 // Parameters
 
 /// The call's parameters: the query string, then the body (JSON, or form-encoded).
-fn read_params(request: &mut tiny_http::Request, query: &str) -> Value {
+fn read_params(request: &Request, query: &str) -> Value {
     let mut params = form_params(query);
-    let mut body = String::new();
-    let _ = request.as_reader().read_to_string(&mut body);
+    let body = request.body_text();
     match serde_json::from_str::<Value>(&body) {
         Ok(Value::Object(fields)) => params.extend(fields),
         _ => params.extend(form_params(&body)),

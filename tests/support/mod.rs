@@ -10,6 +10,7 @@ pub mod chaos_proxy;
 pub mod fake_openai;
 pub mod fake_telegram;
 pub mod gateway;
+pub mod http;
 pub mod threads;
 pub mod watched;
 
