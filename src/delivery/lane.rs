@@ -18,7 +18,7 @@ Pure: no I/O, no threads, and the caller passes the instant, so the tests drive 
 made-up ones. [`super::outbox`] holds it under its lock.
 */
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,11 @@ pub(super) struct Lane {
     /// No send at all before this (a global limit).
     hold: Option<Hold>,
     limiter: Limiter,
+    /// While a listing of the directory is being read (without the lock), the stems
+    /// that left the queue meanwhile: the listing may still name them, and must not
+    /// queue them again (a ghost that would take a limiter slot of its chat and hold
+    /// the chat's next delivery behind it).
+    left_while_listing: Option<HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -103,6 +108,29 @@ impl Lane {
             chat_of: HashMap::new(),
             hold: None,
             limiter: Limiter::new(pacing.limits),
+            left_while_listing: None,
+        }
+    }
+
+    /// A listing of the directory starts: until [`Lane::listed`], stems that leave the
+    /// queue are remembered.
+    pub fn listing(&mut self) {
+        self.left_while_listing = Some(HashSet::new());
+    }
+
+    /// Of the stems a listing found, those not queued now and not settled since the
+    /// listing began.
+    pub fn unknown(&self, stems: Vec<String>) -> Vec<String> {
+        let left = |s: &String| self.left_while_listing.as_ref().is_some_and(|l| l.contains(s));
+        stems.into_iter().filter(|s| !self.knows(s) && !left(s)).collect()
+    }
+
+    /// The listing is over: queue what it found (`stems` with their chats, from
+    /// [`Lane::unknown`]), except what left the queue meanwhile.
+    pub fn listed(&mut self, found: Vec<(String, String)>) {
+        let left = self.left_while_listing.take().unwrap_or_default();
+        for (stem, chat) in found.into_iter().filter(|(s, _)| !left.contains(s)) {
+            self.add(stem, chat);
         }
     }
 
@@ -198,6 +226,9 @@ impl Lane {
                     self.chats.remove(&pick.chat);
                 }
                 self.chat_of.remove(&pick.stem);
+                if let Some(left) = &mut self.left_while_listing {
+                    left.insert(pick.stem.clone());
+                }
             }
             Settle::Retry(d) => chat.hold = hold(d, true),
             Settle::Wait(d) => chat.hold = hold(d, false),
@@ -260,6 +291,29 @@ mod tests {
 
     fn stems(picks: &[Pick]) -> Vec<&str> {
         picks.iter().map(|p| p.stem.as_str()).collect()
+    }
+
+    /// A listing read without the lock may name a delivery that was sent meanwhile: it
+    /// is not queued again (seen: the ghost took its chat's one slot a minute and held
+    /// the chat's next reply behind it).
+    #[test]
+    fn a_listing_does_not_queue_again_what_was_sent_while_it_was_read() {
+        let t0 = Instant::now();
+        let mut lane = lane(2, SendLimits::NONE, t0);
+        fill(&mut lane, &["a"], 1);
+        lane.listing();
+        let pick = lane.next(t0).unwrap();
+        lane.settle(&pick, Settle::Done, t0);
+        // The listing saw 000-a before it was sent, and 001-a, queued by another process.
+        let found = lane.unknown(vec!["000-a".into(), "001-a".into()]);
+        assert_eq!(found, ["001-a"]);
+        lane.listed(vec![("000-a".into(), "a".into()), ("001-a".into(), "a".into())]);
+        assert_eq!(lane.pending(), 1);
+        assert_eq!(lane.next(t0).unwrap().stem, "001-a");
+        // The next listing starts afresh.
+        lane.listing();
+        lane.listed(vec![("000-a".into(), "a".into())]);
+        assert_eq!(lane.pending(), 2);
     }
 
     #[test]

@@ -370,13 +370,15 @@ impl Outbox {
             let lane = state.lanes.get_mut(name)?;
             if now >= lane.next_scan {
                 lane.next_scan = now + SCAN_EVERY;
+                lane.listing();
                 let store = lane.store.clone();
                 // Listing and reading need no lock; enqueues go on meanwhile.
                 let found = MutexGuard::unlocked(&mut state, || store.scan());
-                match found {
-                    Ok(stems) => self.queue_scanned(&mut state, name, &store, stems),
-                    Err(e) => log::debug!("{name}: cannot list the outbox: {e}"),
-                }
+                let stems = found.unwrap_or_else(|e| {
+                    log::debug!("{name}: cannot list the outbox: {e}");
+                    vec![]
+                });
+                self.queue_scanned(&mut state, name, &store, stems);
                 continue;
             }
             // No outlet: nothing to pick until one is published (or the next listing).
@@ -401,18 +403,17 @@ impl Outbox {
     }
 
     /// Queue the stems a listing found that the lane does not know yet, each behind the
-    /// others to its chat (read from its file, without the lock).
+    /// others to its chat (read from its file, without the lock), and end the listing.
     fn queue_scanned(&self, state: &mut MutexGuard<'_, State>, name: &str, store: &Store, stems: Vec<String>) {
-        let Some(lane) = state.lanes.get(name) else { return };
-        let new: Vec<String> = stems.into_iter().filter(|s| !lane.knows(s)).collect();
-        if new.is_empty() {
-            return;
-        }
-        let chats: Vec<(String, io::Result<Option<String>>)> =
-            MutexGuard::unlocked(state, || new.into_iter().map(|s| (s.clone(), store.chat_of(&s))).collect());
         let Some(lane) = state.lanes.get_mut(name) else { return };
-        for (stem, chat) in chats {
-            queue_chat(lane, stem, chat);
+        let new = lane.unknown(stems);
+        let chats: Vec<(String, String)> = if new.is_empty() {
+            vec![]
+        } else {
+            MutexGuard::unlocked(state, || new.into_iter().filter_map(|s| chat_to_queue(store, s)).collect())
+        };
+        if let Some(lane) = state.lanes.get_mut(name) {
+            lane.listed(chats);
         }
     }
 
@@ -655,17 +656,18 @@ fn grow(state: &mut State, name: &str) -> Option<usize> {
 
 /// Queue a stem found on disk, its chat read from its file.
 fn queue_found(lane: &mut Lane, store: &Store, stem: String) {
-    let chat = store.chat_of(&stem);
-    queue_chat(lane, stem, chat);
+    if let Some((stem, chat)) = chat_to_queue(store, stem) {
+        lane.add(stem, chat);
+    }
 }
 
-/// Queue `stem` under the chat its file names. One that cannot be read is queued all
-/// the same (under no chat), so that its claim sets it aside; one that is gone is not.
-fn queue_chat(lane: &mut Lane, stem: String, chat: io::Result<Option<String>>) {
-    match chat {
-        Ok(Some(chat)) => lane.add(stem, chat),
-        Ok(None) => {}
-        Err(_) => lane.add(stem, String::new()),
+/// The chat to queue `stem` for, read from its record: `None` when it is gone; an
+/// unreadable one is queued (for no chat in particular), so its attempt sets it aside.
+fn chat_to_queue(store: &Store, stem: String) -> Option<(String, String)> {
+    match store.chat_of(&stem) {
+        Ok(Some(chat)) => Some((stem, chat)),
+        Ok(None) => None,
+        Err(_) => Some((stem, String::new())),
     }
 }
 
