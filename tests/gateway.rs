@@ -167,20 +167,24 @@ fn nonretryable_failure_on_reconnect_is_never_retried() {
     assert_eq!(g.wait_exit(SOON), Some(78));
 }
 
+/// A long poll held for a minute: an exit within `SOON` proves the signal cut it short.
 #[test]
-fn sigterm_stops_within_2_s_writes_stopped_and_frees_the_token() {
+fn sigterm_stops_a_long_poll_at_once_writes_stopped_and_frees_the_token() {
     let fake = FakeTelegram::start(TOKEN);
     let locks = tempfile::tempdir().unwrap();
-    let config = format!("{}{}", reconnect(200, 20, 5000), telegram("tg", &fake.url(), TOKEN));
+    let minute_polls = telegram("tg", &fake.url(), TOKEN).replace(
+        "poll_timeout = \"2s\"\nrequest_timeout = \"2s\"",
+        "poll_timeout = \"60s\"\nrequest_timeout = \"90s\"",
+    );
+    assert!(minute_polls.contains("60s"));
+    let config = format!("{}{minute_polls}", reconnect(200, 20, 5000));
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = Gateway::start_in(dir_a.path(), locks.path(), &config);
     a.wait_platform("tg", "connected", SOON);
     // Wait until a long poll is being held, then ask it to stop.
     fake.wait_count("getUpdates", 1, deadline(SOON));
-    let asked = Instant::now();
     a.signal("TERM");
     assert_eq!(a.wait_exit(SOON), Some(0), "{}", a.log());
-    assert!(asked.elapsed() < Duration::from_secs(2), "took {:?}", asked.elapsed());
     let s = a.status().unwrap();
     assert_eq!((s["state"].as_str(), platform(&s, "tg")["state"].as_str()), (Some("stopped"), Some("stopped")));
     // The lock went with it: another gateway can take the token at once.
