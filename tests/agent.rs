@@ -357,11 +357,15 @@ fn issue7_stop_closes_the_stream_socket() {
     assert_eq!(fake.wait_hangups(1, deadline(SOON)), 1, "the stream's connection is still open");
 }
 
+/// The turn's timeout is longer than the 30 s asked for, so the agent waits them (with
+/// the default 5 s it would give up on the 429 at once, and the test would race the
+/// cancel against that answer); the cancel ends the wait within `SOON`.
 #[test]
 fn cancel_stops_the_wait_between_retries() {
     let fake = FakeOpenAi::start();
     fake.fail_next(429, api_error("wait", None), &[("Retry-After", "30")], 1);
-    let result = cancel_when(openai(settings(&fake), false), || fake.wait_requests(1, deadline(SOON)) == 1);
+    let settings = OpenAiSettings { timeout: Duration::from_secs(120), ..settings(&fake) };
+    let result = cancel_when(openai(settings, false), || fake.wait_requests(1, deadline(SOON)) == 1);
     assert_eq!(result.unwrap_err().kind, AgentErrorKind::Cancelled);
 }
 
