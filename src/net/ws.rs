@@ -523,21 +523,22 @@ impl Target {
             return Err(bad("no host"));
         }
         let port = authority.port_u16().unwrap_or(default_port);
-        let shown = format!("{}://{}{}", if tls { "wss" } else { "ws" }, authority, uri.path());
+        // A path may hold an `@` of a URL gone wrong (`ws://ws://user:pw@host/`).
+        let shown = redact(&format!("{}://{}{}", if tls { "wss" } else { "ws" }, authority, uri.path()));
         Ok(Target { uri, tls, host, port, shown })
     }
 }
 
-/// `url` without what may carry a secret (the query string, a fragment, credentials
-/// before an `@`), for a URL too broken to take apart with [`Uri`].
+/// `url` without what may carry a secret: the query string, a fragment, and everything
+/// up to the last `@` (credentials, wherever a broken URL puts them).
 fn redact(url: &str) -> String {
     let url = url.split(['?', '#']).next().unwrap_or_default();
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    match scheme {
-        "" => format!("{host}{path}"),
-        _ => format!("{scheme}://{host}{path}"),
+    let Some((before, after)) = url.rsplit_once('@') else { return url.to_string() };
+    match before.split_once("://") {
+        Some((scheme, _)) if ["ws", "wss", "http", "https"].iter().any(|s| scheme.eq_ignore_ascii_case(s)) => {
+            format!("{scheme}://{after}")
+        }
+        _ => after.to_string(),
     }
 }
 
@@ -730,12 +731,44 @@ mod tests {
         }
     }
 
+    /// Fuzz-style: URLs built from parts that break parsers never panic the parser, and
+    /// neither a parsed URL as shown nor an error text carries a secret from the query
+    /// string, the fragment or the credentials. A fixed seed keeps it deterministic.
+    #[test]
+    fn no_url_panics_or_leaks_its_secrets() {
+        const SCHEMES: &[&str] = &["ws://", "wss://", "http://", "WSS://", "", "ws:", "wss:/", "ws://ws://"];
+        const USERS: &[&str] = &["", "", "u:SECRET@", "SECRET@", "@", "a@b@"];
+        const HOSTS: &[&str] = &["127.0.0.1", "[::1]", "example.com", "", "[", "[::1", "%41", "é.com", "a b", ":"];
+        const PORTS: &[&str] = &["", ":", ":0", ":443", ":65535", ":65536", ":99999999999999999999", ":x"];
+        const PATHS: &[&str] = &["", "/", "/a/b", "//", "/%", "/é", "/a?b", "/\u{0}"];
+        const TAILS: &[&str] = &["", "?SECRET", "?t=SECRET&x=1", "#SECRET", "?#SECRET", "??SECRET", "?a=%SECRET"];
+        let mut state: u64 = 0x05ee_d0f5_eb50_c4e7;
+        let mut pick = |parts: &'static [&'static str]| {
+            // splitmix64
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            parts[((z ^ (z >> 31)) % parts.len() as u64) as usize]
+        };
+        for _ in 0..5000 {
+            let url = [pick(SCHEMES), pick(USERS), pick(HOSTS), pick(PORTS), pick(PATHS), pick(TAILS)].concat();
+            let shown = match Target::parse(&url) {
+                Ok(target) => target.shown,
+                Err(err) => err.to_string(),
+            };
+            assert!(!shown.contains("SECRET"), "{url:?} shown as {shown:?}");
+            assert!(!redact(&url).contains("SECRET"), "{url:?}");
+        }
+    }
+
     #[test]
     fn redact_drops_queries_fragments_and_credentials() {
         assert_eq!(redact("wss://u:p@h:1/a/b?t=1#f"), "wss://h:1/a/b");
         assert_eq!(redact("wss://u:p@h"), "wss://h");
         assert_eq!(redact("junk?t=1"), "junk");
         assert_eq!(redact("a@b/c"), "b/c");
+        assert_eq!(redact("ws://ws://u:p@h/x"), "ws://h/x");
         assert_eq!(redact(""), "");
     }
 
