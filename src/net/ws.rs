@@ -566,17 +566,20 @@ fn resolve(target: &Target, timeout: Duration) -> Result<Vec<SocketAddr>, WsErro
     }
 }
 
-/// Connect to the first address that answers, all within `timeout`.
+/// Connect to the first address that answers, all within `timeout`. Each address gets
+/// an equal share of the time left, so that one that swallows packets (an IPv6 route
+/// that goes nowhere) leaves time for the next.
 fn connect_tcp(addrs: &[SocketAddr], timeout: Duration, shown: &str) -> Result<TcpStream, WsError> {
     let deadline = Instant::now() + timeout;
     let mut last = io::Error::from(io::ErrorKind::AddrNotAvailable);
-    for addr in addrs {
+    for (i, addr) in addrs.iter().enumerate() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             last = io::Error::from(io::ErrorKind::TimedOut);
             break;
         }
-        match TcpStream::connect_timeout(addr, left) {
+        let share = left / u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
+        match TcpStream::connect_timeout(addr, share.max(MIN_WAIT)) {
             Ok(socket) => return Ok(socket),
             Err(e) => last = e,
         }
