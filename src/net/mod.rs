@@ -14,6 +14,8 @@ the wild were `retry_after = 18446744073709551615` and a `Retry-After` date in t
 
 pub mod http;
 pub mod resolve;
+#[cfg(feature = "websocket")]
+pub mod ws;
 
 use std::time::Duration;
 

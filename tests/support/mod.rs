@@ -9,6 +9,8 @@ different part of it, hence the `dead_code` allowance below.
 pub mod chaos_proxy;
 pub mod fake_openai;
 pub mod fake_telegram;
+#[cfg(feature = "websocket")]
+pub mod fake_ws;
 pub mod gateway;
 pub mod http;
 pub mod threads;
