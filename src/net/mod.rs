@@ -1,10 +1,12 @@
 /*!
-Shared network plumbing for platforms that talk HTTP (and, later, WebSockets).
+Shared network plumbing for platforms that talk HTTP or WebSockets.
 
 Every HTTP platform needs the same few things done the same way: a ureq `Agent` whose
 blocking calls all have a deadline, the status code in hand instead of an error (so a 429
 body with its `retry_after` can be read), and one answer to "is this failure worth
-retrying?". They live here so each platform file holds only its own protocol.
+retrying?". They live here so each platform file holds only its own protocol. [`ws`]
+(feature `websocket`) is the same for WebSocket platforms: a connection with deadlines on
+every step, a `recv` that ticks, and a stop handle that shuts the socket down.
 
 Numbers from the network are hostile. A wait a server asks for (`Retry-After`, Telegram's
 `retry_after`) goes through [`server_wait`] before anything adds it to a clock: seen in
