@@ -78,7 +78,11 @@ struct Shared {
     state_dir: PathBuf,
     config: DeliveryConfig,
     state: Mutex<State>,
-    /// Signalled on every change of `state`.
+    /// Signalled on every change of `state`, for whoever waits for one (`drain`, `join`,
+    /// the limiter's waits). Workers waiting for a delivery wait on their lane's `work`
+    /// instead, so that one queued reply wakes one worker: with every change waking all
+    /// eight workers of an instance, a busy gateway spent more of its time waking threads
+    /// that found nothing to do than sending.
     wake: Condvar,
 }
 
@@ -149,10 +153,10 @@ impl Outbox {
         let mut state = self.shared.state.lock();
         let Some(lane) = state.lanes.get_mut(platform) else { return Ok(()) };
         lane.add(stem, record.outbound.chat_id);
+        lane.work.notify_one();
         // Only a started outbox grows (`start_workers` starts the first).
         let grow = if lane.workers > 0 { grow(&mut state, platform) } else { None };
         drop(state);
-        self.shared.wake.notify_all();
         self.spawn_grown(platform, grow);
         Ok(())
     }
@@ -183,6 +187,7 @@ impl Outbox {
         lane.connected = true;
         lane.limit = limit;
         lane.lift_transient_holds();
+        lane.work.notify_all();
         drop(state);
         self.shared.wake.notify_all();
     }
@@ -195,6 +200,7 @@ impl Outbox {
         {
             lane.outlet = None;
             lane.connected = false;
+            lane.work.notify_all();
         }
         drop(state);
         self.shared.wake.notify_all();
@@ -306,7 +312,12 @@ impl Outbox {
     /// Ask every worker to end: at once when it waits, after its current send when it
     /// sends. Queued deliveries stay on disk for the next start.
     pub fn quit(&self) {
-        self.shared.state.lock().quit = true;
+        let mut state = self.shared.state.lock();
+        state.quit = true;
+        for lane in state.lanes.values() {
+            lane.work.notify_all();
+        }
+        drop(state);
         self.shared.wake.notify_all();
     }
 
@@ -380,23 +391,29 @@ impl Outbox {
                 continue;
             }
             // No outlet: nothing to pick until one is published (or the next listing).
+            let work = lane.work.clone();
             let Some(outlet) = lane.outlet.as_ref().map(|(_, o)| o.clone()) else {
                 let wake = lane.next_scan;
-                self.shared.wake.wait_until(&mut state, wake);
+                work.wait_until(&mut state, wake);
                 continue;
             };
             let wake = match lane.next(now) {
                 Ok(pick) => {
+                    // More to send now: pass the wake-up on to another waiting worker
+                    // (one notified delivery may have been taken by a worker that was
+                    // not waiting).
+                    if lane.has_ready(now) {
+                        work.notify_one();
+                    }
                     let store = lane.store.clone();
                     let grow = grow(&mut state, name);
                     drop(state);
                     self.spawn_grown(name, grow);
-                    self.shared.wake.notify_all();
                     return Some(Job { pick, outlet, store });
                 }
                 Err(wake) => wake.map_or(lane.next_scan, |w| w.min(lane.next_scan)),
             };
-            self.shared.wake.wait_until(&mut state, wake);
+            work.wait_until(&mut state, wake);
         }
     }
 
@@ -637,6 +654,7 @@ impl Drop for Running {
             if let Some(pick) = self.job.take() {
                 lane.hand_back(&pick);
             }
+            lane.work.notify_all();
         }
         drop(state);
         self.shared.wake.notify_all();

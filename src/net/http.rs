@@ -37,6 +37,14 @@ use super::resolve::Resolver;
 /// only stops a broken server from filling the memory of a 256 MB box.
 pub const MAX_BODY: u64 = 8 * 1024 * 1024;
 
+/// Idle keep-alive connections an agent keeps, in all and per host: as many as an outbox
+/// has sends in flight at most (`max_in_flight` ≤ 64). ureq keeps 3 per host by default,
+/// so with the outbox's 8 sends at once every other send closed its connection after it
+/// and the next one connected anew: about one connection per 20 messages under load,
+/// each a handshake (with TLS, several round trips) and, at the fake Bot API of `make
+/// bench`, a thread. Idle connections still end after ureq's `max_idle_age` (15 s).
+const MAX_IDLE_CONNECTIONS: usize = 64;
+
 /// Build an agent whose every call is bounded.
 ///
 /// `connect` bounds DNS resolution and TCP+TLS setup; `request` bounds a whole call,
@@ -57,6 +65,8 @@ pub fn agent(connect: Duration, request: Duration) -> Agent {
         .timeout_connect(Some(connect))
         .timeout_global(Some(request))
         .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+        .max_idle_connections(MAX_IDLE_CONNECTIONS)
+        .max_idle_connections_per_host(MAX_IDLE_CONNECTIONS)
         .build();
     Agent::with_parts(config, DefaultConnector::default(), Resolver)
 }
