@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Sender, TrySendError, bounded};
 use parking_lot::{Condvar, Mutex};
 
 use crate::adapter::Outlet;
@@ -215,7 +215,7 @@ fn take_due(s: &mut Schedule, now: Instant) -> Vec<Chat> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crossbeam_channel::unbounded;
+    use crossbeam_channel::{Receiver, unbounded};
 
     use crate::adapter::SendError;
     use crate::delivery::DeliveryConfig;
