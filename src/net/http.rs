@@ -261,6 +261,69 @@ pub fn scrub(text: &str, secret: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A server on 127.0.0.1 that answers every request with a small keep-alive 200,
+    /// each only once `in_step` requests are waiting (so that many are in flight at
+    /// once); returns its address and the count of connections it accepted.
+    fn lockstep_server(in_step: usize) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Barrier};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (count, step) = (accepted.clone(), Arc::new(Barrier::new(in_step)));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let step = step.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut writer = stream;
+                    loop {
+                        let mut line = String::new();
+                        // Requests have no body: read to the blank line ending the head.
+                        while line != "\r\n" {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                        }
+                        step.wait();
+                        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if writer.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// As many requests at once as an outbox sends (8 by default) keep their
+    /// connections: ureq's default pool kept 3 per host, so each round of 8 opened 5 anew.
+    #[test]
+    fn concurrent_requests_reuse_their_connections() {
+        const AT_ONCE: usize = 8;
+        const ROUNDS: usize = 5;
+        let (addr, accepted) = lockstep_server(AT_ONCE);
+        let timeout = std::time::Duration::from_secs(10);
+        let agent = agent(timeout, timeout);
+        for _ in 0..ROUNDS {
+            let requests: Vec<_> = (0..AT_ONCE)
+                .map(|_| {
+                    let (agent, url) = (agent.clone(), format!("http://{addr}/"));
+                    // The body read to its end puts the connection back into the pool.
+                    std::thread::spawn(move || agent.get(&url).call().map(|mut r| read_body(&mut r).map(|b| b.len())))
+                })
+                .collect();
+            for request in requests {
+                assert_eq!(request.join().unwrap().unwrap().unwrap(), 2);
+            }
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), AT_ONCE, "one connection per request at once");
+    }
+
     fn io_error(kind: io::ErrorKind, msg: &str) -> ureq::Error {
         ureq::Error::Io(io::Error::new(kind, msg))
     }
