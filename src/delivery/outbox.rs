@@ -13,6 +13,15 @@ platform confirmed it, or when it is set aside. Memory holds the outlets and the
 ([`super::lane`]: the queued stems per chat, what is in flight, the waits), so that
 [`Outbox::drain`] and [`Outbox::pending`] need no disk access.
 
+Waking is targeted: a queued delivery wakes one waiting worker of its instance (each
+lane has its own condition variable), a worker that picks a delivery while more could go
+passes the wake-up on, and only an outlet published or withdrawn, a stop, or a worker's
+end wakes them all. Everything else that waits (`drain`, `join`, the limiter) waits on
+the outbox's general condition variable. When every change woke every worker, a gateway
+answering 1,000 chats made about 20 `futex` calls and 6 context switches per message,
+most of them workers waking to find nothing; one chat took 29 context switches per
+message, 12 after this and the typing change ([`crate::typing`]).
+
 A `switchboard send` from another process writes a spool file only; a worker folds such
 files into the journal when it scans, at most once a second while it waits (one `readdir`
 of a small directory per platform per second), and sees its own process's enqueues at once.
