@@ -16,7 +16,8 @@ the echo agent unless said otherwise:
 8. soak: 200,000 messages from 1,000 chats, RSS and state directory along the way.
 
 It prints a table and writes `bench/results.json`. `BENCH_ONLY=soak` runs the soak alone
-and replaces only its part of `results.json`. Every wait has a deadline; a missing,
+and replaces only its part of `results.json`; `BENCH_ONLY=load` runs the raw loop and
+the loaded gateway (1 and 2) alone and only prints them. Every wait has a deadline; a missing,
 wrong or duplicated reply or a stalled gateway panics, so the bench exits non-zero
 instead of hanging or reporting a figure for broken behaviour.
 */
@@ -82,9 +83,10 @@ fn main() {
         return;
     }
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
-    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "soak") {
-        soak_only();
-        return;
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("soak") => return soak_only(),
+        Ok("load") => return load_only(),
+        _ => {}
     }
     let idle_window = Duration::from_secs(if quick { 10 } else { 60 });
     let began = Instant::now();
@@ -130,6 +132,34 @@ const RESULTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results.json")
 fn write_results(json: &Value) {
     std::fs::write(RESULTS, serde_json::to_string_pretty(json).expect("json") + "\n").expect("write results.json");
     println!("\nwrote {RESULTS}");
+}
+
+/// `BENCH_ONLY=load`: the raw loop and the loaded gateway (latency and throughput) alone,
+/// printed, not written: a quick check of the hot path while working on it.
+fn load_only() {
+    let pinned = tempfile::tempdir().expect("a temporary directory");
+    process::pin_binary(pinned.path());
+    let load_before = loadavg();
+    let raw: Vec<f64> = (0..RUNS).map(|_| bench_raw_loop()).collect();
+    let load = bench_load(&mut Texts::default());
+    let best = |runs: &[f64]| runs.iter().copied().fold(0.0, f64::max);
+    let raw_loop = best(&raw);
+    let latency = Percentiles::of(&load.latency_ms);
+    println!("\nload average before {load_before:.2}, after {:.2}", loadavg());
+    println!("raw sendMessage loop (msg/s)    {:>10.1}  runs {:?}", raw_loop, rounded(&raw, 1));
+    let mut gateway_best: f64 = 0.0;
+    for (chats, runs) in &load.throughput {
+        gateway_best = gateway_best.max(best(runs));
+        println!("throughput, {chats:>4} chats (msg/s)  {:>10.1}  runs {:?}", best(runs), rounded(runs, 1));
+    }
+    for (chats, cost) in &load.cost {
+        println!(
+            "gateway per message, {chats:>4} chats: {:.1} µs CPU, {:.1} context switches",
+            cost.cpu_us, cost.switches
+        );
+    }
+    println!("gateway / raw loop              {:>10.3}  (target >= 0.8)", gateway_best / raw_loop);
+    println!("latency p50 / p99 / max (ms)    {:.2} / {:.2} / {:.2}", latency.p50, latency.p99, latency.max);
 }
 
 /// `BENCH_ONLY=soak`: the soak alone, its figures put into the existing results.
@@ -226,7 +256,12 @@ fn ms(d: Duration) -> f64 {
 
 /// A gateway with one bot on `tg` and `extra` config, polling before it returns.
 fn start_bot(tg: &FastTelegram, extra: &str) -> Gateway {
-    let config = format!("{OPEN_ACCESS}{extra}{}", process::telegram_table("tg", &tg.url(), TOKEN, ""));
+    start_bot_with(tg, extra, "")
+}
+
+/// [`start_bot`] with `table_extra` lines in the bot's `[platforms.tg]` table.
+fn start_bot_with(tg: &FastTelegram, extra: &str, table_extra: &str) -> Gateway {
+    let config = format!("{OPEN_ACCESS}{extra}{}", process::telegram_table("tg", &tg.url(), TOKEN, table_extra));
     let mut gw = Gateway::start(&config);
     if tg.wait_first_poll(Instant::now() + Duration::from_secs(10)).is_none() {
         gw.fail("no getUpdates within 10 s of the start");
@@ -355,14 +390,51 @@ struct Load {
     latency_ms: Vec<f64>,
     /// (chats, messages per second of each run).
     throughput: Vec<(i64, Vec<f64>)>,
+    /// (chats, what the gateway spent per message over the runs): where its time goes.
+    cost: Vec<(i64, Cost)>,
+}
+
+/// The gateway's own cost per message over some runs: CPU time (user + system) and
+/// context switches of its threads (voluntary ones are a thread blocking: on a lock, a
+/// condition variable, a channel, the network or the disk).
+#[derive(Clone, Copy, Debug, Default)]
+struct Cost {
+    cpu_us: f64,
+    switches: f64,
+}
+
+/// CPU ticks and context switches of the gateway so far. Switches of threads that have
+/// ended are not counted (no thread ends during a throughput run: idle ones end after 30 s).
+fn cost_counters(gw: &Gateway) -> (u64, u64) {
+    let mut switches = 0;
+    for task in std::fs::read_dir(format!("/proc/{}/task", gw.pid())).into_iter().flatten().flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        };
+        switches += field("voluntary_ctxt_switches:") + field("nonvoluntary_ctxt_switches:");
+    }
+    (gw.sample().cpu_ticks, switches)
+}
+
+impl Cost {
+    fn between(before: (u64, u64), after: (u64, u64), messages: usize) -> Cost {
+        let ticks = after.0.saturating_sub(before.0) as f64;
+        let cpu_us = ticks * 1e6 / process::clock_ticks() as f64 / messages as f64;
+        Cost { cpu_us, switches: after.1.saturating_sub(before.1) as f64 / messages as f64 }
+    }
 }
 
 /// One echo gateway: latency at one message at a time, then throughput with 1, 100
 /// and 1000 chats. Each chat count uses chats of its own, each of which had an untimed
 /// first turn, so the timed runs measure steady state, not session creation.
+///
+/// The send limiter is off (`send_limits = false`): the fake enforces no limits and
+/// the raw loop it is compared with has none, so with Telegram's (30 a second, one a
+/// second per chat) the figures would measure the limiter, not the gateway.
 fn bench_load(texts: &mut Texts) -> Load {
     let tg = FastTelegram::start(TOKEN);
-    let mut gw = start_bot(&tg, "");
+    let mut gw = start_bot_with(&tg, "", "send_limits = false\n");
     eprintln!("latency: {LATENCY_SAMPLES} messages, one at a time");
     exchange(&tg, &mut gw, &texts.spread(1, LATENCY_CHATS, LATENCY_CHATS as usize), "echo: ");
     let latency_ms = (0..LATENCY_SAMPLES)
@@ -374,10 +446,11 @@ fn bench_load(texts: &mut Texts) -> Load {
             ms(replies[0].at - pushed)
         })
         .collect();
-    let mut throughput = Vec::new();
+    let (mut throughput, mut cost) = (Vec::new(), Vec::new());
     for (first, chats) in [(1_001, 1), (2_001, 100), (3_001, 1000)] {
         eprintln!("throughput: {THROUGHPUT_MESSAGES} messages over {chats} chats, {RUNS} runs");
         exchange(&tg, &mut gw, &texts.spread(first, chats, chats as usize), "echo: ");
+        let before = cost_counters(&gw);
         let rates = (0..RUNS)
             .map(|_| {
                 let messages = texts.spread(first, chats, THROUGHPUT_MESSAGES);
@@ -385,9 +458,10 @@ fn bench_load(texts: &mut Texts) -> Load {
                 THROUGHPUT_MESSAGES as f64 / (last_arrival(&replies) - pushed).as_secs_f64()
             })
             .collect();
+        cost.push((chats, Cost::between(before, cost_counters(&gw), RUNS * THROUGHPUT_MESSAGES)));
         throughput.push((chats, rates));
     }
-    Load { latency_ms, throughput }
+    Load { latency_ms, throughput, cost }
 }
 
 /// 50 chats' first messages at once through the `openai` backend, answered at once.
@@ -647,6 +721,8 @@ impl Results {
                 "throughput_ratio_uses": "the best of chats_1, chats_100 and chats_1000 over raw_loop; each the best of its runs",
                 "raw_loop_client": "ureq 3, one Agent from switchboard::net::http::agent, one keep-alive connection, phased timeouts as the outlet",
                 "raw_loop_runs": rounded(&self.raw_loop, 1),
+                "throughput_cpu_us_per_msg": self.load.cost.iter().map(|(c, cost)| (c.to_string(), round(cost.cpu_us, 1))).collect::<HashMap<_, _>>(),
+                "throughput_context_switches_per_msg": self.load.cost.iter().map(|(c, cost)| (c.to_string(), round(cost.switches, 1))).collect::<HashMap<_, _>>(),
                 "fake_capacity_raw_tcp_msg_per_s": round(self.fake_capacity, 1),
                 "latency_samples": self.load.latency_ms.len(),
                 "latency_mean_ms": round(self.load.latency_ms.iter().sum::<f64>() / self.load.latency_ms.len() as f64, 2),

@@ -14,6 +14,12 @@ platform says is global ([`crate::adapter::SendError::RetryAfterAll`]) holds the
 instance. Before each message leaves, the instance's [`Limiter`] must allow it; a chat
 that its own limit holds back is passed over, not waited for.
 
+Picking costs O(log n) in the chats queued, not O(n): the chats that may be picked (a
+delivery queued, none in flight) are kept in a set ordered by the stem of their next
+delivery, and a pick takes the first one that neither a wait nor its own limit holds. A
+scan of every chat per pick made 1,000 chats with a backlog cost each of 8 workers a
+thousand stem comparisons per message, and 10,000 chats kept them all busy comparing.
+
 Pure: no I/O, no threads, and the caller passes the instant, so the tests drive it with
 made-up ones. [`super::outbox`] holds it under its lock.
 */
@@ -21,6 +27,8 @@ made-up ones. [`super::outbox`] holds it under its lock.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Condvar;
 
 use super::Pacing;
 use super::limiter::Limiter;
@@ -41,10 +49,16 @@ pub(super) struct Lane {
     pub workers: usize,
     /// When the directory is listed next for deliveries other processes queued.
     pub next_scan: Instant,
+    /// Where this instance's workers wait for a delivery (with the outbox's lock): one
+    /// is woken per delivery queued, all when the outlet changes or on a stop.
+    pub work: Arc<Condvar>,
     /// Deliveries being sent.
     in_flight: usize,
     /// The queued deliveries per chat. A chat with none is removed.
     chats: BTreeMap<String, Chat>,
+    /// (next stem, chat) of every chat with deliveries queued and none in flight: the
+    /// candidates of a pick, first queued first.
+    ready: BTreeSet<(String, String)>,
     /// The chat of every queued delivery, by stem.
     chat_of: HashMap<String, String>,
     /// No send at all before this (a global limit).
@@ -103,8 +117,10 @@ impl Lane {
             max_in_flight: pacing.max_in_flight.max(1),
             workers: 0,
             next_scan: now,
+            work: Arc::new(Condvar::new()),
             in_flight: 0,
             chats: BTreeMap::new(),
+            ready: BTreeSet::new(),
             chat_of: HashMap::new(),
             hold: None,
             limiter: Limiter::new(pacing.limits),
@@ -139,7 +155,17 @@ impl Lane {
         if self.chat_of.contains_key(&stem) {
             return;
         }
-        self.chats.entry(chat.clone()).or_default().stems.insert(stem.clone());
+        let c = self.chats.entry(chat.clone()).or_default();
+        let head = c.stems.first().cloned();
+        c.stems.insert(stem.clone());
+        // A stem queued behind the chat's next one changes nothing (the common case:
+        // stems grow); one before it (found on disk) becomes the chat's candidate.
+        if !c.busy && head.as_ref().is_none_or(|h| stem < *h) {
+            if let Some(head) = head {
+                self.ready.remove(&(head, chat.clone()));
+            }
+            self.ready.insert((stem.clone(), chat.clone()));
+        }
         self.chat_of.insert(stem, chat);
     }
 
@@ -159,7 +185,7 @@ impl Lane {
     /// Whether one more worker would find work: every worker is sending, a chat with
     /// deliveries queued has none in flight, and `max_in_flight` allows another.
     pub fn wants_worker(&self) -> bool {
-        self.workers < self.max_in_flight && self.workers <= self.in_flight && self.chats.values().any(|c| !c.busy)
+        self.workers < self.max_in_flight && self.workers <= self.in_flight && !self.ready.is_empty()
     }
 
     /// Whether something could be sent, or is being sent.
@@ -170,36 +196,46 @@ impl Lane {
     /// The delivery to send now, its first message counted by the limiter; or when to
     /// look again (`None`: when something changes).
     pub fn next(&mut self, now: Instant) -> Result<Pick, Option<Instant>> {
+        let (stem, chat, wake) = self.candidate(now)?;
+        // Only the overall limit can refuse now; every chat waits for it alike.
+        if let Err(at) = self.limiter.try_take(&chat, now) {
+            return Err(Some(wake.map_or(at, |w| w.min(at))));
+        }
+        self.ready.remove(&(stem.clone(), chat.clone()));
+        if let Some(c) = self.chats.get_mut(&chat) {
+            c.busy = true;
+        }
+        self.in_flight += 1;
+        Ok(Pick { chat, stem })
+    }
+
+    /// Whether [`Lane::next`] would find a delivery now (short of the overall limit).
+    pub fn has_ready(&self, now: Instant) -> bool {
+        self.candidate(now).is_ok()
+    }
+
+    /// The first queued chat that may send now: (its next stem, the chat, the earliest
+    /// end of the waits of the chats passed over); or when to look again.
+    fn candidate(&self, now: Instant) -> Result<(String, String, Option<Instant>), Option<Instant>> {
         if self.outlet.is_none() || self.in_flight >= self.max_in_flight {
             return Err(None);
         }
         if let Some(hold) = self.hold.filter(|h| now < h.until) {
             return Err(Some(hold.until));
         }
-        let mut best: Option<(&String, &String)> = None;
         let mut wake: Option<Instant> = None;
-        for (chat, c) in &self.chats {
-            let Some(head) = c.stems.first().filter(|_| !c.busy) else { continue };
-            let at = match c.hold.filter(|h| now < h.until) {
+        for (stem, chat) in &self.ready {
+            let held = self.chats.get(chat).and_then(|c| c.hold).filter(|h| now < h.until);
+            let at = match held {
                 Some(hold) => hold.until,
                 None => self.limiter.chat_ready_at(chat, now),
             };
-            if at > now {
-                wake = Some(wake.map_or(at, |w| w.min(at)));
-            } else if best.is_none_or(|(first, _)| head < first) {
-                best = Some((head, chat));
+            if at <= now {
+                return Ok((stem.clone(), chat.clone(), wake));
             }
+            wake = Some(wake.map_or(at, |w| w.min(at)));
         }
-        let Some((stem, chat)) = best.map(|(s, c)| (s.clone(), c.clone())) else { return Err(wake) };
-        // Only the overall limit can refuse now; every chat waits for it alike.
-        if let Err(at) = self.limiter.try_take(&chat, now) {
-            return Err(Some(wake.map_or(at, |w| w.min(at))));
-        }
-        if let Some(c) = self.chats.get_mut(&chat) {
-            c.busy = true;
-        }
-        self.in_flight += 1;
-        Ok(Pick { chat, stem })
+        Err(wake)
     }
 
     /// A later message of a delivery in flight to `chat` (the next chunk): counted if it
@@ -222,9 +258,6 @@ impl Lane {
             Settle::Done => {
                 chat.stems.remove(&pick.stem);
                 chat.hold = None;
-                if chat.stems.is_empty() {
-                    self.chats.remove(&pick.chat);
-                }
                 self.chat_of.remove(&pick.stem);
                 if let Some(left) = &mut self.left_while_listing {
                     left.insert(pick.stem.clone());
@@ -234,6 +267,21 @@ impl Lane {
             Settle::Wait(d) => chat.hold = hold(d, false),
             Settle::WaitAll(d) => self.hold = hold(d, false),
         }
+        self.release(&pick.chat);
+    }
+
+    /// `chat` has nothing in flight any more: it is a candidate again, or forgotten when
+    /// nothing of it is queued.
+    fn release(&mut self, chat: &str) {
+        let Some(c) = self.chats.get(chat) else { return };
+        match c.stems.first() {
+            Some(head) => {
+                self.ready.insert((head.clone(), chat.to_string()));
+            }
+            None => {
+                self.chats.remove(chat);
+            }
+        }
     }
 
     /// A worker panicked while sending `pick`: it is queued as before, for any worker.
@@ -242,6 +290,7 @@ impl Lane {
         if let Some(chat) = self.chats.get_mut(&pick.chat) {
             chat.busy = false;
         }
+        self.release(&pick.chat);
     }
 
     /// The platform reconnected: waits after failed attempts end now (the failure was
@@ -389,6 +438,24 @@ mod tests {
         assert_eq!(lane.next(later).unwrap().stem, "000-d");
         // A later chunk of a message in flight waits for its chat's turn.
         assert_eq!(lane.pace("d", later), Err(later + S + crate::delivery::limiter::MARGIN));
+    }
+
+    #[test]
+    fn a_delivery_found_before_a_chats_next_one_goes_first() {
+        let t0 = Instant::now();
+        let mut lane = lane(8, SendLimits::NONE, t0);
+        lane.add("005-a".into(), "a".into());
+        lane.add("007-b".into(), "b".into());
+        // Found on disk (a spool file queued earlier): it sorts before both.
+        lane.add("001-a".into(), "a".into());
+        let first = lane.next(t0).unwrap();
+        assert_eq!(first.stem, "001-a");
+        // Queued while its chat is busy: it waits for the chat, then goes in order.
+        lane.add("003-a".into(), "a".into());
+        assert_eq!(lane.next(t0).unwrap().stem, "007-b");
+        lane.settle(&first, Settle::Done, t0);
+        assert_eq!(lane.next(t0).unwrap().stem, "003-a");
+        assert!(!lane.has_ready(t0), "a's last one waits behind the one in flight");
     }
 
     #[test]

@@ -295,9 +295,23 @@ fn seconds(value: &Value) -> Option<Duration> {
     Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
 }
 
+/// A successful Bot API answer, read straight into the type wanted: for `sendMessage`
+/// this skips building the JSON tree of the whole sent `Message` (chat, sender, text)
+/// for the one number the outlet keeps. Anything else is read as an [`Envelope`].
+#[derive(Deserialize)]
+struct Success<T> {
+    ok: bool,
+    result: T,
+}
+
 /// Read a Bot API answer: its `result` on success, else why not. `header_wait` is the
 /// HTTP `Retry-After`, used only when the body names no `retry_after`.
 fn interpret<T: DeserializeOwned>(status: u16, body: &[u8], header_wait: Option<Duration>) -> Result<T, ApiError> {
+    if (200..300).contains(&status)
+        && let Ok(Success { ok: true, result }) = serde_json::from_slice::<Success<T>>(body)
+    {
+        return Ok(result);
+    }
     let envelope = Envelope::read(body);
     if (200..300).contains(&status) {
         // A 200 that is not the Bot API's JSON comes from a proxy or a truncated
