@@ -155,6 +155,7 @@ pub fn respond(stream: &mut TcpStream, status: u16, body: &str) -> io::Result<()
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
+        429 => "Too Many Requests",
         502 => "Bad Gateway",
         _ => "Status",
     };
