@@ -74,8 +74,9 @@ struct Counters {
 
 pub struct RealLatency {
     bursts: Vec<Burst>,
-    /// The counters at [`INSTANT_CHATS`] chats with instant fakes, no limits.
-    instant: Counters,
+    /// The counters at [`INSTANT_CHATS`] chats with instant fakes, no limits, and the
+    /// messages per second of that run (under `strace`).
+    instant: (Counters, f64),
     /// The second burst of the counter gateway, and its counters.
     warm: Burst,
     warm_counters: Counters,
@@ -130,7 +131,7 @@ pub fn run(texts: &mut Texts) -> RealLatency {
 
 /// The counters under the throughput bench's load: [`INSTANT_MESSAGES`] messages over
 /// [`INSTANT_CHATS`] warm chats pushed at once, echo agent, instant fakes, limiter off.
-fn instant_counters(texts: &mut Texts, traced: bool) -> Counters {
+fn instant_counters(texts: &mut Texts, traced: bool) -> (Counters, f64) {
     eprintln!("counters: {INSTANT_MESSAGES} messages over {INSTANT_CHATS} chats, instant fakes, limiter off");
     let tg = FastTelegram::start(TOKEN);
     let trace_dir = tempfile::tempdir().expect("a temporary directory");
@@ -144,17 +145,19 @@ fn instant_counters(texts: &mut Texts, traced: bool) -> Counters {
     let first = 9_000_001;
     exchange(&tg, &mut gw, &texts.spread(first, INSTANT_CHATS, INSTANT_CHATS as usize), "echo: ");
     let (from, (w0, c0)) = (SystemTime::now(), gw.io_bytes());
-    exchange(&tg, &mut gw, &texts.spread(first, INSTANT_CHATS, INSTANT_MESSAGES), "echo: ");
+    let (pushed, replies) = exchange(&tg, &mut gw, &texts.spread(first, INSTANT_CHATS, INSTANT_MESSAGES), "echo: ");
+    let rate = INSTANT_MESSAGES as f64 / (crate::last_arrival(&replies) - pushed).as_secs_f64();
     thread::sleep(SETTLE);
     gw.assert_running("the counters run");
     let ((w1, c1), to) = (gw.io_bytes(), SystemTime::now());
     drop(gw);
-    Counters {
+    let counters = Counters {
         messages: INSTANT_MESSAGES as u64,
         calls: strace.map(|s| s.count(from, to)),
         write_bytes: w1.saturating_sub(w0),
         wchar: c1.saturating_sub(c0),
-    }
+    };
+    (counters, rate)
 }
 
 /// A gateway with the `openai` backend on `llm` and one bot on `tg`, polling; under
@@ -237,6 +240,7 @@ impl Counters {
             "threads_created_per_1000_msgs": self.per_msg(|c| c.creations, 1000.0, 1),
             "syncs": self.calls.as_ref().map(|c| c.syncs),
             "syncs_by_file": self.calls.as_ref().map(|c| &c.syncs_by_file),
+            "sync_ms_mean": self.calls.as_ref().map(|c| round(c.sync_seconds * 1000.0 / c.syncs.max(1) as f64, 2)),
             "threads_created": self.calls.as_ref().map(|c| c.creations),
             "write_bytes_per_msg": round(self.write_bytes as f64 / self.messages as f64, 1),
             "wchar_per_msg": round(self.wchar as f64 / self.messages as f64, 1),
@@ -267,7 +271,8 @@ impl RealLatency {
             "second_burst": self.warm.to_json(),
             "counters_second_burst": warm,
             "counters_first_burst": self.cold_counters.to_json(),
-            "counters_instant_100_chats": self.instant.to_json(),
+            "counters_instant_100_chats": self.instant.0.to_json(),
+            "counters_instant_msg_per_s": round(self.instant.1, 1),
         });
         json["real_latency"] = section;
         json["fsync_per_msg"] = warm["fsync_per_msg"].clone();

@@ -1,7 +1,7 @@
 /*!
 Counting the gateway's syncs and thread creations with `strace`.
 
-The gateway runs under `strace -f --seccomp-bpf -e trace=fsync,fdatasync,clone,clone3,fork,vfork
+The gateway runs under `strace -f --seccomp-bpf -y -T -e trace=fsync,fdatasync,clone,clone3,fork,vfork
 -ttt -o FILE` ([`Strace::wrapper`]). With `--seccomp-bpf` only the traced calls stop the
 process, so the rest of its work runs at full speed. Every call of every thread is one line
 with a wall-clock timestamp, so [`Strace::count`] can count the calls made within any window
@@ -10,6 +10,9 @@ after the fact, once the gateway has exited and `strace` has written everything 
 Counting at the system call sees every sync, also one that does not go through
 `switchboard::fsutil` (whose own `sync_count` would miss it), and every thread, also one
 that lived a microsecond (which sampling `/proc/PID/task` would miss).
+
+`BENCH_KEEP_TRACE=PREFIX` keeps a copy of each trace counted, as `PREFIX.FROM-TO` (the
+window counted, in seconds since the epoch), to look at by hand.
 
 Without `strace` on the machine, [`Strace::available`] is false and the bench reports the
 figures as not measured.
@@ -38,6 +41,8 @@ pub struct Calls {
     /// Syncs per file, the path below the state directory with digits as `N`
     /// (`outbox/tg/journal`, `sessions/N.jsonl`): where they come from.
     pub syncs_by_file: BTreeMap<String, u64>,
+    /// Seconds spent in the syncs (`-T`: from entry to return, as each thread waited).
+    pub sync_seconds: f64,
 }
 
 impl Strace {
@@ -55,7 +60,8 @@ impl Strace {
     /// The command line to put before the gateway's.
     pub fn wrapper(&self) -> Vec<String> {
         let calls = format!("trace={}", [&CREATE[..], &SYNC[..]].concat().join(","));
-        let args = ["strace", "-f", "--seccomp-bpf", "-qq", "-y", "-e", "signal=none", "-e", &calls, "-ttt", "-o"];
+        let args =
+            ["strace", "-f", "--seccomp-bpf", "-qq", "-y", "-T", "-e", "signal=none", "-e", &calls, "-ttt", "-o"];
         args.iter().map(|a| a.to_string()).chain([self.file.display().to_string()]).collect()
     }
 
@@ -65,17 +71,26 @@ impl Strace {
         let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs_f64();
         let (from, to) = (secs(from), secs(to));
         let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+        if let Some(keep) = std::env::var("BENCH_KEEP_TRACE").ok().filter(|k| !k.is_empty()) {
+            // To look at by hand: the trace, with the window counted.
+            let _ = std::fs::write(format!("{keep}.{from:.6}-{to:.6}"), &text);
+        }
         let mut calls = Calls::default();
         // `PID SECONDS.MICROS name(args…) = result`, or `… <unfinished ...>` and later a
         // `PID SECONDS <... name resumed>` line, which is not a new call.
         for line in text.lines() {
-            let mut fields = line.splitn(3, ' ');
-            let (Some(_pid), Some(at), Some(call)) = (fields.next(), fields.next(), fields.next()) else { continue };
+            // The pid is padded to five columns: split on runs of spaces.
+            let Some((_pid, rest)) = line.trim_start().split_once(' ') else { continue };
+            let Some((at, call)) = rest.trim_start().split_once(' ') else { continue };
             let Ok(at) = at.parse::<f64>() else { continue };
             if at < from || at >= to {
                 continue;
             }
             let name = call.split('(').next().unwrap_or_default();
+            let resumed = call.strip_prefix("<... ").and_then(|c| c.split(' ').next()).unwrap_or_default();
+            if SYNC.contains(&name) || SYNC.contains(&resumed) {
+                calls.sync_seconds += call_seconds(call);
+            }
             if SYNC.contains(&name) {
                 calls.syncs += 1;
                 *calls.syncs_by_file.entry(synced_file(call)).or_default() += 1;
@@ -85,6 +100,12 @@ impl Strace {
         }
         calls
     }
+}
+
+/// The time `-T` appends to a finished call (`… = 0 <0.001234>`); 0 for an unfinished one.
+fn call_seconds(call: &str) -> f64 {
+    let last = call.rsplit(' ').next().unwrap_or_default();
+    last.strip_prefix('<').and_then(|t| t.strip_suffix('>')).and_then(|t| t.parse().ok()).unwrap_or(0.0)
 }
 
 /// The file of `fsync(5</tmp/x/state/outbox/tg/journal>) = 0` (as `-y` prints it), below
