@@ -35,7 +35,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::http::{self, Handler, Request, Server};
-use super::telegram_limits::TelegramLimits;
+use super::telegram_limits::{Refusal, TelegramLimits};
 
 /// A reply as the fake received it.
 #[derive(Clone, Debug)]
@@ -66,8 +66,8 @@ struct State {
     closing: bool,
     /// Telegram's send limits, when enforced.
     limits: Option<TelegramLimits>,
-    /// `sendMessage` calls answered 429.
-    rate_limited: u64,
+    /// `sendMessage` calls answered 429: to which chat, when it arrived, why.
+    refused: Vec<(i64, Instant, Refusal)>,
 }
 
 struct Shared {
@@ -178,9 +178,19 @@ impl FastTelegram {
         self.shared.lock().get_updates_calls
     }
 
+    /// How many connections the gateway opened so far.
+    pub fn connections(&self) -> u64 {
+        self.server.connections()
+    }
+
     /// How many `sendMessage` calls were answered 429 so far.
     pub fn rate_limited(&self) -> u64 {
-        self.shared.lock().rate_limited
+        self.shared.lock().refused.len() as u64
+    }
+
+    /// The `sendMessage` calls answered 429 so far: chat, arrival, why.
+    pub fn refused(&self) -> Vec<(i64, Instant, Refusal)> {
+        self.shared.lock().refused.clone()
     }
 }
 
@@ -314,8 +324,9 @@ fn send_message(shared: &Shared, req: &Request) -> Result<String, u64> {
     let chat_id = params.chat_id.as_i64().expect("an integer chat_id");
     let text = serde_json::to_string(&params.text).expect("a string serializes");
     let message_id = shared.change(|state| {
-        if let Some(Err(retry_after)) = state.limits.as_mut().map(|l| l.admit(chat_id, req.at)) {
-            state.rate_limited += 1;
+        if let Some(Err(refusal)) = state.limits.as_mut().map(|l| l.admit(chat_id, req.at)) {
+            let retry_after = refusal.retry_after;
+            state.refused.push((chat_id, req.at, refusal));
             return Err(retry_after);
         }
         state.next_message_id += 1;

@@ -60,6 +60,11 @@ struct Burst {
     seconds: Vec<f64>,
     /// `sendMessage` calls the fake answered 429 during the burst.
     rate_limited: u64,
+    /// Each of them: chat, seconds after the push, the limit, and how long before it
+    /// the arrival came that it had to be a window after (ms).
+    refusals: Vec<Value>,
+    /// Connections the gateway opened to the Bot API during the burst.
+    connections: u64,
 }
 
 /// What one message cost, over one burst.
@@ -184,6 +189,7 @@ struct Window {
 /// Push `messages` (one per chat), wait for every reply (checked), then [`SETTLE`].
 fn timed_burst(tg: &FastTelegram, gw: &mut Gateway, messages: &[(i64, String)]) -> (Burst, Window) {
     let (limited, from, (w0, c0)) = (tg.rate_limited(), SystemTime::now(), gw.io_bytes());
+    let connections = tg.connections();
     let (pushed, replies) = exchange(tg, gw, messages, "ok: ");
     let seconds = replies.iter().map(|r| (r.at - pushed).as_secs_f64()).collect();
     thread::sleep(SETTLE);
@@ -191,7 +197,21 @@ fn timed_burst(tg: &FastTelegram, gw: &mut Gateway, messages: &[(i64, String)]) 
     let (w1, c1) = gw.io_bytes();
     let window =
         Window { from, to: SystemTime::now(), write_bytes: w1.saturating_sub(w0), wchar: c1.saturating_sub(c0) };
-    let burst = Burst { chats: messages.len() as i64, seconds, rate_limited: tg.rate_limited() - limited };
+    let refused = tg.refused();
+    let refusals = refused[limited as usize..]
+        .iter()
+        .map(|(chat, at, r)| {
+            let after = at.saturating_duration_since(pushed).as_secs_f64();
+            json!({ "chat": chat, "at_s": round(after, 3), "scope": r.scope, "since_ms": round(crate::ms(r.since), 1), "retry_after": r.retry_after })
+        })
+        .collect();
+    let burst = Burst {
+        chats: messages.len() as i64,
+        seconds,
+        rate_limited: tg.rate_limited() - limited,
+        refusals,
+        connections: tg.connections() - connections,
+    };
     (burst, window)
 }
 
@@ -203,6 +223,8 @@ impl Burst {
             "p50_s": round(p.p50, 3),
             "p99_s": round(p.p99, 3),
             "rate_limited_429": self.rate_limited,
+            "refused": self.refusals,
+            "api_connections_opened": self.connections,
         })
     }
 }

@@ -15,25 +15,38 @@ use std::time::{Duration, Instant};
 
 /// At most `count` arrivals in any window of `per`.
 struct Rate {
+    scope: &'static str,
     count: usize,
     per: Duration,
 }
 
-const TOTAL: Rate = Rate { count: 30, per: Duration::from_secs(1) };
-const CHAT: Rate = Rate { count: 1, per: Duration::from_secs(1) };
-const GROUP: Rate = Rate { count: 20, per: Duration::from_secs(60) };
+const TOTAL: Rate = Rate { scope: "total", count: 30, per: Duration::from_secs(1) };
+const CHAT: Rate = Rate { scope: "chat", count: 1, per: Duration::from_secs(1) };
+const GROUP: Rate = Rate { scope: "group", count: 20, per: Duration::from_secs(60) };
+
+/// Why a message was refused.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    /// The whole seconds to wait, at least 1 (Telegram never says 0).
+    pub retry_after: u64,
+    /// The limit it broke: `total`, `chat` or `group`.
+    pub scope: &'static str,
+    /// How long before it the arrival arrived that it had to be `per` after: 990 ms
+    /// against a 1 s window is jitter on the way, 500 ms a sender that ignores the limit.
+    pub since: Duration,
+}
 
 /// The arrivals that still count in one scope, oldest first.
 #[derive(Default)]
 struct Window(VecDeque<Instant>);
 
 impl Window {
-    /// When one more arrival fits: `now` if it does already.
-    fn free_at(&mut self, rate: &Rate, now: Instant) -> Instant {
+    /// `None` if one more arrival fits at `now`, else the arrival it must be `per` after.
+    fn blocker(&mut self, rate: &Rate, now: Instant) -> Option<Instant> {
         while self.0.front().is_some_and(|t| now.duration_since(*t) >= rate.per) {
             self.0.pop_front();
         }
-        if self.0.len() < rate.count { now } else { self.0[self.0.len() - rate.count] + rate.per }
+        (self.0.len() >= rate.count).then(|| self.0[self.0.len() - rate.count])
     }
 }
 
@@ -46,17 +59,25 @@ pub struct TelegramLimits {
 }
 
 impl TelegramLimits {
-    /// Admit a message to `chat` arriving at `now`, or refuse it with the seconds to wait
-    /// (at least 1, as Telegram never says 0).
-    pub fn admit(&mut self, chat: i64, now: Instant) -> Result<(), u64> {
-        let mut free = self.total.free_at(&TOTAL, now);
-        free = free.max(self.chats.entry(chat).or_default().free_at(&CHAT, now));
+    /// Admit a message to `chat` arriving at `now`, or refuse it.
+    pub fn admit(&mut self, chat: i64, now: Instant) -> Result<(), Refusal> {
+        let mut refusal: Option<Refusal> = None;
+        let mut check = |window: &mut Window, rate: &Rate| {
+            if let Some(blocker) = window.blocker(rate, now) {
+                let wait = blocker + rate.per - now;
+                let retry_after = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+                if refusal.as_ref().is_none_or(|r| r.retry_after < retry_after) {
+                    refusal = Some(Refusal { retry_after, scope: rate.scope, since: now - blocker });
+                }
+            }
+        };
+        check(&mut self.total, &TOTAL);
+        check(self.chats.entry(chat).or_default(), &CHAT);
         if chat < 0 {
-            free = free.max(self.groups.entry(chat).or_default().free_at(&GROUP, now));
+            check(self.groups.entry(chat).or_default(), &GROUP);
         }
-        if free > now {
-            let wait = free - now;
-            return Err(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+        if let Some(refusal) = refusal {
+            return Err(refusal);
         }
         self.total.0.push_back(now);
         self.chats.entry(chat).or_default().0.push_back(now);
