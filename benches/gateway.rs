@@ -13,11 +13,15 @@ the echo agent unless said otherwise:
 5. startup: exec to the first `getUpdates`;
 6. reconnect precision: scheduled against actual `getMe` retry times;
 7. agent path: 50 chats through the `openai` backend;
-8. soak: 200,000 messages from 1,000 chats, RSS and state directory along the way.
+8. soak: 200,000 messages from 1,000 chats, RSS and state directory along the way;
+9. real latency: 50 and 500 chats at once through the `openai` backend, model 1 s and
+   Bot API 50 ms away with Telegram's send limits; syncs, bytes written and threads
+   created per message (`support::real_latency`).
 
 It prints a table and writes `bench/results.json`. `BENCH_ONLY=soak` runs the soak alone
-and replaces only its part of `results.json`; `BENCH_ONLY=load` runs the raw loop and
-the loaded gateway (1 and 2) alone and only prints them. Every wait has a deadline; a missing,
+and replaces only its part of `results.json`; `BENCH_ONLY=real_latency` likewise;
+`BENCH_ONLY=load` runs the raw loop and the loaded gateway (1 and 2) alone and only
+prints them. Every wait has a deadline; a missing,
 wrong or duplicated reply or a stalled gateway panics, so the bench exits non-zero
 instead of hanging or reporting a figure for broken behaviour.
 */
@@ -86,6 +90,7 @@ fn main() {
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("soak") => return soak_only(),
         Ok("load") => return load_only(),
+        Ok("real_latency") => return real_latency_only(),
         _ => {}
     }
     let idle_window = Duration::from_secs(if quick { 10 } else { 60 });
@@ -102,6 +107,7 @@ fn main() {
     let fake_capacity = bench_fake_capacity();
     let load = bench_load(&mut texts);
     let agent = bench_agent_burst(&mut texts);
+    let real_latency = support::real_latency::run(&mut texts);
     let footprint = bench_footprint(idle_window, &mut texts);
     let soak = bench_soak(&mut texts);
 
@@ -119,6 +125,7 @@ fn main() {
     };
     let mut json = results.to_json();
     json["soak"] = soak.to_json();
+    real_latency.write_into(&mut json);
     print_table(&json);
     if load_before > 0.5 {
         println!("\nnote: the load average was {load_before:.2} at the start: other work shared the CPUs and disk.");
@@ -168,16 +175,36 @@ fn soak_only() {
     process::pin_binary(pinned.path());
     let load_before = loadavg();
     let soak = bench_soak(&mut Texts::default()).to_json();
-    let mut json: Value = std::fs::read(RESULTS)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .filter(Value::is_object)
-        .unwrap_or_else(|| json!({}));
+    let mut json = existing_results();
     json["soak"] = soak;
     json["soak"]["date"] = json!(today());
     json["soak"]["load_average_before_after"] = json!([round(load_before, 2), round(loadavg(), 2)]);
     print_soak(&json["soak"]);
     write_results(&json);
+}
+
+/// `BENCH_ONLY=real_latency`: that section alone, its keys put into the existing results.
+fn real_latency_only() {
+    let pinned = tempfile::tempdir().expect("a temporary directory");
+    process::pin_binary(pinned.path());
+    let section = support::real_latency::run(&mut Texts::default());
+    let mut json = existing_results();
+    section.write_into(&mut json);
+    json["real_latency"]["details"]["date"] = json!(today());
+    println!("\n{:<32} {:>12}  {:<8} met?", "metric", "value", "target");
+    for (metric, value, target, met) in support::real_latency::rows(&json) {
+        println!("{metric:<32} {value:>12}  {target:<8} {}", met.map_or("", |m| if m { "yes" } else { "NO" }));
+    }
+    write_results(&json);
+}
+
+/// `bench/results.json` as it is, or an empty object.
+fn existing_results() -> Value {
+    std::fs::read(RESULTS)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -256,12 +283,7 @@ fn ms(d: Duration) -> f64 {
 
 /// A gateway with one bot on `tg` and `extra` config, polling before it returns.
 fn start_bot(tg: &FastTelegram, extra: &str) -> Gateway {
-    start_bot_with(tg, extra, "")
-}
-
-/// [`start_bot`] with `table_extra` lines in the bot's `[platforms.tg]` table.
-fn start_bot_with(tg: &FastTelegram, extra: &str, table_extra: &str) -> Gateway {
-    let config = format!("{OPEN_ACCESS}{extra}{}", process::telegram_table("tg", &tg.url(), TOKEN, table_extra));
+    let config = format!("{OPEN_ACCESS}{extra}{}", process::telegram_table("tg", &tg.url(), TOKEN, process::NO_LIMITS));
     let mut gw = Gateway::start(&config);
     if tg.wait_first_poll(Instant::now() + Duration::from_secs(10)).is_none() {
         gw.fail("no getUpdates within 10 s of the start");
@@ -434,7 +456,7 @@ impl Cost {
 /// second per chat) the figures would measure the limiter, not the gateway.
 fn bench_load(texts: &mut Texts) -> Load {
     let tg = FastTelegram::start(TOKEN);
-    let mut gw = start_bot_with(&tg, "", "send_limits = false\n");
+    let mut gw = start_bot(&tg, "");
     eprintln!("latency: {LATENCY_SAMPLES} messages, one at a time");
     exchange(&tg, &mut gw, &texts.spread(1, LATENCY_CHATS, LATENCY_CHATS as usize), "echo: ");
     let latency_ms = (0..LATENCY_SAMPLES)
@@ -517,8 +539,8 @@ fn bench_footprint(window: Duration, texts: &mut Texts) -> Footprint {
 fn two_bots(tg1: &FastTelegram, tg2: &FastTelegram) -> String {
     format!(
         "{OPEN_ACCESS}[platforms.console]\nkind = \"console\"\n{}{}",
-        process::telegram_table("bot1", &tg1.url(), TOKEN, ""),
-        process::telegram_table("bot2", &tg2.url(), TOKEN_2, "")
+        process::telegram_table("bot1", &tg1.url(), TOKEN, process::NO_LIMITS),
+        process::telegram_table("bot2", &tg2.url(), TOKEN_2, process::NO_LIMITS)
     )
 }
 
@@ -571,7 +593,7 @@ struct Soak {
 fn bench_soak(texts: &mut Texts) -> Soak {
     eprintln!("soak: {SOAK_MESSAGES} messages over {SOAK_CHATS} chats, dedup_window {SOAK_DEDUP_WINDOW}");
     let tg = FastTelegram::start(TOKEN);
-    let config = format!("{OPEN_ACCESS}{}", process::telegram_table("tg", &tg.url(), TOKEN, ""));
+    let config = format!("{OPEN_ACCESS}{}", process::telegram_table("tg", &tg.url(), TOKEN, process::NO_LIMITS));
     let mut gw = Gateway::start_with(&format!("dedup_window = \"{SOAK_DEDUP_WINDOW}\"\n"), &config);
     if tg.wait_first_poll(Instant::now() + Duration::from_secs(10)).is_none() {
         gw.fail("no getUpdates within 10 s of the start");
@@ -802,7 +824,11 @@ fn print_table(r: &Value) {
         ("agent burst 50: total (s)", num(&r["agent_burst_50"]["total_s"]), "", None),
         ("agent burst 50: msg/s", num(&r["agent_burst_50"]["msg_per_s"]), "", None),
     ];
-    let rows = rows.into_iter().chain(soak_rows(&r["soak"]));
+    let rows = rows
+        .into_iter()
+        .chain(soak_rows(&r["soak"]))
+        .map(|(metric, value, target, met)| (metric.to_string(), value, target.to_string(), met))
+        .chain(support::real_latency::rows(r));
     println!("\n{} on {}\n", r["date"].as_str().unwrap_or("?"), r["machine"].as_str().unwrap_or("?"));
     println!("{:<32} {:>12}  {:<8} met?", "metric", "value", "target");
     for (metric, value, target, met) in rows {

@@ -3,6 +3,10 @@ A fast fake OpenAI-compatible endpoint for the agent-path benchmark, on [`super:
 
 `POST /v1/chat/completions` is answered at once with a completion whose text is
 `ok: <the last user message>`, so the bench can check each chat got its own answer.
+[`FastOpenAi::start_with_delay`] writes each answer that long after its request was read,
+as a real model takes seconds to answer; each connection has its own thread, so answers
+on different connections are computed at the same time, as a model server with free
+slots would.
 Anything else gets 404. Only plain (non-streamed) answers: the bench runs the default
 `stream = false`.
 */
@@ -11,6 +15,7 @@ use std::io;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -23,11 +28,21 @@ pub struct FastOpenAi {
 }
 
 impl FastOpenAi {
+    /// Answers at once.
     pub fn start() -> FastOpenAi {
+        FastOpenAi::start_with_delay(Duration::ZERO)
+    }
+
+    /// Answers `delay` after each request was read.
+    pub fn start_with_delay(delay: Duration) -> FastOpenAi {
         let requests = Arc::new(AtomicU64::new(0));
         let count = requests.clone();
         let handler: Handler = Arc::new(move |req: &Request, stream: &mut TcpStream| {
             count.fetch_add(1, Ordering::SeqCst);
+            let wait = (req.at + delay).saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
             handle(req, stream)
         });
         FastOpenAi { server: Server::start("fast-openai", handler), requests }

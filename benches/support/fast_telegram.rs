@@ -10,6 +10,13 @@ It serves `POST /bot<TOKEN>/<method>` with JSON parameters, as the gateway sends
 | `getUpdates`     | drops updates below `offset`, returns up to `limit` (100); with none ready it holds the call on a `Condvar` up to `timeout` seconds and answers as soon as one is pushed |
 | `sendMessage`    | records `(chat_id, text, arrival time)` and returns a `Message`           |
 
+[`FastTelegram::start_real`] makes it behave like the real API at a distance: every answer
+is written `latency` after the request was read (a held poll: `latency` after it had
+something to answer), each on its own connection thread, so requests on different
+connections overlap as they would over a WAN; and `sendMessage` is held to Telegram's send
+limits ([`super::telegram_limits`]): a message over them is answered 429 with
+`parameters.retry_after` and not recorded, and [`FastTelegram::rate_limited`] counts them.
+
 Updates are serialized when pushed, so a `getUpdates` answer is a string join under
 the lock. Message ids are unique across chats (Telegram's are per chat; see the
 benchmark README for why that matters to the inbox).
@@ -28,6 +35,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::http::{self, Handler, Request, Server};
+use super::telegram_limits::{Refusal, TelegramLimits};
 
 /// A reply as the fake received it.
 #[derive(Clone, Debug)]
@@ -56,10 +64,16 @@ struct State {
     get_updates_calls: u64,
     fail_get_me: bool,
     closing: bool,
+    /// Telegram's send limits, when enforced.
+    limits: Option<TelegramLimits>,
+    /// `sendMessage` calls answered 429: to which chat, when it arrived, why.
+    refused: Vec<(i64, Instant, Refusal)>,
 }
 
 struct Shared {
     token: String,
+    /// How long after a request is read its answer is written.
+    latency: Duration,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -96,9 +110,20 @@ pub struct FastTelegram {
 }
 
 impl FastTelegram {
+    /// Answers at once, no send limits.
     pub fn start(token: &str) -> FastTelegram {
-        let state = State { next_update_id: 1, next_message_id: 1, ..State::default() };
-        let shared = Arc::new(Shared { token: token.to_string(), state: Mutex::new(state), changed: Condvar::new() });
+        FastTelegram::start_as(token, Duration::ZERO, None)
+    }
+
+    /// Answers `latency` late and enforces Telegram's send limits (see the module doc).
+    pub fn start_real(token: &str, latency: Duration) -> FastTelegram {
+        FastTelegram::start_as(token, latency, Some(TelegramLimits::default()))
+    }
+
+    fn start_as(token: &str, latency: Duration, limits: Option<TelegramLimits>) -> FastTelegram {
+        let state = State { next_update_id: 1, next_message_id: 1, limits, ..State::default() };
+        let shared =
+            Arc::new(Shared { token: token.to_string(), latency, state: Mutex::new(state), changed: Condvar::new() });
         let sh = shared.clone();
         let handler: Handler = Arc::new(move |req: &Request, stream: &mut TcpStream| handle(&sh, req, stream));
         FastTelegram { shared, server: Server::start("fast-telegram", handler) }
@@ -152,6 +177,21 @@ impl FastTelegram {
     pub fn polls(&self) -> u64 {
         self.shared.lock().get_updates_calls
     }
+
+    /// How many connections the gateway opened so far.
+    pub fn connections(&self) -> u64 {
+        self.server.connections()
+    }
+
+    /// How many `sendMessage` calls were answered 429 so far.
+    pub fn rate_limited(&self) -> u64 {
+        self.shared.lock().refused.len() as u64
+    }
+
+    /// The `sendMessage` calls answered 429 so far: chat, arrival, why.
+    pub fn refused(&self) -> Vec<(i64, Instant, Refusal)> {
+        self.shared.lock().refused.clone()
+    }
 }
 
 impl Drop for FastTelegram {
@@ -183,20 +223,29 @@ fn handle(shared: &Shared, req: &Request, stream: &mut TcpStream) -> io::Result<
     };
     match method {
         "getMe" => get_me(shared, req, stream),
-        "deleteWebhook" | "sendChatAction" => http::respond(stream, 200, r#"{"ok":true,"result":true}"#),
+        "deleteWebhook" | "sendChatAction" => {
+            delay(shared, req.at);
+            http::respond(stream, 200, r#"{"ok":true,"result":true}"#)
+        }
         "getUpdates" => {
             let answer = get_updates(shared, req);
             http::respond(stream, 200, &answer)
         }
         "sendMessage" => {
+            // Judged on arrival, answered after the latency.
             let answer = send_message(shared, req);
-            http::respond(stream, 200, &answer)
+            delay(shared, req.at);
+            match answer {
+                Ok(answer) => http::respond(stream, 200, &answer),
+                Err(retry_after) => http::respond(stream, 429, &too_many_requests(retry_after)),
+            }
         }
         _ => http::respond(stream, 404, r#"{"ok":false,"error_code":404,"description":"Not Found"}"#),
     }
 }
 
 fn get_me(shared: &Shared, req: &Request, stream: &mut TcpStream) -> io::Result<()> {
+    delay(shared, req.at);
     let written = if shared.lock().fail_get_me {
         http::respond(stream, 502, r#"{"ok":false,"error_code":502,"description":"Bad Gateway"}"#)
     } else {
@@ -237,7 +286,26 @@ fn get_updates(shared: &Shared, req: &Request) -> String {
     });
     let state = shared.wait_until(deadline, |s| !s.queue.is_empty());
     let ready: Vec<&str> = state.queue.iter().take(limit).map(|(_, json)| json.as_str()).collect();
-    format!(r#"{{"ok":true,"result":[{}]}}"#, ready.join(","))
+    let answer = format!(r#"{{"ok":true,"result":[{}]}}"#, ready.join(","));
+    drop(state);
+    delay(shared, Instant::now());
+    answer
+}
+
+/// Sleep until `latency` after `from`.
+fn delay(shared: &Shared, from: Instant) {
+    let until = from + shared.latency;
+    let now = Instant::now();
+    if until > now {
+        std::thread::sleep(until - now);
+    }
+}
+
+/// Telegram's answer to a message over its limits.
+fn too_many_requests(retry_after: u64) -> String {
+    format!(
+        r#"{{"ok":false,"error_code":429,"description":"Too Many Requests: retry after {retry_after}","parameters":{{"retry_after":{retry_after}}}}}"#
+    )
 }
 
 #[derive(Deserialize)]
@@ -246,7 +314,9 @@ struct SendParams {
     text: String,
 }
 
-fn send_message(shared: &Shared, req: &Request) -> String {
+/// Record a message and answer its `Message`, or `Err(retry_after)` over the limits
+/// (counted where Telegram counts them: when the request arrived).
+fn send_message(shared: &Shared, req: &Request) -> Result<String, u64> {
     let params: SendParams = match serde_json::from_slice(&req.body) {
         Ok(params) => params,
         Err(e) => panic!("the gateway sent a sendMessage the fake cannot read: {e}"),
@@ -254,11 +324,16 @@ fn send_message(shared: &Shared, req: &Request) -> String {
     let chat_id = params.chat_id.as_i64().expect("an integer chat_id");
     let text = serde_json::to_string(&params.text).expect("a string serializes");
     let message_id = shared.change(|state| {
+        if let Some(Err(refusal)) = state.limits.as_mut().map(|l| l.admit(chat_id, req.at)) {
+            let retry_after = refusal.retry_after;
+            state.refused.push((chat_id, req.at, refusal));
+            return Err(retry_after);
+        }
         state.next_message_id += 1;
         state.sent.push(Sent { chat_id, text: params.text, at: req.at });
-        state.next_message_id
-    });
-    format!(
+        Ok(state.next_message_id)
+    })?;
+    Ok(format!(
         r#"{{"ok":true,"result":{{"message_id":{message_id},"date":1700000000,"chat":{{"id":{chat_id},"type":"private"}},"text":{text}}}}}"#
-    )
+    ))
 }

@@ -14,7 +14,7 @@ take the time after `respond` returns.
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Instant;
 
@@ -35,6 +35,8 @@ pub type Handler = Arc<dyn Fn(&Request, &mut TcpStream) -> io::Result<()> + Send
 pub struct Server {
     addr: SocketAddr,
     closing: Arc<AtomicBool>,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicU64>,
 }
 
 impl Server {
@@ -42,13 +44,19 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a fake server");
         let addr = listener.local_addr().expect("local address");
         let closing = Arc::new(AtomicBool::new(false));
-        let flag = closing.clone();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (closing.clone(), accepted.clone());
         let conn_name = format!("{name}-conn");
         thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || accept_loop(&listener, &flag, &conn_name, &handler))
+            .spawn(move || accept_loop(&listener, &flag, &count, &conn_name, &handler))
             .expect("spawn the accept thread");
-        Server { addr, closing }
+        Server { addr, closing, accepted }
+    }
+
+    /// How many connections were accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -65,12 +73,13 @@ impl Drop for Server {
     }
 }
 
-fn accept_loop(listener: &TcpListener, closing: &AtomicBool, name: &str, handler: &Handler) {
+fn accept_loop(listener: &TcpListener, closing: &AtomicBool, accepted: &AtomicU64, name: &str, handler: &Handler) {
     for stream in listener.incoming() {
         if closing.load(Ordering::SeqCst) {
             return;
         }
         let Ok(stream) = stream else { continue };
+        accepted.fetch_add(1, Ordering::SeqCst);
         let handler = handler.clone();
         let _ = thread::Builder::new().name(name.to_string()).spawn(move || {
             let _ = serve_connection(stream, &handler);
@@ -155,6 +164,7 @@ pub fn respond(stream: &mut TcpStream, status: u16, body: &str) -> io::Result<()
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
+        429 => "Too Many Requests",
         502 => "Bad Gateway",
         _ => "Status",
     };

@@ -9,3 +9,6 @@ pub mod fast_openai;
 pub mod fast_telegram;
 pub mod http;
 pub mod process;
+pub mod real_latency;
+pub mod telegram_limits;
+pub mod trace;

@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The binary in use: the pinned copy once [`pin_binary`] ran.
 static PINNED: OnceLock<PathBuf> = OnceLock::new();
@@ -47,12 +47,19 @@ pub fn telegram_table(name: &str, api_base: &str, token: &str, extra: &str) -> S
     format!("[platforms.{name}]\nkind = \"telegram\"\ntoken = \"{token}\"\napi_base = \"{api_base}\"\n{extra}")
 }
 
+/// A bot table line turning the gateway's send limiter off: the instant fakes enforce no
+/// limits, and the throughput figures are compared with a raw loop that has none.
+pub const NO_LIMITS: &str = "send_limits = false\n";
+
 /// `[access]` letting every chat talk to the bot.
 pub const OPEN_ACCESS: &str = "[access]\nallow_all = true\n";
 
 /// A running gateway process.
 pub struct Gateway {
+    /// The process spawned: the gateway, or the wrapper that runs it (`strace`).
     child: Child,
+    /// The gateway's own process id (the child's child under a wrapper).
+    pid: u32,
     /// Kept open for the console platform; closed when the gateway is dropped.
     _stdin: ChildStdin,
     /// When `spawn` was called (the exec).
@@ -69,12 +76,25 @@ impl Gateway {
 
     /// [`Gateway::start`] with `gateway_keys` (lines) added to the `[gateway]` table.
     pub fn start_with(gateway_keys: &str, config: &str) -> Gateway {
+        Gateway::start_under(&[], gateway_keys, config)
+    }
+
+    /// [`Gateway::start_with`], run by `wrapper` (a program and its arguments, before the
+    /// gateway's command line; none: run directly), such as `strace -o FILE`.
+    pub fn start_under(wrapper: &[String], gateway_keys: &str, config: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let state_dir = dir.path().join("state");
         let text = format!("[gateway]\nstate_dir = \"{}\"\n{gateway_keys}{config}", state_dir.display());
         fs::write(dir.path().join("gateway.toml"), text).expect("write the config");
         let stderr = fs::File::create(dir.path().join("stderr.log")).expect("create the log file");
-        let mut command = Command::new(binary());
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
         command
             .args(["--config", "gateway.toml", "run"])
             .current_dir(dir.path())
@@ -85,11 +105,12 @@ impl Gateway {
         let spawned = Instant::now();
         let mut child = command.spawn().expect("start switchboard");
         let stdin = child.stdin.take().expect("a stdin pipe");
-        Gateway { child, _stdin: stdin, spawned, dir }
+        let pid = if wrapper.is_empty() { child.id() } else { wrapped_pid(child.id()) };
+        Gateway { child, pid, _stdin: stdin, spawned, dir }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// Panic (failing the bench) if the gateway has exited: a dead gateway explains
@@ -135,9 +156,37 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        if self.pid != self.child.id() {
+            // Kill the gateway first (a wrapper killed first may leave it running alone),
+            // then let the wrapper end by itself, so that `strace` writes out its trace.
+            let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The gateway started by the wrapper `parent`: its child once that runs our binary.
+/// Polled (every millisecond, for up to 10 s): Linux has no way to wait for a grandchild.
+fn wrapped_pid(parent: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let target = fs::canonicalize(binary()).unwrap_or_else(|_| binary());
+    while Instant::now() < deadline {
+        let children = fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).unwrap_or_default();
+        let running = children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .find(|pid| fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == target));
+        if let Some(pid) = running {
+            return pid;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("the wrapper (pid {parent}) did not start the gateway within 10 s");
 }
 
 /// Bytes and files under `dir`, recursively, grouped by the first path component

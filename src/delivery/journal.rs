@@ -63,11 +63,13 @@ const COMPACT_MIN_BYTES: u64 = if cfg!(test) { 16 << 10 } else { 1 << 20 };
 /// When the last sync served more than one durable change (writers queue up at once), a
 /// leader waits this long before it syncs, so that the writers on their way share its
 /// sync (PostgreSQL's `commit_delay` with `commit_siblings`). One change at a time never
-/// waits. Under load a sync of the virtual disk `make bench` runs on takes 0.15–0.3 ms;
-/// with a wait of 0.5 ms the 100- and 1000-chat runs synced about once per 6 replies,
-/// with 2 ms about once per 8 (the fsync CPU time is a tenth of the gateway's), and a
-/// reply that waits 2 ms more under load is not noticed where answers take seconds.
-const COMMIT_DELAY: Duration = Duration::from_millis(2);
+/// waits. Long enough to gather a wave of replies: turns started together (a burst of
+/// chats) end over 10–30 ms on two cores. With a wait of 0.5 ms each wave took about 17
+/// syncs (`make bench`, real_latency: 0.27–0.34 syncs per message at 500 chats; 0.06 with
+/// 10 ms); with instant fakes 2 ms already made it one sync per ~8 replies. Under load the
+/// wait costs a reply 10 ms at most, against a model's seconds; one reply at a time (the
+/// latency figure) never waits.
+const COMMIT_DELAY: Duration = Duration::from_millis(10);
 
 /// One line of the journal.
 // Lines are made one at a time, to be written or replayed: boxing the record would
