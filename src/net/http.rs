@@ -57,15 +57,20 @@ pub fn agent(connect: Duration, request: Duration) -> Agent {
         .timeout_connect(Some(connect))
         .timeout_global(Some(request))
         .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
-        // The pool keeps ureq's 3 idle connections per host, although an outbox sends up
-        // to 8 at once, so under load about one send in 20 connects anew (measured: 981
-        // connects for 19,600 messages in `make bench`). Keeping 64 removed those, but
-        // starved the tests' tiny_http fake: it serves each keep-alive connection on a
-        // pool thread, and its pool can leave a new connection queued while idle ones
-        // hold every thread. Worth raising once the fake serves connections otherwise.
+        // ureq keeps 3 idle connections per host, but an outbox sends up to 8 at once
+        // (`max_in_flight`) beside a long poll and typing indicators: under load about one
+        // send in 20 connected anew (measured: 981 connects for 19,600 messages in `make
+        // bench`; 123 connections for 500 replies in real_latency, 8 with 9 kept), each a
+        // TCP and TLS handshake over the internet. Idle ones close after ureq's 15 s.
+        .max_idle_connections(MAX_IDLE_PER_HOST)
+        .max_idle_connections_per_host(MAX_IDLE_PER_HOST)
         .build();
     Agent::with_parts(config, DefaultConnector::default(), Resolver)
 }
+
+/// Idle connections kept per host (and in all: an agent serves one platform instance or
+/// the model): `max_in_flight`'s default of 8, a long poll, and room for typing and edits.
+const MAX_IDLE_PER_HOST: usize = 16;
 
 /// Read a response body, at most [`MAX_BODY`] bytes.
 pub fn read_body(response: &mut ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, ureq::Error> {
