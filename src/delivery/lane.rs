@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Condvar;
 
 use super::Pacing;
-use super::limiter::Limiter;
+use super::limiter::{Limiter, Taken};
 use super::store::Store;
 use crate::adapter::Outlet;
 use crate::backoff;
@@ -92,6 +92,8 @@ struct Hold {
 pub(super) struct Pick {
     pub chat: String,
     pub stem: String,
+    /// Its first message, as the limiter counted it.
+    pub taken: Taken,
 }
 
 /// How an attempt ended, as far as the schedule cares.
@@ -198,15 +200,16 @@ impl Lane {
     pub fn next(&mut self, now: Instant) -> Result<Pick, Option<Instant>> {
         let (stem, chat, wake) = self.candidate(now)?;
         // Only the overall limit can refuse now; every chat waits for it alike.
-        if let Err(at) = self.limiter.try_take(&chat, now) {
-            return Err(Some(wake.map_or(at, |w| w.min(at))));
-        }
+        let taken = match self.limiter.try_take(&chat, now) {
+            Ok(taken) => taken,
+            Err(at) => return Err(Some(wake.map_or(at, |w| w.min(at)))),
+        };
         self.ready.remove(&(stem.clone(), chat.clone()));
         if let Some(c) = self.chats.get_mut(&chat) {
             c.busy = true;
         }
         self.in_flight += 1;
-        Ok(Pick { chat, stem })
+        Ok(Pick { chat, stem, taken })
     }
 
     /// Whether [`Lane::next`] would find a delivery now (short of the overall limit).
@@ -238,13 +241,18 @@ impl Lane {
         Err(wake)
     }
 
-    /// A later message of a delivery in flight to `chat` (the next chunk): counted if it
-    /// may go now, otherwise when it may.
-    pub fn pace(&mut self, chat: &str, now: Instant) -> Result<(), Instant> {
+    /// A later message of a delivery in flight to `chat` (the next chunk), or one sent
+    /// outside the queue: counted if it may go now, otherwise when it may.
+    pub fn pace(&mut self, chat: &str, now: Instant) -> Result<Taken, Instant> {
         match self.hold.filter(|h| now < h.until) {
             Some(hold) => Err(hold.until),
             None => self.limiter.try_take(chat, now),
         }
+    }
+
+    /// The request of a message counted as `taken` is done (see [`Limiter::sent`]).
+    pub fn sent(&mut self, chat: &str, taken: Taken, now: Instant) {
+        self.limiter.sent(chat, taken, now);
     }
 
     /// Record how the attempt on `pick` ended.

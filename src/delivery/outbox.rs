@@ -59,6 +59,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::DeliveryConfig;
 use super::lane::{Lane, Pick, Settle};
+use super::limiter::Taken;
 use super::store::{self, Claim, Park, Record, Store, unix_now};
 use crate::adapter::{Outlet, SendError};
 use crate::backoff;
@@ -244,14 +245,14 @@ impl Outbox {
 
     /// Let one message to `chat` of `name` go outside the queue, after a wait of at most
     /// [`PACED_WAIT`] for the limiter.
-    fn admit(&self, name: &str, chat: &str) -> Result<(), SendError> {
+    fn admit(&self, name: &str, chat: &str) -> Result<Option<Taken>, SendError> {
         let mut state = self.shared.state.lock();
         let latest = Instant::now() + PACED_WAIT;
         loop {
-            let Some(lane) = state.lanes.get_mut(name) else { return Ok(()) };
+            let Some(lane) = state.lanes.get_mut(name) else { return Ok(None) };
             let now = Instant::now();
             match lane.pace(chat, now) {
-                Ok(()) => return Ok(()),
+                Ok(taken) => return Ok(Some(taken)),
                 Err(at) if at > latest => return Err(SendError::RetryAfter(at.saturating_duration_since(now))),
                 Err(at) => {
                     self.shared.wake.wait_until(&mut state, at);
@@ -443,16 +444,25 @@ impl Outbox {
         }
     }
 
-    /// Wait until the limiter lets the next message of `job` go; false on quit.
-    fn pace(&self, name: &str, job: &Job) -> bool {
+    /// The request of a message to `chat` of `name`, counted as `taken`, is done: the
+    /// limiter counts it from now (see [`super::limiter`]).
+    fn sent(&self, name: &str, chat: &str, taken: Option<Taken>) {
+        let Some(taken) = taken else { return };
+        if let Some(lane) = self.shared.state.lock().lanes.get_mut(name) {
+            lane.sent(chat, taken, Instant::now());
+        }
+    }
+
+    /// Wait until the limiter lets the next message of `job` go; `None` on quit.
+    fn pace(&self, name: &str, job: &Job) -> Option<Option<Taken>> {
         let mut state = self.shared.state.lock();
         loop {
             if state.quit {
-                return false;
+                return None;
             }
-            let Some(lane) = state.lanes.get_mut(name) else { return true };
+            let Some(lane) = state.lanes.get_mut(name) else { return Some(None) };
             match lane.pace(&job.pick.chat, Instant::now()) {
-                Ok(()) => return true,
+                Ok(taken) => return Some(Some(taken)),
                 Err(at) => {
                     self.shared.wake.wait_until(&mut state, at);
                 }
@@ -480,8 +490,11 @@ impl Outbox {
                 Err(verdict) => return verdict,
             }
         }
+        let mut taken = Some(job.pick.taken);
         loop {
-            let next = match deliver(&*job.outlet, &record.outbound) {
+            let result = deliver(&*job.outlet, &record.outbound);
+            self.sent(name, &job.pick.chat, taken);
+            let next = match result {
                 Ok(()) => job.store.advance(&job.pick.stem, &record).map_err(|e| {
                     log::error!("{name}: sent a part of {}, but cannot record it: {e}", job.pick.stem);
                     // The claim stays: the next attempt sets this part aside, never repeats it.
@@ -508,9 +521,10 @@ impl Outbox {
                 Ok(None) => return Verdict::Done,
                 Err(verdict) => return verdict,
             }
-            if !self.pace(name, job) {
+            match self.pace(name, job) {
+                Some(next) => taken = next,
                 // Quit: the rest of a long message waits for the next start.
-                return self.unclaim(name, job, Verdict::Done);
+                None => return self.unclaim(name, job, Verdict::Done),
             }
         }
     }
@@ -624,8 +638,10 @@ struct Paced {
 
 impl Outlet for Paced {
     fn send(&self, msg: &Outbound) -> Result<Option<String>, SendError> {
-        self.outbox.admit(&self.name, &msg.chat_id)?;
-        self.inner.send(msg)
+        let taken = self.outbox.admit(&self.name, &msg.chat_id)?;
+        let result = self.inner.send(msg);
+        self.outbox.sent(&self.name, &msg.chat_id, taken);
+        result
     }
 
     fn can_edit(&self) -> bool {
@@ -633,8 +649,10 @@ impl Outlet for Paced {
     }
 
     fn edit(&self, chat_id: &str, message_id: &str, text: &str) -> Result<(), SendError> {
-        self.outbox.admit(&self.name, chat_id)?;
-        self.inner.edit(chat_id, message_id, text)
+        let taken = self.outbox.admit(&self.name, chat_id)?;
+        let result = self.inner.edit(chat_id, message_id, text);
+        self.outbox.sent(&self.name, chat_id, taken);
+        result
     }
 
     fn typing(&self, chat_id: &str, thread_id: Option<&str>) {
