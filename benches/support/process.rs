@@ -69,12 +69,18 @@ impl Gateway {
 
     /// [`Gateway::start`] with `gateway_keys` (lines) added to the `[gateway]` table.
     pub fn start_with(gateway_keys: &str, config: &str) -> Gateway {
+        Gateway::start_binary(&binary(), gateway_keys, config)
+    }
+
+    /// [`Gateway::start_with`] running `binary` instead of the pinned release binary (the
+    /// static build, for the footprint comparison).
+    pub fn start_binary(binary: &Path, gateway_keys: &str, config: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let state_dir = dir.path().join("state");
         let text = format!("[gateway]\nstate_dir = \"{}\"\n{gateway_keys}{config}", state_dir.display());
         fs::write(dir.path().join("gateway.toml"), text).expect("write the config");
         let stderr = fs::File::create(dir.path().join("stderr.log")).expect("create the log file");
-        let mut command = Command::new(binary());
+        let mut command = Command::new(binary);
         command
             .args(["--config", "gateway.toml", "run"])
             .current_dir(dir.path())
