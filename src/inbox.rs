@@ -324,21 +324,11 @@ impl Inbox {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fsutil::sync_dir(dir)?;
         drop(state);
-        release_freed_memory();
+        // The ids in the window are allocated and freed continually, and how many there
+        // are follows the message rate: without this, the RSS would ratchet up with every
+        // new peak instead of following what is held.
+        crate::memory::release_freed();
         Ok(())
-    }
-}
-
-/// Hand the memory freed since the last compaction back to the system. The ids in the
-/// window are allocated and freed continually, and how many there are follows the message
-/// rate; without this, glibc keeps the pages of the busiest window ever seen, so the RSS
-/// ratchets up with every new peak instead of following what is held. Costs a walk over
-/// the allocator's free lists, once per compaction.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free pages to the kernel; it is thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
