@@ -6,12 +6,26 @@ SYSCONFDIR ?= $(PREFIX)/etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 CONFIG     ?= ./gateway.toml
 CARGO      ?= cargo
-BIN        := target/release/switchboard
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+BIN        := $(TARGET_DIR)/release/switchboard
+# The static build: musl for this machine's architecture (x86_64, aarch64 ...).
+STATIC_TARGET ?= $(shell uname -m)-unknown-linux-musl
+STATIC_BIN    := $(TARGET_DIR)/$(STATIC_TARGET)/release/switchboard
 
-.PHONY: build run test chaos lint bench install clean
+.PHONY: build static run test chaos lint bench install clean
 
 build:
 	$(CARGO) build --release --locked
+
+# One statically linked file (musl libc), to copy to any Linux box of the same
+# architecture. Installs nothing: it says what is missing.
+static:
+	@test -d "$$(rustc --print sysroot)/lib/rustlib/$(STATIC_TARGET)" || { \
+		echo "make static: the Rust target $(STATIC_TARGET) is not installed; run: rustup target add $(STATIC_TARGET)" >&2; exit 1; }
+	@command -v musl-gcc >/dev/null || { \
+		echo "make static: musl-gcc not found (ring's C code needs it); on Debian/Ubuntu run: apt-get install musl-tools" >&2; exit 1; }
+	$(CARGO) build --release --locked --target $(STATIC_TARGET)
+	@echo "make static: $(STATIC_BIN) ($$(stat -c %s $(STATIC_BIN)) bytes, statically linked)"
 
 run: build
 	$(BIN) --config $(CONFIG) run
@@ -28,12 +42,16 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
-# Not part of `test`: about 2 minutes after the build, most of it the 60 s idle window
-# (BENCH_QUICK=1: 10 s).
+# Not part of `test`: about 6 minutes after the build, most of it the soak and the 60 s
+# idle window (BENCH_QUICK=1: 10 s). BENCH_ONLY=soak or BENCH_ONLY=footprint runs one part.
+# The static build is measured too when `make static` can build it.
 # Prints a table and writes bench/results.json; see "Benchmarks" in README.md.
 bench:
 	$(CARGO) build --release --locked
-	$(CARGO) bench --locked --bench gateway
+	@if $(MAKE) --no-print-directory static; then static="$(abspath $(STATIC_BIN))"; \
+		else static=""; echo "make bench: static build not measured (see above)"; fi; \
+		echo "BENCH_STATIC_BINARY=$$static $(CARGO) bench --locked --bench gateway"; \
+		BENCH_STATIC_BINARY="$$static" $(CARGO) bench --locked --bench gateway
 
 install: build
 	install -Dm755 $(BIN) $(DESTDIR)$(BINDIR)/switchboard

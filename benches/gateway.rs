@@ -8,7 +8,8 @@ the echo agent unless said otherwise:
 
 1. throughput with 1, 100 and 1000 chats, and a raw `sendMessage` loop as the limit;
 2. latency added per message at one message at a time;
-3. footprint: binary size, idle RSS and threads, RSS after 10,000 sessions;
+3. footprint: binary size, idle RSS and threads, RSS after 10,000 sessions, of the glibc
+   build and of the static musl build (`make static`), with a short load on both;
 4. idle CPU over 60 s (`BENCH_QUICK=1`: 10 s);
 5. startup: exec to the first `getUpdates`;
 6. reconnect precision: scheduled against actual `getMe` retry times;
@@ -19,9 +20,9 @@ the echo agent unless said otherwise:
    created per message (`support::real_latency`).
 
 It prints a table and writes `bench/results.json`. `BENCH_ONLY=soak` runs the soak alone
-and replaces only its part of `results.json`; `BENCH_ONLY=real_latency` likewise;
-`BENCH_ONLY=load` runs the raw loop and the loaded gateway (1 and 2) alone and only
-prints them. Every wait has a deadline; a missing,
+and replaces only its part of `results.json`; `BENCH_ONLY=real_latency` and
+`BENCH_ONLY=footprint` likewise; `BENCH_ONLY=load` runs the raw loop and the loaded
+gateway (1 and 2) alone and only prints them. Every wait has a deadline; a missing,
 wrong or duplicated reply or a stalled gateway panics, so the bench exits non-zero
 instead of hanging or reporting a figure for broken behaviour.
 */
@@ -31,6 +32,7 @@ mod support;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -91,6 +93,7 @@ fn main() {
         Ok("soak") => return soak_only(),
         Ok("load") => return load_only(),
         Ok("real_latency") => return real_latency_only(),
+        Ok("footprint") => return footprint_only(quick),
         _ => {}
     }
     let idle_window = Duration::from_secs(if quick { 10 } else { 60 });
@@ -108,7 +111,8 @@ fn main() {
     let load = bench_load(&mut texts);
     let agent = bench_agent_burst(&mut texts);
     let real_latency = support::real_latency::run(&mut texts);
-    let footprint = bench_footprint(idle_window, &mut texts);
+    let footprint = bench_footprint(&process::binary(), idle_window, &mut texts);
+    let static_build = bench_static(pinned.path(), &mut texts);
     let soak = bench_soak(&mut texts);
 
     let results = Results {
@@ -126,6 +130,7 @@ fn main() {
     let mut json = results.to_json();
     json["soak"] = soak.to_json();
     real_latency.write_into(&mut json);
+    json["footprint"]["static"] = static_json(&static_build, json["footprint"]["binary_mb"].as_f64());
     print_table(&json);
     if load_before > 0.5 {
         println!("\nnote: the load average was {load_before:.2} at the start: other work shared the CPUs and disk.");
@@ -191,10 +196,7 @@ fn real_latency_only() {
     let mut json = existing_results();
     section.write_into(&mut json);
     json["real_latency"]["details"]["date"] = json!(today());
-    println!("\n{:<32} {:>12}  {:<8} met?", "metric", "value", "target");
-    for (metric, value, target, met) in support::real_latency::rows(&json) {
-        println!("{metric:<32} {value:>12}  {target:<8} {}", met.map_or("", |m| if m { "yes" } else { "NO" }));
-    }
+    print_rows(&support::real_latency::rows(&json));
     write_results(&json);
 }
 
@@ -205,6 +207,35 @@ fn existing_results() -> Value {
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .filter(Value::is_object)
         .unwrap_or_else(|| json!({}))
+}
+
+/// `BENCH_ONLY=footprint`: binary size, idle RSS and RSS at 10,000 sessions of both builds
+/// and the static build's short load, put into the existing results (`footprint`, and the
+/// footprint figures of `details`).
+fn footprint_only(quick: bool) {
+    let pinned = tempfile::tempdir().expect("a temporary directory");
+    process::pin_binary(pinned.path());
+    let load_before = loadavg();
+    let mut texts = Texts::default();
+    let window = Duration::from_secs(if quick { 10 } else { 60 });
+    let footprint = bench_footprint(&process::binary(), window, &mut texts);
+    let static_build = bench_static(pinned.path(), &mut texts);
+    let mut json = existing_results();
+    let binary_bytes = binary_bytes();
+    let threads = footprint.idle.threads;
+    let glibc = footprint_figures(binary_bytes, &footprint);
+    for (key, value) in footprint_details(&footprint) {
+        json["details"][key] = value;
+    }
+    json["details"]["binary_bytes"] = json!(binary_bytes);
+    json["footprint"] = glibc;
+    json["footprint"]["threads"] = json!(threads);
+    json["footprint"]["static"] = static_json(&static_build, json["footprint"]["binary_mb"].as_f64());
+    json["footprint"]["date"] = json!(today());
+    json["footprint"]["load_average_before_after"] = json!([round(load_before, 2), round(loadavg(), 2)]);
+    let rows = footprint_rows(&json["footprint"]).into_iter();
+    print_rows(&rows.map(|(metric, value, target, met)| (metric, value, target.to_string(), met)).collect::<Vec<_>>());
+    write_results(&json);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -515,13 +546,16 @@ struct Footprint {
 /// idle window. Meanwhile gateway B, shaped the same, answers 10,000 new chats; it runs
 /// now because its figure is memory, which A's idling cannot disturb, and A's CPU time
 /// is its own whatever else runs, so the bench saves the time of one window.
-fn bench_footprint(window: Duration, texts: &mut Texts) -> Footprint {
-    eprintln!("footprint: idle window {} s, {SESSIONS} sessions meanwhile", window.as_secs());
+fn bench_footprint(binary: &Path, window: Duration, texts: &mut Texts) -> Footprint {
+    eprintln!("footprint of {}: idle window {} s, {SESSIONS} sessions meanwhile", binary.display(), window.as_secs());
     let (tg1, tg2) = (FastTelegram::start(TOKEN), FastTelegram::start(TOKEN_2));
-    let mut idle = Gateway::start(&two_bots(&tg1, &tg2));
+    let mut idle = Gateway::start_binary(binary, "", &two_bots(&tg1, &tg2));
     wait_polling(&mut idle, &[&tg1, &tg2]);
     let messages = texts.spread(1_000_000, SESSIONS as i64, SESSIONS);
-    let filler = thread::spawn(move || fill_sessions(&messages));
+    let filler = {
+        let binary = binary.to_path_buf();
+        thread::spawn(move || fill_sessions(&binary, &messages))
+    };
 
     thread::sleep((idle.spawned + Duration::from_secs(10)).saturating_duration_since(Instant::now()));
     idle.assert_running("the idle window");
@@ -535,7 +569,9 @@ fn bench_footprint(window: Duration, texts: &mut Texts) -> Footprint {
     Footprint { idle: start, idle_ticks: end.cpu_ticks - start.cpu_ticks, idle_polls, sessions_rss_kb, sessions_s }
 }
 
-/// The console and two bots, default timings (50 s long polls), echo agent.
+/// The console and two bots, default timings (50 s long polls), echo agent, the send
+/// limiter off: the instant fakes enforce no limits, and at Telegram's 30 messages a
+/// second, 10,000 first replies would take 6 minutes and pile up meanwhile.
 fn two_bots(tg1: &FastTelegram, tg2: &FastTelegram) -> String {
     format!(
         "{OPEN_ACCESS}[platforms.console]\nkind = \"console\"\n{}{}",
@@ -555,9 +591,9 @@ fn wait_polling(gw: &mut Gateway, fakes: &[&FastTelegram]) {
 /// One first turn in each of `messages`' chats, in two halves; the RSS (KiB) after
 /// each half (and a moment for the bookkeeping after its last reply), and the seconds
 /// the turns took. Two points give the cost per session apart from the base.
-fn fill_sessions(messages: &[(i64, String)]) -> ((u64, u64), f64) {
+fn fill_sessions(binary: &Path, messages: &[(i64, String)]) -> ((u64, u64), f64) {
     let (tg1, tg2) = (FastTelegram::start(TOKEN), FastTelegram::start(TOKEN_2));
-    let mut gw = Gateway::start(&two_bots(&tg1, &tg2));
+    let mut gw = Gateway::start_binary(binary, "", &two_bots(&tg1, &tg2));
     wait_polling(&mut gw, &[&tg1, &tg2]);
     let mut rss = Vec::new();
     let mut took = 0.0;
@@ -569,6 +605,157 @@ fn fill_sessions(messages: &[(i64, String)]) -> ((u64, u64), f64) {
         rss.push(gw.sample().rss_kb);
     }
     ((rss[0], rss[1]), took)
+}
+
+/// `binary_mb`, `idle_rss_mb`, `rss_10k_sessions_mb` of one build.
+fn footprint_figures(binary_bytes: u64, f: &Footprint) -> Value {
+    json!({
+        "binary_mb": round(binary_bytes as f64 / (1024.0 * 1024.0), 2),
+        "idle_rss_mb": mib(f.idle.rss_kb),
+        "rss_10k_sessions_mb": mib(f.sessions_rss_kb.1),
+    })
+}
+
+/// The finer footprint figures (`details` of the glibc build; beside the main ones for
+/// the static build).
+fn footprint_details(f: &Footprint) -> Vec<(&'static str, Value)> {
+    let (rss_5k, rss_10k) = f.sessions_rss_kb;
+    vec![
+        ("idle_rss_anon_mb", json!(mib(f.idle.rss_anon_kb))),
+        ("idle_rss_file_mb", json!(mib(f.idle.rss_file_kb))),
+        ("idle_pss_mb", json!(mib(f.idle.pss_kb))),
+        ("rss_5k_sessions_mb", json!(mib(rss_5k))),
+        ("rss_per_session_kb", json!(round((rss_10k as f64 - rss_5k as f64) / (SESSIONS / 2) as f64, 2))),
+        ("sessions_10k_first_turns_s", json!(round(f.sessions_s, 1))),
+    ]
+}
+
+fn mib(kb: u64) -> f64 {
+    round(kb as f64 / 1024.0, 2)
+}
+
+/// Set by `make bench` to the binary `make static` built, when it could build it.
+const STATIC_ENV: &str = "BENCH_STATIC_BINARY";
+/// Messages of each short-load run that compares the two builds' throughput.
+const SHORT_LOAD_MESSAGES: usize = 3000;
+const SHORT_LOAD_CHATS: i64 = 100;
+
+/// The static (musl) build beside the glibc one, or why it was not measured.
+enum StaticBuild {
+    NotMeasured(String),
+    Measured {
+        binary_bytes: u64,
+        footprint: Footprint,
+        /// msg/s of each short-load run: (glibc build, static build), run alternately.
+        load: (Vec<f64>, Vec<f64>),
+    },
+}
+
+/// The static build: its size, its footprint as [`bench_footprint`] measures the glibc
+/// one (with a 1 s idle window: its idle CPU is not reported), and the short load on both
+/// builds alternately, so that what musl's allocator costs is seen on equal terms.
+fn bench_static(pinned_dir: &Path, texts: &mut Texts) -> StaticBuild {
+    let hint =
+        "`make static` needs `rustup target add x86_64-unknown-linux-musl` and musl-gcc (`apt-get install musl-tools`)";
+    let Some(built) = std::env::var_os(STATIC_ENV).filter(|p| !p.is_empty()).map(PathBuf::from) else {
+        return StaticBuild::NotMeasured(format!("static build not measured ({hint})"));
+    };
+    if !built.is_file() {
+        return StaticBuild::NotMeasured(format!("static build not measured: no {} ({hint})", built.display()));
+    }
+    // Pinned like the glibc build, so a rebuild meanwhile cannot swap it.
+    let binary = pinned_dir.join("switchboard-static");
+    if std::fs::hard_link(&built, &binary).is_err() {
+        std::fs::copy(&built, &binary).expect("copy the static binary");
+    }
+    let binary_bytes = std::fs::metadata(&binary).expect("the static binary").len();
+    let footprint = bench_footprint(&binary, Duration::from_secs(1), texts);
+    let mut load = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        load.0.push(short_load(&process::binary(), texts));
+        load.1.push(short_load(&binary, texts));
+    }
+    StaticBuild::Measured { binary_bytes, footprint, load }
+}
+
+/// One bot on `binary`: [`SHORT_LOAD_MESSAGES`] messages over [`SHORT_LOAD_CHATS`] chats
+/// (after an untimed first turn each), pushed at once; msg/s to the last reply.
+fn short_load(binary: &Path, texts: &mut Texts) -> f64 {
+    eprintln!("short load on {}: {SHORT_LOAD_MESSAGES} messages over {SHORT_LOAD_CHATS} chats", binary.display());
+    let tg = FastTelegram::start(TOKEN);
+    let config = format!("{OPEN_ACCESS}{}", process::telegram_table("tg", &tg.url(), TOKEN, process::NO_LIMITS));
+    let mut gw = Gateway::start_binary(binary, "", &config);
+    if tg.wait_first_poll(Instant::now() + Duration::from_secs(10)).is_none() {
+        gw.fail("no getUpdates within 10 s of the start");
+    }
+    exchange(&tg, &mut gw, &texts.spread(1, SHORT_LOAD_CHATS, SHORT_LOAD_CHATS as usize), "echo: ");
+    let messages = texts.spread(1, SHORT_LOAD_CHATS, SHORT_LOAD_MESSAGES);
+    let (pushed, replies) = exchange(&tg, &mut gw, &messages, "echo: ");
+    SHORT_LOAD_MESSAGES as f64 / (last_arrival(&replies) - pushed).as_secs_f64()
+}
+
+/// `footprint.static`: the static build's figures, or `{"measured": false, "why": …}`.
+fn static_json(build: &StaticBuild, glibc_binary_mb: Option<f64>) -> Value {
+    let (binary_bytes, footprint, load) = match build {
+        StaticBuild::NotMeasured(why) => return json!({ "measured": false, "why": why }),
+        StaticBuild::Measured { binary_bytes, footprint, load } => (binary_bytes, footprint, load),
+    };
+    let best = |runs: &[f64]| runs.iter().copied().fold(0.0, f64::max);
+    let (glibc_best, static_best) = (best(&load.0), best(&load.1));
+    let mut json = footprint_figures(*binary_bytes, footprint);
+    json["measured"] = json!(true);
+    json["binary_bytes"] = json!(binary_bytes);
+    json["threads"] = json!(footprint.idle.threads);
+    for (key, value) in footprint_details(footprint) {
+        json[key] = value;
+    }
+    json["short_load"] = json!({
+        "what": format!("{SHORT_LOAD_MESSAGES} messages over {SHORT_LOAD_CHATS} chats pushed at once, echo agent, best of {RUNS}, both builds alternately"),
+        "glibc_msg_per_s": round(glibc_best, 1),
+        "static_msg_per_s": round(static_best, 1),
+        "static_over_glibc": round(static_best / glibc_best.max(1e-9), 3),
+        "glibc_runs": rounded(&load.0, 1),
+        "static_runs": rounded(&load.1, 1),
+    });
+    if let Some(glibc) = glibc_binary_mb {
+        json["binary_mb_glibc"] = json!(glibc);
+    }
+    json
+}
+
+/// The footprint rows of the table: the glibc build, then the static one.
+fn footprint_rows(fp: &Value) -> Vec<(String, String, &'static str, Option<bool>)> {
+    let mut rows = Vec::new();
+    let st = &fp["static"];
+    let builds: &[(&str, &Value)] =
+        if st["measured"] == json!(true) { &[("", fp), ("static: ", st)] } else { &[("", fp)] };
+    for (prefix, b) in builds {
+        rows.push((format!("{prefix}binary (MB)"), num(&b["binary_mb"]), "<= 3", Some(f(&b["binary_mb"]) <= 3.0)));
+        rows.push((
+            format!("{prefix}idle RSS (MB)"),
+            num(&b["idle_rss_mb"]),
+            "<= 4",
+            Some(f(&b["idle_rss_mb"]) <= 4.0),
+        ));
+        let rss = &b["rss_10k_sessions_mb"];
+        rows.push((format!("{prefix}RSS, 10k sessions (MB)"), num(rss), "<= 12", Some(f(rss) <= 12.0)));
+    }
+    if st["measured"] == json!(true) {
+        let load = &st["short_load"];
+        rows.push(("short load, glibc (msg/s)".into(), num(&load["glibc_msg_per_s"]), "", None));
+        rows.push(("short load, static (msg/s)".into(), num(&load["static_msg_per_s"]), "", None));
+        rows.push(("static / glibc throughput".into(), num(&load["static_over_glibc"]), "", None));
+    } else {
+        rows.push((st["why"].as_str().unwrap_or("static build not measured").to_string(), String::new(), "", None));
+    }
+    rows
+}
+
+fn print_rows(rows: &[(String, String, String, Option<bool>)]) {
+    println!("\n{:<32} {:>12}  {:<8} met?", "metric", "value", "target");
+    for (metric, value, target, met) in rows {
+        println!("{metric:<32} {value:>12}  {target:<8} {}", met.map_or("", |m| if m { "yes" } else { "NO" }));
+    }
 }
 
 /// A state directory's usage: (top-level name, bytes, files), from [`process::dir_usage`].
@@ -809,14 +996,6 @@ fn print_table(r: &Value) {
         ("latency p50 (ms)", num(&r["latency_ms"]["p50"]), "", None),
         ("latency p99 (ms)", num(&r["latency_ms"]["p99"]), "<= 5", Some(f(&r["latency_ms"]["p99"]) <= 5.0)),
         ("latency max (ms)", num(&r["latency_ms"]["max"]), "", None),
-        ("binary (MB)", num(&fp["binary_mb"]), "<= 3", Some(f(&fp["binary_mb"]) <= 3.0)),
-        ("idle RSS (MB)", num(&fp["idle_rss_mb"]), "<= 4", Some(f(&fp["idle_rss_mb"]) <= 4.0)),
-        (
-            "RSS, 10k sessions (MB)",
-            num(&fp["rss_10k_sessions_mb"]),
-            "<= 12",
-            Some(f(&fp["rss_10k_sessions_mb"]) <= 12.0),
-        ),
         ("threads, idle", num(&fp["threads"]), "", None),
         ("idle CPU (s/min)", num(&r["idle_cpu_s_per_min"]), "<= 0.05", Some(f(&r["idle_cpu_s_per_min"]) <= 0.05)),
         ("startup (ms)", num(&r["startup_ms"]), "<= 20", Some(f(&r["startup_ms"]) <= 20.0)),
@@ -824,21 +1003,16 @@ fn print_table(r: &Value) {
         ("agent burst 50: total (s)", num(&r["agent_burst_50"]["total_s"]), "", None),
         ("agent burst 50: msg/s", num(&r["agent_burst_50"]["msg_per_s"]), "", None),
     ];
-    let rows = rows
+    let rows: Vec<_> = rows
         .into_iter()
         .chain(soak_rows(&r["soak"]))
-        .map(|(metric, value, target, met)| (metric.to_string(), value, target.to_string(), met))
-        .chain(support::real_latency::rows(r));
-    println!("\n{} on {}\n", r["date"].as_str().unwrap_or("?"), r["machine"].as_str().unwrap_or("?"));
-    println!("{:<32} {:>12}  {:<8} met?", "metric", "value", "target");
-    for (metric, value, target, met) in rows {
-        let met = match met {
-            Some(true) => "yes",
-            Some(false) => "NO",
-            None => "",
-        };
-        println!("{metric:<32} {value:>12}  {target:<8} {met}");
-    }
+        .map(|(metric, value, target, met)| (metric.to_string(), value, target, met))
+        .chain(footprint_rows(fp))
+        .map(|(metric, value, target, met)| (metric, value, target.to_string(), met))
+        .chain(support::real_latency::rows(r))
+        .collect();
+    println!("\n{} on {}", r["date"].as_str().unwrap_or("?"), r["machine"].as_str().unwrap_or("?"));
+    print_rows(&rows);
 }
 
 fn num(v: &Value) -> String {

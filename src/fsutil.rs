@@ -78,23 +78,58 @@ pub fn write_atomic_lazy(path: &Path, data: &[u8]) -> io::Result<()> {
 }
 
 fn replace(path: &Path, data: &[u8], durable_rename: bool) -> io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    create_private_dir(dir)?;
-    let name = path.file_name().ok_or_else(|| io::Error::other("path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
-    // A leftover from a crash may carry other permissions: start afresh.
-    let _ = fs::remove_file(&tmp);
-    let written = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        file.write_all(data)?;
-        sync_all(&file)?;
-        fs::rename(&tmp, path)?;
-        if durable_rename { sync_dir(dir) } else { Ok(()) }
-    })();
-    if written.is_err() {
+    let mut replacement = Replacement::create(path)?;
+    replacement.file().write_all(data)?;
+    replacement.commit(durable_rename)
+}
+
+/// A new version of a file, being written to a temporary file beside it; [`Replacement::commit`]
+/// puts it in place atomically, dropping it uncommitted removes it. For snapshots streamed
+/// through a `BufWriter` rather than built whole in memory, and written under a lock that
+/// the sync need not hold: write, release the lock, then commit.
+pub struct Replacement {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl Replacement {
+    /// Start replacing `path`, creating parent directories (0700) as needed. One
+    /// replacement of a path at a time per process (the temporary name is per process).
+    pub fn create(path: &Path) -> io::Result<Replacement> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        create_private_dir(dir)?;
+        let name = path.file_name().ok_or_else(|| io::Error::other("path has no file name"))?;
+        let tmp = dir.join(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
+        // A leftover from a crash may carry other permissions: start afresh.
         let _ = fs::remove_file(&tmp);
+        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        Ok(Replacement { path: path.to_path_buf(), tmp, file, committed: false })
     }
-    written
+
+    /// The temporary file, to write the new content to.
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Sync the new content and rename it over the file; with `durable_rename`, sync the
+    /// directory too, so that a power cut cannot bring the old version back.
+    pub fn commit(mut self, durable_rename: bool) -> io::Result<()> {
+        sync_all(&self.file)?;
+        fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if durable_rename { sync_dir(dir) } else { Ok(()) }
+    }
+}
+
+impl Drop for Replacement {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Open (creating, never truncating) a file that serves as an advisory lock, mode 0600.

@@ -6,14 +6,14 @@ is safe. [`Inbox::accept_batch`] makes it safe: the messages are appended to
 `state_dir/inbox/journal` and the file is synced (one `fdatasync` for a whole batch,
 which is what lets a busy bot journal hundreds of messages per millisecond of disk
 time) before the adapter hears "accepted". When a message's turn is over (its reply is
-in the durable outbox), [`Inbox::complete`] appends a `done` record. After a crash,
-every accepted message without a `done` record is answered again ([`Inbox::pending`]),
+in the durable outbox), [`Inbox::complete`] appends an `answered` record. After a crash,
+every accepted message without one is answered again ([`Inbox::pending`]),
 so a `kill -9` mid-turn loses nothing.
 
 Each message is known by its platform, chat and message id, so one the platform sends
 again (a crash between accepting it and storing the cursor) is recognised, pending or
 done, and dropped. Messages without an id (the console) get a unique one and are never taken for
-each other. `done` records are not synced: losing one to a power cut means a message is
+each other. `answered` records are not synced: losing one to a power cut means a message is
 answered twice, never that one is lost.
 
 # Staying bounded
@@ -21,7 +21,11 @@ answered twice, never that one is lost.
 Done ids are remembered for the replay window (`[gateway] dedup_window`, a week by
 default), no longer: they are kept in memory in the order they were done, and each
 [`Inbox::complete`] forgets the ones that aged out, so memory holds one window's worth of
-ids however long the gateway runs.
+ids however long the gateway runs. Memory and the journal keep each done id as a 64-bit
+hash (the start of its SHA-256), not in full: 16 bytes per id instead of a hundred or so,
+at the odds of two ids of one window colliding (about 10⁻⁹ with 200,000 ids in the
+window), which would drop the second message as a replay. Journals written before keep
+done ids in full (`done` records); they are read as their hashes.
 
 The journal is one JSON object per line. When it grows past a few times what it must
 keep, it is compacted: rewritten with only the pending messages and the done ids still in
@@ -29,8 +33,8 @@ the window. The compaction must not stall the adapters, whose `accept_batch` nee
 inbox's lock, so it runs in two steps:
 
 1. With the lock, briefly: note the journal's length and take a snapshot of what the
-   file up to there amounts to (the pending messages, and the done ids, which are shared
-   `Arc<str>`s, so the snapshot copies pointers, not strings). Without the lock: write
+   file up to there amounts to (the pending messages, and the done ids, 16 bytes each).
+   Without the lock: write
    the snapshot to `journal.compact` and sync it.
 2. With the lock: copy what was appended since step 1 to the end of `journal.compact`,
    sync it, rename it over `journal`, sync the directory, and append to the new file.
@@ -47,7 +51,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -80,8 +83,32 @@ pub struct Accepted {
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Record {
-    Accept { id: String, at: f64, msg: Inbound },
-    Done { id: String, at: f64 },
+    Accept {
+        id: String,
+        at: f64,
+        msg: Inbound,
+    },
+    /// An answered id in full: what journals written before hashed ids hold (read only).
+    Done {
+        id: String,
+        at: f64,
+    },
+    /// An answered id's hash ([`id_hash`]), as 16 hex digits.
+    Answered {
+        hash: String,
+        at: f64,
+    },
+}
+
+/// How memory and the journal know a done id: the first 8 bytes of its SHA-256, which
+/// (unlike std's hasher) is the same in every build and cannot be steered by whoever
+/// picks the ids. The journal writes it as 16 lowercase hex digits
+/// (`{"answered":{"hash":…,"at":…}}`); public for tools and tests that read the journal.
+pub fn id_hash(id: &str) -> u64 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let mut first = [0; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// Where the inbox reads the time (Unix seconds); tests pass a clock they move.
@@ -107,11 +134,11 @@ struct State {
     file: File,
     /// Accepted and not done: id → (accepted at, message).
     pending: HashMap<String, (f64, Inbound)>,
-    /// Done ids and when, to recognise replays.
-    done: HashMap<Arc<str>, f64>,
+    /// Done ids ([`id_hash`]) and when, to recognise replays.
+    done: HashMap<u64, f64>,
     /// The same ids in the order they were done, oldest first, to forget them as they
     /// leave the window without scanning all of them.
-    order: VecDeque<(f64, Arc<str>)>,
+    order: VecDeque<(f64, u64)>,
     /// Bytes in the journal, and after the last compaction.
     size: u64,
     compacted_size: u64,
@@ -142,10 +169,10 @@ impl Inbox {
         let (pending, done) = read_journal(&path)?;
         let keep_secs = window.as_secs_f64();
         let cutoff = clock() - keep_secs;
-        let mut order: Vec<(f64, Arc<str>)> =
-            done.into_iter().filter(|(_, at)| *at >= cutoff).map(|(id, at)| (at, Arc::from(id))).collect();
+        let mut order: Vec<(f64, u64)> =
+            done.into_iter().filter(|(_, at)| *at >= cutoff).map(|(hash, at)| (at, hash)).collect();
         order.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let done = order.iter().map(|(at, id)| (id.clone(), *at)).collect();
+        let done = order.iter().map(|(at, hash)| (*hash, *at)).collect();
         let file = open_journal(&path, false)?;
         let size = file.metadata()?.len();
         let state = State { file, pending, done, order: order.into(), size, compacted_size: size, torn: false };
@@ -177,7 +204,7 @@ impl Inbox {
         let mut lines = Vec::new();
         for msg in msgs {
             let id = self.entry_id(&msg);
-            let seen = state.pending.contains_key(&id) || state.done.contains_key(id.as_str());
+            let seen = state.pending.contains_key(&id) || state.done.contains_key(&id_hash(&id));
             if seen || fresh.iter().any(|a| a.id == id) {
                 continue;
             }
@@ -204,13 +231,14 @@ impl Inbox {
         if state.pending.remove(id).is_none() {
             return;
         }
+        shrink_pending(&mut state.pending);
         let at = (self.clock)();
-        let shared: Arc<str> = Arc::from(id);
-        state.done.insert(shared.clone(), at);
-        state.order.push_back((at, shared));
+        let hash = id_hash(id);
+        state.done.insert(hash, at);
+        state.order.push_back((at, hash));
         forget_before(&mut state, at - self.keep_secs);
         let mut line = Vec::new();
-        push_line(&mut line, &Record::Done { id: id.to_string(), at });
+        push_line(&mut line, &answered(hash, at));
         if let Err(e) = append(&mut state, &line, false) {
             log::warn!("inbox: cannot record {id} as done: {e}; it may be answered again after a restart");
         }
@@ -259,12 +287,12 @@ impl Inbox {
     fn compact_into(&self, tmp: &Path) -> io::Result<()> {
         // Step 1. Under the lock only long enough to note the journal's length and take
         // what memory says the file up to there amounts to: the pending messages (few:
-        // those with a turn running or queued) and the done ids, shared, not copied.
+        // those with a turn running or queued) and the done ids (16 bytes each).
         let (covered, pending, done) = {
             let state = self.state.lock();
             let pending: Vec<(String, f64, Inbound)> =
                 state.pending.iter().map(|(id, (at, msg))| (id.clone(), *at, msg.clone())).collect();
-            let done: Vec<(f64, Arc<str>)> = state.order.iter().cloned().collect();
+            let done: Vec<(f64, u64)> = state.order.iter().copied().collect();
             (state.file.metadata()?.len(), pending, done)
         };
         // Without the lock: write them.
@@ -296,21 +324,24 @@ impl Inbox {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fsutil::sync_dir(dir)?;
         drop(state);
-        release_freed_memory();
+        // The ids in the window are allocated and freed continually, and how many there
+        // are follows the message rate: without this, the RSS would ratchet up with every
+        // new peak instead of following what is held.
+        crate::memory::release_freed();
         Ok(())
     }
 }
 
-/// Hand the memory freed since the last compaction back to the system. The ids in the
-/// window are allocated and freed continually, and how many there are follows the message
-/// rate; without this, glibc keeps the pages of the busiest window ever seen, so the RSS
-/// ratchets up with every new peak instead of following what is held. Costs a walk over
-/// the allocator's free lists, once per compaction.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free pages to the kernel; it is thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
+/// The journal record of done id `hash`.
+fn answered(hash: u64, at: f64) -> Record {
+    Record::Answered { hash: format!("{hash:016x}"), at }
+}
+
+/// After a burst, give back the room the pending messages needed: the table holds each
+/// message in place (a couple of hundred bytes a slot) and never shrinks by itself.
+fn shrink_pending(pending: &mut Pending) {
+    if pending.capacity() > 4 * pending.len() + 64 {
+        pending.shrink_to(2 * pending.len());
     }
 }
 
@@ -338,7 +369,7 @@ fn forget_before(state: &mut State, cutoff: f64) {
 fn write_kept(
     file: &File,
     mut pending: Vec<(String, f64, Inbound)>,
-    done: &[(f64, Arc<str>)],
+    done: &[(f64, u64)],
     cutoff: f64,
 ) -> io::Result<u64> {
     pending.sort_by(|a, b| a.1.total_cmp(&b.1));
@@ -346,8 +377,7 @@ fn write_kept(
     let mut line = Vec::new();
     let mut written = 0;
     let records = pending.into_iter().map(|(id, at, msg)| Record::Accept { id, at, msg });
-    let dones =
-        done.iter().filter(|(at, _)| *at >= cutoff).map(|(at, id)| Record::Done { id: id.to_string(), at: *at });
+    let dones = done.iter().filter(|(at, _)| *at >= cutoff).map(|(at, hash)| answered(*hash, *at));
     for record in records.chain(dones) {
         line.clear();
         push_line(&mut line, &record);
@@ -394,10 +424,13 @@ fn open_journal(path: &Path, new: bool) -> io::Result<File> {
 
 type Pending = HashMap<String, (f64, Inbound)>;
 
-/// Replay the journal. Unreadable lines (a torn last line, damage) are skipped with a
-/// warning; a missing journal is an empty one.
-fn read_journal(path: &Path) -> io::Result<(Pending, HashMap<String, f64>)> {
-    let (mut pending, mut done) = (HashMap::new(), HashMap::new());
+/// Replay the journal: the pending messages, and the done ids ([`id_hash`]) with when.
+/// Unreadable lines (a torn last line, damage) are skipped with a warning; a missing
+/// journal is an empty one.
+fn read_journal(path: &Path) -> io::Result<(Pending, HashMap<u64, f64>)> {
+    let (mut pending, mut done): (Pending, HashMap<u64, f64>) = (HashMap::new(), HashMap::new());
+    // The pending ids by hash, for the `answered` records that name them so.
+    let mut pending_ids: HashMap<u64, String> = HashMap::new();
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((pending, done)),
@@ -413,13 +446,26 @@ fn read_journal(path: &Path) -> io::Result<(Pending, HashMap<String, f64>)> {
             // Lines are in the order written: an accept after a done is the same id
             // accepted again once the window had forgotten it.
             Ok(Record::Accept { id, at, msg }) => {
-                done.remove(&id);
+                let hash = id_hash(&id);
+                done.remove(&hash);
+                pending_ids.insert(hash, id.clone());
                 pending.insert(id, (at, msg));
             }
             Ok(Record::Done { id, at }) => {
+                let hash = id_hash(&id);
+                pending_ids.remove(&hash);
                 pending.remove(&id);
-                done.insert(id, at);
+                done.insert(hash, at);
             }
+            Ok(Record::Answered { hash, at }) => match u64::from_str_radix(&hash, 16) {
+                Ok(hash) => {
+                    if let Some(id) = pending_ids.remove(&hash) {
+                        pending.remove(&id);
+                    }
+                    done.insert(hash, at);
+                }
+                Err(_) => skipped += 1,
+            },
             Err(_) => skipped += 1,
         }
     }
@@ -433,6 +479,7 @@ fn read_journal(path: &Path) -> io::Result<(Pending, HashMap<String, f64>)> {
 mod tests {
     use super::*;
     use crate::message::Source;
+    use std::sync::Arc;
 
     fn msg(id: Option<&str>, text: &str) -> Inbound {
         msg_in("1", id, text)
@@ -457,6 +504,10 @@ mod tests {
     impl Inbox {
         fn done_capacity(&self) -> usize {
             self.state.lock().done.capacity()
+        }
+
+        fn pending_capacity(&self) -> usize {
+            self.state.lock().pending.capacity()
         }
 
         /// Done ids held in memory: in the map, and in the order queue.
@@ -620,6 +671,54 @@ mod tests {
             inbox.complete(&a.id);
         }
         assert!(inbox.done_capacity() < 2048, "{} slots kept for {:?} ids", inbox.done_capacity(), inbox.done_counts());
+        assert!(inbox.pending_capacity() < 256, "{} slots kept for no pending message", inbox.pending_capacity());
+    }
+
+    /// A journal written before done ids were hashed keeps them in full (`done` records):
+    /// after an upgrade in place, its replays are still recognised, its pending messages
+    /// still pending, and the compacted journal keeps only hashes.
+    #[test]
+    fn a_journal_with_done_ids_in_full_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("inbox")).unwrap();
+        let accept = |id: &str, text: &str| {
+            let msg = serde_json::to_string(&msg_in("1", Some(id), text)).unwrap();
+            format!("{{\"accept\":{{\"id\":\"tg--1--m{id}\",\"at\":{},\"msg\":{msg}}}}}\n", unix_now())
+        };
+        let done = |id: &str| format!("{{\"done\":{{\"id\":\"tg--1--m{id}\",\"at\":{}}}}}\n", unix_now());
+        let old = [accept("1", "one"), accept("2", "two"), done("1"), done("9")].concat();
+        fs::write(dir.path().join("inbox/journal"), old).unwrap();
+        let inbox = Inbox::open(dir.path()).unwrap();
+        assert_eq!(texts(&inbox), ["two"], "pending stays pending");
+        assert_eq!(inbox.accept(msg(Some("1"), "one")).unwrap(), None, "a replay of a done message");
+        assert_eq!(inbox.accept(msg(Some("9"), "nine")).unwrap(), None, "a done id without its accept line");
+        assert!(inbox.accept(msg(Some("3"), "three")).unwrap().is_some());
+        let journal = fs::read_to_string(dir.path().join("inbox/journal")).unwrap();
+        assert!(!journal.contains("\"done\""), "compacted at the start into hashes: {journal}");
+        assert!(journal.contains(&format!("{:016x}", id_hash("tg--1--m9"))), "{journal}");
+        // And the new format reads back the same after a restart.
+        drop(inbox);
+        let again = Inbox::open(dir.path()).unwrap();
+        assert_eq!(texts(&again), ["two", "three"]);
+        assert_eq!(again.accept(msg(Some("1"), "one")).unwrap(), None);
+        assert_eq!(again.accept(msg(Some("9"), "nine")).unwrap(), None);
+    }
+
+    #[test]
+    fn an_answered_record_completes_its_message_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = Inbox::open(dir.path()).unwrap();
+        let a = inbox.accept(msg(Some("5"), "five")).unwrap().unwrap();
+        inbox.accept(msg(Some("6"), "six")).unwrap().unwrap();
+        inbox.complete(&a.id);
+        let journal = fs::read_to_string(dir.path().join("inbox/journal")).unwrap();
+        let line = journal.lines().last().unwrap();
+        assert!(line.starts_with("{\"answered\":{\"hash\":\""), "{line}");
+        assert!(!journal.contains("\"done\""), "{journal}");
+        drop(inbox);
+        let again = Inbox::open(dir.path()).unwrap();
+        assert_eq!(texts(&again), ["six"]);
+        assert_eq!(again.accept(msg(Some("5"), "five")).unwrap(), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod inbox;
 pub mod lock;
 pub mod log;
+pub mod memory;
 pub mod message;
 pub mod net;
 pub mod platforms;

@@ -239,20 +239,9 @@ fn delivery_report(config: &Config) -> String {
     out
 }
 
-/// glibc gives every thread that allocates an arena of its own and keeps freed memory in
-/// each; with a dozen threads that doubled the resident memory of a gateway holding
-/// 10,000 sessions. Two arenas are plenty for threads that mostly wait.
-fn limit_malloc_arenas() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 /// `switchboard run`
 fn run(config: Config) -> i32 {
-    limit_malloc_arenas();
+    switchboard::memory::configure();
     // Read before any thread exists: the local offset cannot be read safely later.
     let utc_offset = time::UtcOffset::current_local_offset().map_or(0, |o| o.whole_seconds());
     let state_dir = &config.gateway.state_dir;

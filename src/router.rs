@@ -119,7 +119,7 @@ impl Router {
         let (done_tx, done_rx) = unbounded::<Done>();
         let pool = Pool::new(services.clone(), done_tx, turn_idle());
         let router = Router { inbound, open: open.clone() };
-        let mut dispatcher = Dispatcher { services, open, slots: HashMap::new(), pool, turns: 0 };
+        let mut dispatcher = Dispatcher { services, open, slots: HashMap::new(), pool, turns: 0, since_release: 0 };
         let inbound = router.inbound.clone();
         // The table of running turns cannot be rebuilt after a panic: the gateway exits 1
         // and the inbox journal answers the accepted messages after the restart.
@@ -267,7 +267,13 @@ struct Dispatcher {
     slots: HashMap<String, Slot>,
     pool: Pool,
     turns: u64,
+    /// Turns finished since freed memory was last handed back ([`RELEASE_AFTER`]).
+    since_release: u64,
 }
+
+/// After this many turns, the router hands freed memory back to the system when it has
+/// nothing left to do: a burst's backlog is freed then, and would otherwise stay resident.
+const RELEASE_AFTER: u64 = 1000;
 
 impl Dispatcher {
     fn run(&mut self, replay: Vec<Accepted>, inbound: &Receiver<Accepted>, done: &Receiver<Done>) {
@@ -354,6 +360,11 @@ impl Dispatcher {
     /// A turn ended: its message is finished; the next one of the session may start.
     fn finished(&mut self, done: Done) {
         self.open.finish();
+        self.since_release += 1;
+        if self.since_release >= RELEASE_AFTER && *self.open.open.lock() == 0 {
+            self.since_release = 0;
+            crate::memory::release_freed();
+        }
         let Some(slot) = self.slots.get_mut(&done.key) else { return };
         if slot.running.as_ref().is_some_and(|r| r.turn == done.turn) {
             slot.running = None;
@@ -362,6 +373,10 @@ impl Dispatcher {
             Some(next) => self.start(done.key, next),
             None => {
                 self.slots.remove(&done.key);
+                // After a burst over thousands of chats, give back the table's room.
+                if self.slots.capacity() > 4 * self.slots.len() + 1024 {
+                    self.slots.shrink_to(2 * self.slots.len());
+                }
             }
         }
     }

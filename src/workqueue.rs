@@ -87,6 +87,11 @@ impl<W> WorkQueue<W> {
         let mut s = self.state.lock();
         loop {
             if let Some(work) = s.queue.pop_front() {
+                // A backlog of thousands (a bot back from an outage) grows the queue;
+                // give the room back once it is drained, rather than keep it for good.
+                if s.queue.is_empty() && s.queue.capacity() > 1024 {
+                    s.queue.shrink_to_fit();
+                }
                 return Some(work);
             }
             s.waiting += 1;

@@ -150,17 +150,18 @@ fn parked(state_dir: &Path) -> Parked {
 }
 
 /// The accepted messages of the inbox journal (`inbox/journal`, one
-/// `{"accept": {"id", "msg"}}` or `{"done": {"id"}}` per line) that are not done yet.
+/// `{"accept": {"id", "msg"}}` or `{"answered": {"hash"}}` per line, the hash being
+/// `switchboard::inbox::id_hash` of the id in hex) that are not done yet.
 fn pending_inbound(state_dir: &Path) -> Vec<Value> {
     let bytes = fs::read(state_dir.join("inbox/journal")).unwrap_or_default();
     let mut pending: HashMap<String, Value> = HashMap::new();
     // A torn last line (the kill struck mid-write) is no record: skipped, as the gateway does.
     for record in bytes.split(|&b| b == b'\n').filter_map(|l| serde_json::from_slice::<Value>(l).ok()) {
-        let id = |r: &Value| r["id"].as_str().unwrap_or_default().to_string();
         if let Some(accept) = record.get("accept") {
-            pending.insert(id(accept), accept["msg"].clone());
-        } else if let Some(done) = record.get("done") {
-            pending.remove(&id(done));
+            let id = accept["id"].as_str().unwrap_or_default();
+            pending.insert(format!("{:016x}", switchboard::inbox::id_hash(id)), accept["msg"].clone());
+        } else if let Some(answered) = record.get("answered") {
+            pending.remove(answered["hash"].as_str().unwrap_or_default());
         }
     }
     pending.into_values().collect()

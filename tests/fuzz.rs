@@ -1333,6 +1333,10 @@ fn pending_in_prefix(journal: &[u8]) -> BTreeSet<String> {
         if let Some(id) = v.pointer("/accept/id").and_then(Value::as_str) {
             pending.insert(id.to_string());
         }
+        if let Some(hash) = v.pointer("/answered/hash").and_then(Value::as_str) {
+            pending.retain(|id| format!("{:016x}", switchboard::inbox::id_hash(id)) != hash);
+        }
+        // Journals written before answered ids were hashed.
         if let Some(id) = v.pointer("/done/id").and_then(Value::as_str) {
             pending.remove(id);
         }

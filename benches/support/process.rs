@@ -76,12 +76,23 @@ impl Gateway {
 
     /// [`Gateway::start`] with `gateway_keys` (lines) added to the `[gateway]` table.
     pub fn start_with(gateway_keys: &str, config: &str) -> Gateway {
-        Gateway::start_under(&[], gateway_keys, config)
+        Gateway::start_binary_under(&[], &binary(), gateway_keys, config)
     }
 
     /// [`Gateway::start_with`], run by `wrapper` (a program and its arguments, before the
     /// gateway's command line; none: run directly), such as `strace -o FILE`.
     pub fn start_under(wrapper: &[String], gateway_keys: &str, config: &str) -> Gateway {
+        Gateway::start_binary_under(wrapper, &binary(), gateway_keys, config)
+    }
+
+    /// [`Gateway::start_with`] running `binary` instead of the pinned release binary (the
+    /// static build, for the footprint comparison).
+    pub fn start_binary(binary: &Path, gateway_keys: &str, config: &str) -> Gateway {
+        Gateway::start_binary_under(&[], binary, gateway_keys, config)
+    }
+
+    /// `binary` run by `wrapper` (see [`Gateway::start_under`]).
+    fn start_binary_under(wrapper: &[String], binary: &Path, gateway_keys: &str, config: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let state_dir = dir.path().join("state");
         let text = format!("[gateway]\nstate_dir = \"{}\"\n{gateway_keys}{config}", state_dir.display());
@@ -90,10 +101,10 @@ impl Gateway {
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
-                command.args(args).arg(binary());
+                command.args(args).arg(binary);
                 command
             }
-            None => Command::new(binary()),
+            None => Command::new(binary),
         };
         command
             .args(["--config", "gateway.toml", "run"])

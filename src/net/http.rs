@@ -37,6 +37,12 @@ use super::resolve::Resolver;
 /// only stops a broken server from filling the memory of a 256 MB box.
 pub const MAX_BODY: u64 = 8 * 1024 * 1024;
 
+/// Each way's buffer of one connection (ureq's default is 128 KiB, zero-filled, so resident:
+/// a quarter of a megabyte per open connection, a long poll's included). It must hold a
+/// response's headers (the Bot API's are under 1 KiB; a larger head fails as a broken
+/// exchange) and a request's; bodies stream through it in pieces.
+const CONNECTION_BUFFER: usize = 16 * 1024;
+
 /// Build an agent whose every call is bounded.
 ///
 /// `connect` bounds DNS resolution and TCP+TLS setup; `request` bounds a whole call,
@@ -64,6 +70,8 @@ pub fn agent(connect: Duration, request: Duration) -> Agent {
         // TCP and TLS handshake over the internet. Idle ones close after ureq's 15 s.
         .max_idle_connections(MAX_IDLE_PER_HOST)
         .max_idle_connections_per_host(MAX_IDLE_PER_HOST)
+        .input_buffer_size(CONNECTION_BUFFER)
+        .output_buffer_size(CONNECTION_BUFFER)
         .build();
     Agent::with_parts(config, DefaultConnector::default(), Resolver)
 }

@@ -146,17 +146,9 @@ fn bucket(key: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Source;
 
     fn record(id: &str, tokens: u64) -> Record {
-        Record {
-            session_id: id.into(),
-            created_at: 1.0,
-            updated_at: 2.0,
-            origin: Source::dm("tg", "1"),
-            input_tokens: tokens,
-            output_tokens: 0,
-        }
+        Record { session_id: id.into(), created_at: 1.0, updated_at: 2.0, input_tokens: tokens, output_tokens: 0 }
     }
 
     #[test]

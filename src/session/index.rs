@@ -14,15 +14,20 @@ what is written is proportional to what changed, not to how many sessions there 
 Loading reads the snapshot, then applies the journal; a compaction writes a new snapshot
 and drops the journal lines it covers.
 
+Entries hold what a turn needs (the session id, times, token counts). Files written before
+issue 8 also hold each entry's `origin` (the source of its latest message); it is ignored
+when read, and gone after the next snapshot: nothing routes by it (an `origin` delivery
+goes to the chat of the turn at hand, and the key names the conversation).
+
 Replay rule: for each key, only the journal's last line counts. With another session id
 than the snapshot's (or no snapshot entry) it replaces the entry: it is a newer mapping.
 With the same id, token counts and activity time are the larger of the two: both only
 grow within a session, so a line the snapshot already covers never rolls them back.
 */
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,19 +36,19 @@ use serde::{Deserialize, Serialize};
 
 use super::SessionEntry;
 use super::transcript;
-use crate::fsutil;
-use crate::message::Source;
+use crate::fsutil::{self, Replacement};
 
 pub(super) const SNAPSHOT: &str = "index.json";
 pub(super) const JOURNAL: &str = "index.journal";
 
-/// One key's current session, as stored (the key is the map key).
+/// One key's current session, as stored (the key is the map key): only what a turn
+/// needs, for memory holds one per active conversation. Unknown fields (the `origin` of
+/// older files) are ignored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(super) struct Record {
-    pub(super) session_id: String,
+    pub(super) session_id: Box<str>,
     pub(super) created_at: f64,
     pub(super) updated_at: f64,
-    pub(super) origin: Source,
     #[serde(default)]
     pub(super) input_tokens: u64,
     #[serde(default)]
@@ -54,10 +59,9 @@ impl Record {
     pub(super) fn to_entry(&self, key: &str) -> SessionEntry {
         SessionEntry {
             key: key.to_string(),
-            session_id: self.session_id.clone(),
+            session_id: self.session_id.to_string(),
             created_at: self.created_at,
             updated_at: self.updated_at,
-            origin: self.origin.clone(),
             input_tokens: self.input_tokens,
             output_tokens: self.output_tokens,
         }
@@ -95,9 +99,11 @@ pub(super) struct Loaded {
 /// a human to look at. Transcripts are untouched either way.
 pub(super) fn load(dir: &Path, unix_now: u64) -> io::Result<Loaded> {
     let path = dir.join(SNAPSHOT);
-    let (mut entries, corrupt) = match fs::read(&path) {
-        Ok(bytes) => match serde_json::from_slice::<Entries>(&bytes) {
+    // Read through a buffer rather than whole: the snapshot can be megabytes.
+    let (mut entries, corrupt) = match File::open(&path) {
+        Ok(file) => match serde_json::from_reader::<_, Entries>(BufReader::new(file)) {
             Ok(entries) => (entries, None),
+            Err(e) if e.is_io() => return Err(e.into()),
             Err(e) => (Entries::new(), Some((set_aside(&path, unix_now)?, e.to_string()))),
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => (Entries::new(), None),
@@ -129,15 +135,19 @@ fn set_aside(path: &Path, unix_now: u64) -> io::Result<PathBuf> {
 
 /// Apply the journal at `path` to `entries` (see the module doc for the rule).
 fn replay(path: &Path, entries: &mut Entries) -> io::Result<usize> {
-    let text = match fs::read(path) {
-        Ok(bytes) => bytes,
+    let file = match File::open(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
     let mut last: HashMap<String, Record> = HashMap::new();
     let mut skipped = 0;
-    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        match parse_line(line) {
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        match parse_line(&line) {
             Some((key, entry)) => {
                 last.insert(key, entry);
             }
@@ -171,10 +181,7 @@ pub(super) fn merge(current: &mut Record, newer: &Record) -> bool {
     let before = current.clone();
     current.input_tokens = current.input_tokens.max(newer.input_tokens);
     current.output_tokens = current.output_tokens.max(newer.output_tokens);
-    if newer.updated_at > current.updated_at {
-        current.updated_at = newer.updated_at;
-        current.origin = newer.origin.clone();
-    }
+    current.updated_at = current.updated_at.max(newer.updated_at);
     *current != before
 }
 
@@ -192,15 +199,47 @@ pub(super) fn parse_line(line: &[u8]) -> Option<(String, Record)> {
     transcript::valid_id(&l.entry.session_id).then_some((l.key, l.entry))
 }
 
-/// `entries` as the bytes of `index.json`, keys sorted so that the file diffs well.
-pub(super) fn encode(entries: &Entries) -> io::Result<Vec<u8>> {
-    let sorted: BTreeMap<&String, &Record> = entries.iter().collect();
-    Ok(serde_json::to_vec(&sorted)?)
+/// Start replacing `index.json` in `dir` with `entries`, keys sorted so that the file
+/// diffs well: streamed to a temporary file, not built in memory (at 10,000 sessions
+/// the file is a megabyte). Returns the replacement, for the caller to commit (sync and
+/// rename) after releasing its lock, and the snapshot's size.
+pub(super) fn write_snapshot(dir: &Path, entries: &Entries) -> io::Result<(Replacement, u64)> {
+    let mut sorted: Vec<(&String, &Record)> = entries.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut replacement = Replacement::create(&dir.join(SNAPSHOT))?;
+    let mut out = Counted { inner: BufWriter::new(replacement.file()), bytes: 0 };
+    out.write_all(b"{")?;
+    for (n, (key, record)) in sorted.into_iter().enumerate() {
+        if n > 0 {
+            out.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut out, key)?;
+        out.write_all(b":")?;
+        serde_json::to_writer(&mut out, record)?;
+    }
+    out.write_all(b"}")?;
+    out.flush()?;
+    let bytes = out.bytes;
+    drop(out);
+    Ok((replacement, bytes))
 }
 
-/// Replace `index.json` in `dir` with `bytes`, atomically.
-pub(super) fn write_snapshot(dir: &Path, bytes: &[u8]) -> io::Result<()> {
-    fsutil::write_atomic(&dir.join(SNAPSHOT), bytes)
+/// A writer that counts the bytes through it.
+struct Counted<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The append side of `index.journal`.
@@ -267,15 +306,11 @@ mod tests {
     use super::*;
 
     fn record(id: &str, tokens: u64) -> Record {
-        let origin = Source::dm("tg", "1");
-        Record {
-            session_id: id.into(),
-            created_at: 1.0,
-            updated_at: 2.0,
-            origin,
-            input_tokens: tokens,
-            output_tokens: 0,
-        }
+        Record { session_id: id.into(), created_at: 1.0, updated_at: 2.0, input_tokens: tokens, output_tokens: 0 }
+    }
+
+    fn snapshot_of(dir: &Path, entries: &Entries) {
+        write_snapshot(dir, entries).unwrap().0.commit(true).unwrap();
     }
 
     #[test]
@@ -289,7 +324,7 @@ mod tests {
         journal.append(&line("n", &record("c", 0)).unwrap()).unwrap();
         journal.append(&line("m", &record("e", 0)).unwrap()).unwrap();
         let snapshot: Entries = [("k".to_string(), record("b", 7)), ("m".to_string(), record("d", 3))].into();
-        write_snapshot(dir.path(), &encode(&snapshot).unwrap()).unwrap();
+        snapshot_of(dir.path(), &snapshot);
         let loaded = load(dir.path(), 0).unwrap();
         assert_eq!(loaded.replayed, 2);
         assert_eq!(loaded.entries["k"], record("b", 7), "a covered line never rolls back tokens");
@@ -301,7 +336,8 @@ mod tests {
     fn a_corrupt_snapshot_is_set_aside_and_the_journal_still_applies() {
         let dir = tempfile::tempdir().unwrap();
         let snapshot: Entries = [("k".to_string(), record("b", 7))].into();
-        let bytes = encode(&snapshot).unwrap();
+        snapshot_of(dir.path(), &snapshot);
+        let bytes = fs::read(dir.path().join(SNAPSHOT)).unwrap();
         let torn = &bytes[..bytes.len() / 2];
         fs::write(dir.path().join(SNAPSHOT), torn).unwrap();
         Journal::open(dir.path()).unwrap().append(&line("n", &record("c", 0)).unwrap()).unwrap();
@@ -324,7 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let snapshot: Entries =
             [("k".to_string(), record("../../etc/x", 0)), ("j".to_string(), record("ok", 0))].into();
-        write_snapshot(dir.path(), &encode(&snapshot).unwrap()).unwrap();
+        snapshot_of(dir.path(), &snapshot);
         let loaded = load(dir.path(), 0).unwrap();
         assert_eq!(loaded.entries.keys().collect::<Vec<_>>(), ["j"]);
     }
@@ -357,7 +393,7 @@ mod tests {
         journal.append(&line("k", &record("b", 3)).unwrap()).unwrap();
         journal.append(&line("j", &newer).unwrap()).unwrap();
         let snapshot: Entries = [("k".to_string(), newer.clone()), ("j".to_string(), record("b", 3))].into();
-        write_snapshot(dir.path(), &encode(&snapshot).unwrap()).unwrap();
+        snapshot_of(dir.path(), &snapshot);
         let loaded = load(dir.path(), 0).unwrap();
         assert_eq!(loaded.entries["k"], newer, "the snapshot's later counts stay");
         assert_eq!(loaded.entries["j"], newer, "the journal's later counts apply");

@@ -98,8 +98,6 @@ pub struct SessionEntry {
     pub created_at: f64,
     /// Unix seconds of the last activity (a turn begun or messages appended).
     pub updated_at: f64,
-    /// The source of the latest message: where an `origin` delivery goes.
-    pub origin: Source,
     pub input_tokens: u64,
     pub output_tokens: u64,
 }
@@ -164,10 +162,10 @@ impl SessionStore {
         // Fold the journal into a fresh snapshot now, so it starts empty and small, and so
         // `index.json` exists (again, after a corrupt one was set aside).
         let snapshot_len = if loaded.corrupt.is_some() || journal.len() > 0 || !snapshot.exists() {
-            let bytes = index::encode(&loaded.entries)?;
-            index::write_snapshot(&dir, &bytes)?;
+            let (replacement, len) = index::write_snapshot(&dir, &loaded.entries)?;
+            replacement.commit(true)?;
             journal.drop_covered(&dir, journal.len())?;
-            bytes.len() as u64
+            len
         } else {
             std::fs::metadata(&snapshot)?.len()
         };
@@ -205,21 +203,21 @@ impl SessionStore {
             None => None,
             Some(record) => match policy::expiry(&self.config, self.utc_offset_secs, record.updated_at, t) {
                 None => {
-                    touch(record, source, t);
+                    record.updated_at = record.updated_at.max(t);
                     let entry = record.to_entry(&key);
                     state.dirty.insert(key);
                     drop(guard);
                     self.maybe_write(now);
                     return Ok(Begin { entry, notice: None });
                 }
-                Some(why) => Some((why, record.session_id.clone())),
+                Some(why) => Some((why, record.session_id.to_string())),
             },
         };
         let notice = match &expired {
             Some((why, old)) if transcript::has_messages(&self.dir, old) => Some(policy::notice(*why, &self.config)),
             _ => None,
         };
-        let entry = self.create(state, key, source, t)?;
+        let entry = self.create(state, key, t)?;
         let journal = state.journal.handle();
         drop(guard);
         if let Some((why, old)) = expired {
@@ -236,7 +234,7 @@ impl SessionStore {
         let key = session_key(source, self.config.group_sessions_per_user);
         let (entry, journal) = {
             let mut state = self.state.lock();
-            let entry = self.create(&mut state, key, source, unix_secs(now))?;
+            let entry = self.create(&mut state, key, unix_secs(now))?;
             (entry, state.journal.handle())
         };
         log::info!("sessions: {} reset by request; now {}", entry.key, entry.session_id);
@@ -266,7 +264,7 @@ impl SessionStore {
             let mut state = self.state.lock();
             // A turn longer than the idle time may find its entry archived meanwhile.
             unarchive(&mut state, key)?;
-            state.entries.get(key).map(|r| r.session_id.clone())
+            state.entries.get(key).map(|r| r.session_id.to_string())
         };
         let Some(session_id) = session_id else {
             let message = format!("no session for {key}");
@@ -281,7 +279,7 @@ impl SessionStore {
         let mut state = self.state.lock();
         // A `/new` between the two locks moved the key on: the turn belonged to the old
         // session, whose transcript got the messages, and whose counts no longer matter.
-        if let Some(record) = state.entries.get_mut(key).filter(|r| r.session_id == session_id) {
+        if let Some(record) = state.entries.get_mut(key).filter(|r| *r.session_id == *session_id) {
             record.input_tokens = record.input_tokens.saturating_add(input_tokens);
             record.output_tokens = record.output_tokens.saturating_add(output_tokens);
             record.updated_at = record.updated_at.max(t);
@@ -382,36 +380,30 @@ impl SessionStore {
         log::debug!("sessions: archived {} quiet sessions; {} in memory", quiet.len(), state.entries.len());
     }
 
-    /// Take a snapshot of the entries in memory under the state lock, sync the archive
-    /// buckets holding entries that left memory, write the snapshot, then drop the
+    /// Write a snapshot of the entries in memory to a temporary file under the state
+    /// lock (streamed: page-cache writes, no sync), then without it sync the archive
+    /// buckets holding entries that left memory, commit the snapshot, and drop the
     /// journal lines it covers. The caller holds `writer`.
     fn compact(&self) -> io::Result<()> {
-        let (bytes, covered, buckets) = {
+        let (replacement, len, covered, buckets) = {
             let mut state = self.state.lock();
-            let bytes = index::encode(&state.entries)?;
-            (bytes, state.journal.len(), state.archive.take_unsynced())
+            let (replacement, len) = index::write_snapshot(&self.dir, &state.entries)?;
+            (replacement, len, state.journal.len(), state.archive.take_unsynced())
         };
         if let Err(e) = Archive::sync(&self.dir, &buckets) {
             self.state.lock().archive.restore_unsynced(buckets);
             return Err(e);
         }
-        index::write_snapshot(&self.dir, &bytes)?;
+        replacement.commit(true)?;
         let mut state = self.state.lock();
-        state.snapshot_len = bytes.len() as u64;
+        state.snapshot_len = len;
         state.journal.drop_covered(&self.dir, covered)
     }
 
     /// A new session for `key`, journaled (not yet synced) and made current.
-    fn create(&self, state: &mut State, key: String, source: &Source, t: f64) -> io::Result<SessionEntry> {
-        let session_id = self.new_session_id(&state.entries, t)?;
-        let record = Record {
-            session_id,
-            created_at: t,
-            updated_at: t,
-            origin: source.clone(),
-            input_tokens: 0,
-            output_tokens: 0,
-        };
+    fn create(&self, state: &mut State, key: String, t: f64) -> io::Result<SessionEntry> {
+        let session_id = self.new_session_id(&state.entries, t)?.into_boxed_str();
+        let record = Record { session_id, created_at: t, updated_at: t, input_tokens: 0, output_tokens: 0 };
         // Journal first: if that fails, the key keeps its old session and the caller
         // reports the error, rather than running a turn in a session nothing records.
         state.journal.append(&index::line(&key, &record)?)?;
@@ -429,7 +421,7 @@ impl SessionStore {
             let mut random = [0u8; 4];
             self.rng.fill(&mut random).map_err(|_| io::Error::other("the system random source failed"))?;
             let id = policy::session_id(t, self.utc_offset_secs, u32::from_be_bytes(random));
-            let taken = entries.values().any(|r| r.session_id == id) || transcript::path(&self.dir, &id)?.exists();
+            let taken = entries.values().any(|r| *r.session_id == *id) || transcript::path(&self.dir, &id)?.exists();
             if !taken {
                 return Ok(id);
             }
@@ -471,13 +463,4 @@ fn write_dirty(state: &mut State) -> io::Result<()> {
     state.journal.append(&lines)?;
     state.dirty.clear();
     Ok(())
-}
-
-/// Mark `record` active at `t`, and remember the latest source (a renamed chat, a user's
-/// new display name) so that `origin` deliveries use it.
-fn touch(record: &mut Record, source: &Source, t: f64) {
-    record.updated_at = record.updated_at.max(t);
-    if record.origin != *source {
-        record.origin = source.clone();
-    }
 }

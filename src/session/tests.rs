@@ -394,3 +394,55 @@ fn worker_threads_share_one_store() {
     assert_eq!(entry.input_tokens, 10);
     assert_eq!(store.history(&entry.session_id).unwrap().len(), 20);
 }
+
+/// Files written before issue 8 hold each entry's `origin` (snapshot, journal and
+/// archive lines alike): a gateway upgraded in place reads them, goes on in the same
+/// sessions, and its next snapshot no longer holds the origin.
+#[test]
+fn an_index_of_the_old_format_with_origins_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let sessions = dir.path().join("sessions");
+    fs::create_dir_all(sessions.join("archive")).unwrap();
+    let origin = r#""origin":{"platform":"tg","chat_id":"1","chat_type":"dm","chat_name":"Ann","user_id":"1","user_name":"ann","thread_id":null}"#;
+    let t = MIDNIGHT as f64 + 100.0;
+    let entry = |id: &str, tokens: u64| {
+        format!(
+            r#"{{"session_id":"{id}","created_at":{t},"updated_at":{t},{origin},"input_tokens":{tokens},"output_tokens":1}}"#
+        )
+    };
+    let snapshot = format!(
+        r#"{{"agent:main:tg:dm:1":{},"agent:main:tg:dm:2":{}}}"#,
+        entry("20240310_000140_0000aaaa", 5),
+        entry("20240310_000140_0000bbbb", 0)
+    );
+    fs::write(sessions.join("index.json"), snapshot).unwrap();
+    // The journal took a later turn of chat 1, and a session of chat 3.
+    let journal = format!(
+        "{{\"key\":\"agent:main:tg:dm:1\",\"entry\":{}}}\n{{\"key\":\"agent:main:tg:dm:3\",\"entry\":{}}}\n",
+        entry("20240310_000140_0000aaaa", 9),
+        entry("20240310_000140_0000cccc", 0)
+    );
+    fs::write(sessions.join("index.journal"), journal).unwrap();
+    // Chat 4 went quiet and was archived.
+    let archived = format!("{{\"key\":\"agent:main:tg:dm:4\",\"entry\":{}}}\n", entry("20240310_000140_0000dddd", 2));
+    let bucket = (0..64).map(|b| format!("{b:02x}.jsonl")).collect::<Vec<_>>();
+    for name in &bucket {
+        fs::write(sessions.join("archive").join(name), &archived).unwrap();
+    }
+
+    let store = open(dir.path(), SessionConfig { reset: ResetMode::None, ..SessionConfig::default() });
+    let one = store.begin_turn(&dm("1"), hours(1.0)).unwrap();
+    assert_eq!(one.entry.session_id, "20240310_000140_0000aaaa", "the same session goes on");
+    assert_eq!(one.entry.input_tokens, 9, "the journal's later counts apply");
+    assert!(one.notice.is_none());
+    assert_eq!(store.begin_turn(&dm("2"), hours(1.0)).unwrap().entry.session_id, "20240310_000140_0000bbbb");
+    assert_eq!(store.begin_turn(&dm("3"), hours(1.0)).unwrap().entry.session_id, "20240310_000140_0000cccc");
+    let four = store.get("agent:main:tg:dm:4").expect("the archived entry is read");
+    assert_eq!((four.session_id.as_str(), four.input_tokens), ("20240310_000140_0000dddd", 2));
+    store.flush().unwrap();
+    drop(store);
+    let text = fs::read_to_string(sessions.join("index.json")).unwrap();
+    assert!(!text.contains("origin"), "the new snapshot holds no origin: {text}");
+    assert_eq!(on_disk(dir.path()).len(), 3);
+    assert_eq!(stored(dir.path())["agent:main:tg:dm:1"].input_tokens, 9, "and reads back");
+}
