@@ -805,9 +805,10 @@ fn bench_soak(texts: &mut Texts) -> Soak {
             base_state = process::dir_usage(&gw.state_dir());
         }
         eprintln!(
-            "soak: {answered} answered, RSS {:.2} MB (anonymous {:.2} MB)",
+            "soak: {answered} answered, RSS {:.2} MB (anonymous {:.2} MB), {} threads",
             kb as f64 / 1024.0,
-            sample.rss_anon_kb as f64 / 1024.0
+            sample.rss_anon_kb as f64 / 1024.0,
+            sample.threads
         );
     }
     Soak { rss, io: (base_io, gw.io_bytes()), state: (base_state, process::dir_usage(&gw.state_dir())), seconds }

@@ -241,6 +241,7 @@ fn delivery_report(config: &Config) -> String {
 
 /// `switchboard run`
 fn run(config: Config) -> i32 {
+    switchboard::memory::exec_without_thread_caches();
     switchboard::memory::configure();
     // Read before any thread exists: the local offset cannot be read safely later.
     let utc_offset = time::UtcOffset::current_local_offset().map_or(0, |o| o.whole_seconds());
