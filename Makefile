@@ -42,8 +42,8 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 
-# Not part of `test`: about 6 minutes after the build, most of it the soak and the 60 s
-# idle window (BENCH_QUICK=1: 10 s). BENCH_ONLY=soak or BENCH_ONLY=footprint runs one part.
+# Not part of `test`: about 3 minutes after the builds, most of it real latency, the soak, the 60 s
+# idle window (BENCH_QUICK=1: 10 s). BENCH_ONLY=soak, load, real_latency or footprint runs one part.
 # The static build is measured too when `make static` can build it.
 # Prints a table and writes bench/results.json; see "Benchmarks" in README.md.
 bench:
