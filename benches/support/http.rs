@@ -11,12 +11,14 @@ with [`respond`]; handlers that must know when their answer left (the reconnect 
 take the time after `respond` returns.
 */
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::Instant;
+
+use super::http_wire::read_request;
 
 /// One request, read whole.
 pub struct Request {
@@ -92,71 +94,14 @@ fn serve_connection(stream: TcpStream, handler: &Handler) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
-    while let Some((request, close)) = read_request(&mut reader)? {
+    while let Some(wire) = read_request(&mut reader)? {
+        let request = Request { method: wire.method, path: wire.target, body: wire.body, at: Instant::now() };
         handler(&request, &mut writer)?;
-        if close {
+        if wire.close {
             return Ok(());
         }
     }
     Ok(())
-}
-
-/// The next request, and whether the client asked to close after it; `None` at a clean EOF.
-fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<(Request, bool)>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
-    let (mut length, mut chunked, mut close) = (0usize, false, false);
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        let Some((name, value)) = header.split_once(':') else { continue };
-        let value = value.trim();
-        match name.to_ascii_lowercase().as_str() {
-            "content-length" => length = value.parse().map_err(|_| invalid("bad Content-Length"))?,
-            "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-            "connection" => close = value.eq_ignore_ascii_case("close"),
-            _ => {}
-        }
-    }
-    let body = if chunked { read_chunked(reader)? } else { read_exact(reader, length)? };
-    Ok(Some((Request { method, path, body, at: Instant::now() }, close)))
-}
-
-fn read_exact(reader: &mut impl Read, n: usize) -> io::Result<Vec<u8>> {
-    let mut body = vec![0; n];
-    reader.read_exact(&mut body)?;
-    Ok(body)
-}
-
-fn read_chunked(reader: &mut BufReader<TcpStream>) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-            .map_err(|_| invalid("bad chunk size"))?;
-        body.extend(read_exact(reader, size)?);
-        line.clear();
-        reader.read_line(&mut line)?; // the CRLF after the chunk (or after the trailers)
-        if size == 0 {
-            return Ok(body);
-        }
-    }
-}
-
-fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
 /// Write a JSON answer with one `write` call.

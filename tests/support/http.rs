@@ -9,7 +9,7 @@ stuck, and the test fails for the fake's sake. Here every connection has its own
 from the moment it is accepted, so nothing waits for anything but the handler.
 
 The handler runs on the connection's thread and sees each [`Request`] whole (method,
-path, headers, body). It answers with [`Request::respond`], or takes the raw socket with
+path, headers, body; read by `http_wire`). It answers with [`Request::respond`], or takes the raw socket with
 [`Request::into_writer`] to write a stream or garbage itself. Requests on a connection
 are served in order, as HTTP/1.1 without pipelining does.
 
@@ -18,11 +18,13 @@ handler blocked writing, and a connection thread blocked reading, end at once.
 */
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
+
+use super::http_wire::{Wire, read_request};
 
 /// One request, read whole, with the connection to answer on.
 pub struct Request {
@@ -166,76 +168,13 @@ fn accept_loop(listener: &TcpListener, closing: &AtomicBool, open: &Open, name: 
 fn serve_connection(stream: TcpStream, handler: &Handler) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
-    while let Some((head, body, close)) = read_request(&mut reader)? {
-        let (method, url, headers) = head;
+    while let Some(wire) = read_request(&mut reader)? {
+        let close = wire.close;
+        let Wire { method, target: url, headers, body, .. } = wire;
         handler(Request { method, url, headers, body, stream: stream.try_clone()? });
         if close {
             break;
         }
     }
     Ok(())
-}
-
-type Head = (String, String, Vec<(String, String)>);
-
-/// The next request's head and body, and whether the client asked to close after it;
-/// `None` at a clean end of the stream.
-fn read_request(reader: &mut impl BufRead) -> io::Result<Option<(Head, Vec<u8>, bool)>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let url = parts.next().unwrap_or_default().to_string();
-    let mut headers = vec![];
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            headers.push((name.trim().to_string(), value.trim().to_string()));
-        }
-    }
-    let value = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
-    let close = value("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-    let body = if value("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        read_chunked(reader)?
-    } else {
-        let length = value("content-length").map_or(Ok(0), str::parse).map_err(|_| invalid("bad Content-Length"))?;
-        read_exact(reader, length)?
-    };
-    Ok(Some(((method, url, headers), body, close)))
-}
-
-fn read_exact(reader: &mut impl Read, n: usize) -> io::Result<Vec<u8>> {
-    let mut body = vec![0; n];
-    reader.read_exact(&mut body)?;
-    Ok(body)
-}
-
-fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-            .map_err(|_| invalid("bad chunk size"))?;
-        body.extend(read_exact(reader, size)?);
-        line.clear();
-        reader.read_line(&mut line)?; // the CRLF after the chunk (or after the trailers)
-        if size == 0 {
-            return Ok(body);
-        }
-    }
-}
-
-fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }

@@ -13,6 +13,7 @@ pub mod fake_telegram;
 pub mod fake_ws;
 pub mod gateway;
 pub mod http;
+pub mod http_wire;
 pub mod threads;
 pub mod watched;
 
