@@ -636,12 +636,20 @@ struct Paced {
     inner: Arc<dyn Outlet>,
 }
 
+impl Paced {
+    /// `request`, a message to `chat`, once the limiter admits it; counted from when it
+    /// is done.
+    fn paced<T>(&self, chat: &str, request: impl FnOnce() -> Result<T, SendError>) -> Result<T, SendError> {
+        let taken = self.outbox.admit(&self.name, chat)?;
+        let result = request();
+        self.outbox.sent(&self.name, chat, taken);
+        result
+    }
+}
+
 impl Outlet for Paced {
     fn send(&self, msg: &Outbound) -> Result<Option<String>, SendError> {
-        let taken = self.outbox.admit(&self.name, &msg.chat_id)?;
-        let result = self.inner.send(msg);
-        self.outbox.sent(&self.name, &msg.chat_id, taken);
-        result
+        self.paced(&msg.chat_id, || self.inner.send(msg))
     }
 
     fn can_edit(&self) -> bool {
@@ -649,10 +657,7 @@ impl Outlet for Paced {
     }
 
     fn edit(&self, chat_id: &str, message_id: &str, text: &str) -> Result<(), SendError> {
-        let taken = self.outbox.admit(&self.name, chat_id)?;
-        let result = self.inner.edit(chat_id, message_id, text);
-        self.outbox.sent(&self.name, chat_id, taken);
-        result
+        self.paced(chat_id, || self.inner.edit(chat_id, message_id, text))
     }
 
     fn typing(&self, chat_id: &str, thread_id: Option<&str>) {
