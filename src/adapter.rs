@@ -27,8 +27,9 @@ use std::mem;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, select};
 use parking_lot::Mutex;
@@ -183,6 +184,8 @@ pub struct Context {
     stop: Receiver<()>,
     /// What wakes the adapter's blocked I/O on a stop.
     on_stop: Arc<StopActions>,
+    /// When the adapter last showed it is alive, in milliseconds since the Unix epoch.
+    progress: Arc<AtomicU64>,
 }
 
 impl Context {
@@ -202,7 +205,21 @@ impl Context {
         let (signal, stop) = bounded(0);
         let on_stop = Arc::new(StopActions::default());
         let handle = Stop { signal: Some(signal), actions: on_stop.clone() };
-        (Context { name, generation, state_dir, inbound, inbox, stop, on_stop }, handle)
+        let progress = Arc::new(AtomicU64::new(0));
+        (Context { name, generation, state_dir, inbound, inbox, stop, on_stop, progress }, handle)
+    }
+
+    /// Record a sign of life: a completed long poll, a received frame, a heartbeat ACK.
+    /// What liveness checks read ([`Context::last_progress`]).
+    pub fn progress(&self) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        self.progress.store(u64::try_from(now).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// When [`Context::progress`] was last called, if ever.
+    pub fn last_progress(&self) -> Option<SystemTime> {
+        let millis = self.progress.load(Ordering::Relaxed);
+        (millis > 0).then(|| UNIX_EPOCH + Duration::from_millis(millis))
     }
 
     /// True once a stop has been requested.

@@ -18,6 +18,7 @@ pub mod directory;
 pub mod fsutil;
 pub mod gateway;
 pub mod inbox;
+pub mod kit;
 pub mod lock;
 pub mod log;
 pub mod memory;

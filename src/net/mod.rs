@@ -14,8 +14,10 @@ the wild were `retry_after = 18446744073709551615` and a `Retry-After` date in t
 1000000000000, each of which overflowed `Instant + Duration` and killed the thread.
 */
 
+pub mod api;
 pub mod http;
 pub mod resolve;
+pub mod retry;
 #[cfg(feature = "websocket")]
 pub mod ws;
 

@@ -40,11 +40,8 @@ update parsing) sit apart from the I/O driver and are unit-tested without socket
 
 use std::convert::Infallible;
 use std::fmt;
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -53,24 +50,16 @@ use serde_json::{Value, json};
 use crate::adapter::{Context, Fatal, Outlet, Platform, SendError, Stopped, TYPING_TIMEOUT};
 use crate::config::{PlatformSpec, Secret, Section};
 use crate::delivery::{Rate, SendLimits};
-use crate::fsutil;
+use crate::kit::{self, Cursor, Halt};
 use crate::message::{ChatType, Inbound, Outbound, Source};
-use crate::net::{self, http};
+use crate::net;
+use crate::net::api::{self, Api, ApiError, Method, Once};
+use crate::net::retry::{Retries, RetryPolicy, Service};
 use crate::text::{Limit, Unit};
 
 /// Telegram's message text limit: 4096 characters "after entities parsing", which
 /// Telegram counts in UTF-16 code units.
 pub const MESSAGE_LIMIT: Limit = Limit { max: 4096, unit: Unit::Utf16 };
-
-/// The wait after a 429 whose answer names none (Telegram always does; proxies may not).
-const FALLBACK_RETRY_AFTER: Duration = Duration::from_secs(5);
-
-const UNAUTHORIZED: &str = "telegram_unauthorized";
-const NETWORK_ERROR: &str = "telegram_network_error";
-const POLLING_CONFLICT: &str = "telegram_polling_conflict";
-const API_ERROR: &str = "telegram_api_error";
-const BAD_CONFIG: &str = "telegram_bad_config";
-const STATE_ERROR: &str = "telegram_state_error";
 
 // ---------------------------------------------------------------------------------------
 // Settings
@@ -217,41 +206,6 @@ impl PlatformSpec for TelegramSpec {
 // ---------------------------------------------------------------------------------------
 // Talking to the Bot API
 
-/// How one Bot API call failed, already free of the token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum ApiError {
-    /// The request never reached Telegram (DNS, connect, TLS), or Telegram answered 5xx.
-    Network(String),
-    /// The request went out (or may have) but no usable answer came back: a timeout
-    /// waiting for it, a connection broken after sending, a success we cannot read.
-    /// Whatever it asked for may or may not have happened.
-    Unconfirmed(String),
-    /// 429: wait this long before the next request.
-    RateLimited(Duration),
-    /// 401 or 404: the token is wrong or revoked.
-    Unauthorized(String),
-    /// 409: another consumer of this token (a poller, or a webhook).
-    Conflict(String),
-    /// Any other refusal, with its status (400 chat not found, 403 bot blocked).
-    Rejected(u16, String),
-    /// The request cannot be made as configured (a malformed `api_base`).
-    Config(String),
-}
-
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ApiError::Network(m) => write!(f, "network error: {m}"),
-            ApiError::Unconfirmed(m) => write!(f, "no answer: {m}"),
-            ApiError::RateLimited(d) => write!(f, "rate limited for {d:?}"),
-            ApiError::Unauthorized(m) => write!(f, "unauthorized: {m}"),
-            ApiError::Conflict(m) => write!(f, "conflict: {m}"),
-            ApiError::Rejected(code, m) => write!(f, "refused ({code}): {m}"),
-            ApiError::Config(m) => write!(f, "cannot make the request: {m}"),
-        }
-    }
-}
-
 /// The Bot API's answer envelope: `{"ok":true,"result":…}` or
 /// `{"ok":false,"error_code":…,"description":…,"parameters":{"retry_after":…}}`.
 ///
@@ -327,77 +281,39 @@ fn interpret<T: DeserializeOwned>(status: u16, body: &[u8], header_wait: Option<
         description.push_str(&format!(" (the group is now chat {id})"));
     }
     Err(match status {
-        429 => {
-            let body_wait = envelope.and_then(|e| e.retry_after);
-            ApiError::RateLimited(body_wait.or(header_wait).unwrap_or(FALLBACK_RETRY_AFTER))
-        }
-        401 | 404 => ApiError::Unauthorized(description),
-        409 => ApiError::Conflict(description),
-        s if http::is_transient_status(s) => ApiError::Network(format!("HTTP {s}: {description}")),
-        s => ApiError::Rejected(s, description),
+        // A wrong token is a 404 to the Bot API (no such bot), and 401 as usual.
+        404 => ApiError::Unauthorized(description),
+        s => api::status_error(s, description, envelope.and_then(|e| e.retry_after).or(header_wait)),
     })
 }
 
-/// A failed transport, described without the URL's token.
-fn transport_error(err: &ureq::Error, token: &str) -> ApiError {
-    let failure = http::classify(err);
-    let text = http::scrub(&format!("{}: {err}", failure.as_str()), token);
-    if !failure.is_transient() {
-        ApiError::Config(text)
-    } else if http::may_have_arrived(err) {
-        ApiError::Unconfirmed(text)
-    } else {
-        ApiError::Network(text)
-    }
-}
-
-/// The Bot API of one bot. Cheap to clone: the agent shares its connection pool.
+/// The Bot API of one bot: the token is part of every URL (`{api_base}/bot{token}/…`), so
+/// it is a secret of the client, scrubbed from every text. Cheap to clone.
 #[derive(Clone)]
-struct Api {
-    agent: ureq::Agent,
-    api_base: String,
-    token: Secret,
+struct BotApi {
+    api: Api,
 }
 
-impl Api {
-    /// Call `method` with a JSON `body`, waiting at most `timeout`. Blocks.
-    fn call<T: DeserializeOwned>(&self, method: &str, body: &str, timeout: Duration) -> Result<T, ApiError> {
-        let request = self.agent.post(self.url(method)).config().timeout_global(Some(timeout)).build();
-        self.exchange(request, body)
+impl BotApi {
+    fn new(s: &TelegramSettings) -> BotApi {
+        let base = format!("{}/bot{}", s.api_base, s.token.expose());
+        BotApi { api: Api::new(&base, s.request_timeout).secret(s.token.clone()) }
     }
 
-    /// [`Api::call`] for a request that must not be repeated blindly (`sendMessage`):
-    /// each phase has its own timeout, so a failure says whether the request may have
-    /// arrived ([`ApiError::Network`] it did not, [`ApiError::Unconfirmed`] it may have).
-    fn call_once<T: DeserializeOwned>(&self, method: &str, body: &str, timeout: Duration) -> Result<T, ApiError> {
-        self.exchange(http::phased(self.agent.post(self.url(method)), timeout), body)
-    }
-
-    fn url(&self, method: &str) -> String {
-        format!("{}/bot{}/{method}", self.api_base, self.token.expose())
-    }
-
-    fn exchange<T: DeserializeOwned>(
+    /// Call `method` with a JSON `body`, waiting at most `timeout`. Blocks. With
+    /// [`Once::Yes`] (`sendMessage`) a failure says whether the request may have arrived.
+    fn call<T: DeserializeOwned>(
         &self,
-        request: ureq::RequestBuilder<ureq::typestate::WithBody>,
+        method: &str,
         body: &str,
+        once: Once,
+        timeout: Duration,
     ) -> Result<T, ApiError> {
-        let sent = request.header("Content-Type", "application/json").send(body);
-        let mut response = sent.map_err(|e| transport_error(&e, self.token.expose()))?;
-        let status = response.status().as_u16();
+        let answer = self.api.call(Method::Post, &format!("/{method}"), Some(body), once, Some(timeout))?;
         // Read only where it counts, so a server that sends a hostile one on every
         // answer does not fill the log with clamp warnings.
-        let header_wait = (status == 429).then(|| http::retry_after(response.headers(), SystemTime::now())).flatten();
-        // The status is in: with the body lost, a refusal is still a refusal and a success
-        // is unconfirmed (`interpret` reads an empty body so).
-        let bytes = http::read_body(&mut response).unwrap_or_else(|e| {
-            log::debug!(
-                "reading a Bot API answer (HTTP {status}): {}",
-                http::scrub(&e.to_string(), self.token.expose())
-            );
-            Vec::new()
-        });
-        interpret(status, &bytes, header_wait)
+        let header_wait = (answer.status == 429).then(|| answer.retry_after()).flatten();
+        interpret(answer.status, &answer.body, header_wait)
     }
 }
 
@@ -424,58 +340,6 @@ fn send_message_body(msg: &Outbound) -> Value {
         body["reply_parameters"] = json!({ "message_id": reply_to, "allow_sending_without_reply": true });
     }
     body
-}
-
-// ---------------------------------------------------------------------------------------
-// The retry policy
-
-/// Consecutive failures of the current call sequence; reset by any success.
-#[derive(Debug, Default)]
-struct Retries {
-    network: u32,
-    conflict: u32,
-}
-
-impl Retries {
-    fn reset(&mut self) {
-        *self = Retries::default();
-    }
-
-    /// After a failed call: how long to wait before trying again, or why to give up.
-    fn after(&mut self, err: ApiError, s: &TelegramSettings) -> Result<Duration, Fatal> {
-        match err {
-            // To a poll, an unanswered request is one more network failure.
-            ApiError::Network(why) | ApiError::Unconfirmed(why) => {
-                self.network += 1;
-                if self.network > s.network_retries {
-                    let message = format!("Telegram unreachable after {} attempts: {why}", self.network);
-                    return Err(Fatal::retryable(NETWORK_ERROR, message));
-                }
-                // 1, 2, 4 … × the base; the shift is capped so it cannot overflow.
-                Ok(s.network_retry_wait.saturating_mul(1 << (self.network - 1).min(16)))
-            }
-            ApiError::RateLimited(wait) => Ok(wait),
-            ApiError::Conflict(why) => {
-                self.conflict += 1;
-                if self.conflict > s.conflict_retries {
-                    let message = format!(
-                        "another poller is using this bot token ({why}); gave up after {} retries. \
-                         Make sure only one gateway runs per bot token.",
-                        s.conflict_retries
-                    );
-                    return Err(Fatal::permanent(POLLING_CONFLICT, message));
-                }
-                Ok(s.conflict_wait.saturating_mul(self.conflict))
-            }
-            ApiError::Unauthorized(why) => {
-                Err(Fatal::permanent(UNAUTHORIZED, format!("Telegram refused the bot token ({why}); check `token`")))
-            }
-            ApiError::Rejected(status, why) => {
-                Err(Fatal::retryable(API_ERROR, format!("Telegram refused a request ({status}): {why}")))
-            }
-            ApiError::Config(why) => Err(Fatal::permanent(BAD_CONFIG, format!("check `api_base`: {why}"))),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -591,79 +455,54 @@ fn strip_own_mention(text: String, bot: Option<&str>) -> String {
 // ---------------------------------------------------------------------------------------
 // The offset file
 
-/// Where instance `name` keeps its offset. Characters that could leave the directory or
-/// trouble a shell become `_`.
-fn cursor_path(state_dir: &Path, name: &str) -> PathBuf {
-    let safe: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    state_dir.join("cursors").join(format!("telegram-{safe}.offset"))
-}
-
 fn parse_offset(text: &str) -> Option<i64> {
     text.trim().parse().ok()
 }
 
-/// The stored offset; `None` when there is none yet. A file that does not hold a number
-/// (edited by hand) is ignored with a warning: Telegram then resends what it still
-/// holds, which may repeat messages but loses none.
-fn read_offset(path: &Path) -> io::Result<Option<i64>> {
-    match fs::read(path) {
-        Ok(bytes) => {
-            // Bytes that are not even text (a damaged file) hold no offset either.
-            let offset = std::str::from_utf8(&bytes).ok().and_then(parse_offset);
-            if offset.is_none() {
-                log::warn!("ignoring {}: it does not hold an offset", path.display());
-            }
-            Ok(offset)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The adapter
-
-/// How a wait or a call sequence ended early.
-enum Halt {
-    Stopped,
-    Fatal(Fatal),
-}
-
-impl From<Stopped> for Halt {
-    fn from(_: Stopped) -> Halt {
-        Halt::Stopped
-    }
-}
 
 /// One generation of a Telegram instance.
 struct Telegram {
     settings: Arc<TelegramSettings>,
     /// For the adapter's own calls (`getMe`, `deleteWebhook`, `getUpdates`): its agent
     /// is shut down on a stop, which cuts a long poll short.
-    api: Api,
+    api: BotApi,
     /// For the outlet's sends, on an agent of their own: they go on after a clean stop
     /// (replies to what was received), so the stop must not close their connections.
-    send_api: Api,
+    send_api: BotApi,
     /// The next `getUpdates` offset: one past the last update handled.
     offset: Option<i64>,
-    /// The offset last written to (or read from) `cursor`.
-    stored: Option<i64>,
-    /// Where the offset is kept; set by `connect`, which knows the instance name.
-    cursor: PathBuf,
+    /// Where the offset is kept; opened by `connect`, which knows the instance name.
+    cursor: Option<Cursor>,
     /// The bot's username from `getMe`, to tell `/cmd@us` from `/cmd@another_bot`.
     username: Option<String>,
 }
 
+/// Who the adapter's failures are about.
+const SERVICE: Service = Service {
+    prefix: "telegram",
+    name: "Telegram",
+    credential_key: "token",
+    address_key: "api_base",
+    conflict: "polling_conflict",
+};
+
 impl Telegram {
     fn new(settings: Arc<TelegramSettings>) -> Telegram {
-        let api = |s: &TelegramSettings| Api {
-            agent: http::agent(s.request_timeout, s.request_timeout),
-            api_base: s.api_base.clone(),
-            token: s.token.clone(),
+        let (api, send_api) = (BotApi::new(&settings), BotApi::new(&settings));
+        Telegram { settings, api, send_api, offset: None, cursor: None, username: None }
+    }
+
+    fn retries(&self) -> Retries {
+        let s = &self.settings;
+        let policy = RetryPolicy {
+            network_retries: s.network_retries,
+            network_retry_wait: s.network_retry_wait,
+            conflict_retries: s.conflict_retries,
+            conflict_wait: s.conflict_wait,
         };
-        let (api, send_api) = (api(&settings), api(&settings));
-        Telegram { settings, api, send_api, offset: None, stored: None, cursor: PathBuf::new(), username: None }
+        Retries::new(policy, SERVICE)
     }
 
     /// Call `method` until it succeeds, the retry policy gives up, or a stop is requested.
@@ -679,32 +518,21 @@ impl Telegram {
             _ => self.settings.request_timeout,
         };
         let body = body.to_string();
-        loop {
-            match ctx.interruptible(|| self.api.call::<T>(method, &body, timeout))? {
-                Ok(value) => {
-                    retries.reset();
-                    return Ok(value);
-                }
-                Err(err) => {
-                    log::warn!("{}: {method}: {err}", ctx.name);
-                    let wait = retries.after(err, &self.settings).map_err(Halt::Fatal)?;
-                    ctx.sleep(wait)?;
-                }
-            }
-        }
+        kit::call(ctx, retries, method, || self.api.call::<T>(method, &body, Once::No, timeout))
     }
 
     /// Check the token, make room for polling, load the offset.
     fn prepare(&mut self, ctx: &Context) -> Result<(), Halt> {
-        let mut retries = Retries::default();
+        let mut retries = self.retries();
         let me: Me = self.request(ctx, &mut retries, "getMe", &json!({}))?;
         let _: IgnoredAny =
             self.request(ctx, &mut retries, "deleteWebhook", &json!({ "drop_pending_updates": false }))?;
-        self.cursor = cursor_path(&ctx.state_dir, &ctx.name);
-        self.offset = read_offset(&self.cursor).map_err(|e| {
-            Halt::Fatal(Fatal::retryable(STATE_ERROR, format!("cannot read {}: {e}", self.cursor.display())))
-        })?;
-        self.stored = self.offset;
+        let cursor = Cursor::open(ctx, "telegram", "offset")?;
+        self.offset = cursor.get().and_then(parse_offset);
+        if cursor.get().is_some() && self.offset.is_none() {
+            log::warn!("{}: ignoring the stored offset: it is not a number", ctx.name);
+        }
+        self.cursor = Some(cursor);
         let bot = me.username.as_deref().unwrap_or("?");
         log::info!("{}: connected as @{bot}, resuming at offset {:?}", ctx.name, self.offset);
         self.username = me.username;
@@ -713,7 +541,7 @@ impl Telegram {
 
     /// Long-poll until stopped or broken. Never returns `Ok`.
     fn poll(&mut self, ctx: &Context) -> Result<Infallible, Halt> {
-        let mut retries = Retries::default();
+        let mut retries = self.retries();
         loop {
             let body = get_updates_body(self.offset, &self.settings);
             // Each update stays raw until handled, so one bad update cannot spoil the batch.
@@ -747,30 +575,20 @@ impl Telegram {
                 Err(skip) => log::debug!("{}: skipping update {id}: {skip}", ctx.name),
             }
         }
-        ctx.deliver_batch(batch)?;
-        if let Some(last) = last {
+        kit::deliver_then(ctx, batch, || {
             // A server sending i64::MAX must not overflow us; it simply has no successor.
-            self.offset = Some(last.saturating_add(1));
-            self.store_offset(ctx);
-        }
-        Ok(())
-    }
-
-    fn store_offset(&mut self, ctx: &Context) {
-        let Some(next) = self.offset.filter(|next| Some(*next) != self.stored) else { return };
-        self.stored = Some(next);
-        if let Err(e) = fsutil::write_atomic_lazy(&self.cursor, format!("{next}\n").as_bytes()) {
-            // Going on is the lesser evil: the offset in memory still acknowledges the
-            // update, so a restart may repeat messages, but a full disk must not silence
-            // the bot.
-            log::error!("{}: cannot store the offset in {}: {e}", ctx.name, self.cursor.display());
-        }
+            let Some(next) = last.map(|last: i64| last.saturating_add(1)) else { return };
+            self.offset = Some(next);
+            if let Some(cursor) = &mut self.cursor {
+                cursor.set(&next.to_string());
+            }
+        })
     }
 }
 
 impl Platform for Telegram {
     fn connect(&mut self, ctx: &Context) -> Result<Arc<dyn Outlet>, Fatal> {
-        let agent = self.api.agent.clone();
+        let agent = self.api.api.agent().clone();
         ctx.on_stop(move || agent.shutdown());
         let outlet = Arc::new(TelegramOutlet { api: self.send_api.clone(), timeout: self.settings.request_timeout });
         match self.prepare(ctx) {
@@ -781,10 +599,7 @@ impl Platform for Telegram {
     }
 
     fn run(&mut self, ctx: &Context) -> Result<(), Fatal> {
-        match self.poll(ctx) {
-            Err(Halt::Stopped) => Ok(()),
-            Err(Halt::Fatal(fatal)) => Err(fatal),
-        }
+        self.poll(ctx).map(|never| match never {}).or_else(Halt::into_run_result)
     }
 }
 
@@ -792,22 +607,8 @@ impl Platform for Telegram {
 /// no idempotency key for `sendMessage`, so the outlet is not idempotent: a send whose
 /// outcome is unknown is set aside by the outbox, never repeated.
 struct TelegramOutlet {
-    api: Api,
+    api: BotApi,
     timeout: Duration,
-}
-
-/// What a failed `sendMessage` means for the message.
-fn send_error(err: ApiError) -> SendError {
-    match err {
-        ApiError::RateLimited(wait) => SendError::RetryAfter(wait),
-        // The request never reached Telegram, or Telegram answered 5xx: nothing was sent.
-        ApiError::Network(why) => SendError::Transient(why),
-        ApiError::Unconfirmed(why) => SendError::Unknown(why),
-        // A refused token is no fault of the message, but the adapter ends for good on
-        // it too, so a retry could only spin; every other 4xx is about this message.
-        ApiError::Unauthorized(why) => SendError::Rejected(format!("bot token refused: {why}")),
-        ApiError::Conflict(why) | ApiError::Rejected(_, why) | ApiError::Config(why) => SendError::Rejected(why),
-    }
 }
 
 /// The part of a sent `Message` the outlet needs.
@@ -819,7 +620,8 @@ struct SentMessage {
 impl Outlet for TelegramOutlet {
     fn send(&self, msg: &Outbound) -> Result<Option<String>, SendError> {
         let body = send_message_body(msg).to_string();
-        let sent: SentMessage = self.api.call_once("sendMessage", &body, self.timeout).map_err(send_error)?;
+        let sent: SentMessage =
+            self.api.call("sendMessage", &body, Once::Yes, self.timeout).map_err(ApiError::send_error)?;
         Ok(Some(sent.message_id.to_string()))
     }
 
@@ -829,10 +631,10 @@ impl Outlet for TelegramOutlet {
 
     fn edit(&self, chat_id: &str, message_id: &str, text: &str) -> Result<(), SendError> {
         let body = json!({"chat_id": chat_id, "message_id": message_id, "text": text}).to_string();
-        match self.api.call_once::<IgnoredAny>("editMessageText", &body, self.timeout) {
+        match self.api.call::<IgnoredAny>("editMessageText", &body, Once::Yes, self.timeout) {
             // The message already reads so: an edit repeated after an unknown outcome.
             Err(ApiError::Rejected(400, why)) if why.contains("message is not modified") => Ok(()),
-            other => other.map(drop).map_err(send_error),
+            other => other.map(drop).map_err(ApiError::send_error),
         }
     }
 
@@ -842,7 +644,7 @@ impl Outlet for TelegramOutlet {
             body["message_thread_id"] = json!(thread);
         }
         let timeout = self.timeout.min(TYPING_TIMEOUT);
-        if let Err(e) = self.api.call::<IgnoredAny>("sendChatAction", &body.to_string(), timeout) {
+        if let Err(e) = self.api.call::<IgnoredAny>("sendChatAction", &body.to_string(), Once::No, timeout) {
             log::debug!("sendChatAction failed: {e}");
         }
     }
@@ -955,12 +757,12 @@ mod tests {
         }
         let error = |code: u16, body: &str| interpret::<IgnoredAny>(code, body.as_bytes(), None).unwrap_err();
         let rate = r#"{"ok":false,"error_code":429,"description":"Too Many Requests","parameters":{"retry_after":7}}"#;
-        assert_eq!(error(429, rate), ApiError::RateLimited(Duration::from_secs(7)));
+        assert_eq!(error(429, rate), ApiError::rate_limited(Duration::from_secs(7)));
         assert_eq!(
             interpret::<IgnoredAny>(429, b"", Some(Duration::from_secs(3))).unwrap_err(),
-            ApiError::RateLimited(Duration::from_secs(3))
+            ApiError::rate_limited(Duration::from_secs(3))
         );
-        assert_eq!(error(429, ""), ApiError::RateLimited(FALLBACK_RETRY_AFTER));
+        assert_eq!(error(429, ""), ApiError::rate_limited(api::FALLBACK_RETRY_AFTER));
         let unauthorized = r#"{"ok":false,"error_code":401,"description":"Unauthorized"}"#;
         assert_eq!(error(401, unauthorized), ApiError::Unauthorized("Unauthorized".into()));
         assert!(matches!(error(404, "Not Found"), ApiError::Unauthorized(_)));
@@ -977,7 +779,7 @@ mod tests {
     /// wrong type is no `retry_after`, and spoils nothing else.
     #[test]
     fn r_hostile_retry_after_is_clamped() {
-        let max = ApiError::RateLimited(net::MAX_SERVER_WAIT);
+        let max = ApiError::rate_limited(net::MAX_SERVER_WAIT);
         let limited = |retry_after: Value, header: Option<Duration>| {
             let body = json!({"ok": false, "error_code": 429, "description": "Too Many Requests",
                               "parameters": {"retry_after": retry_after}});
@@ -986,13 +788,13 @@ mod tests {
         assert_eq!(limited(json!(u64::MAX), None), max);
         assert_eq!(limited(json!(3601), None), max);
         assert_eq!(limited(json!(1e300), None), max);
-        assert_eq!(limited(json!(3600), None), ApiError::RateLimited(Duration::from_secs(3600)));
-        assert_eq!(limited(json!(2.5), None), ApiError::RateLimited(Duration::from_millis(2500)));
+        assert_eq!(limited(json!(3600), None), ApiError::rate_limited(Duration::from_secs(3600)));
+        assert_eq!(limited(json!(2.5), None), ApiError::rate_limited(Duration::from_millis(2500)));
         let header = Some(Duration::from_secs(3));
         for odd in [json!(-1), json!(i64::MIN), json!("7"), json!(null), json!([1])] {
-            assert_eq!(limited(odd.clone(), header), ApiError::RateLimited(Duration::from_secs(3)), "{odd}");
+            assert_eq!(limited(odd.clone(), header), ApiError::rate_limited(Duration::from_secs(3)), "{odd}");
         }
-        assert_eq!(limited(json!(-1), None), ApiError::RateLimited(FALLBACK_RETRY_AFTER));
+        assert_eq!(limited(json!(-1), None), ApiError::rate_limited(api::FALLBACK_RETRY_AFTER));
     }
 
     #[test]
@@ -1010,65 +812,19 @@ mod tests {
     }
 
     #[test]
-    fn network_failures_retry_with_doubling_waits_then_give_up() {
-        let s = settings();
-        let mut r = Retries::default();
-        let net = || ApiError::Network("down".into());
-        let waits: Vec<_> = (0..3).map(|_| r.after(net(), &s).unwrap()).collect();
-        assert_eq!(waits, [100, 200, 400].map(Duration::from_millis));
-        let fatal = r.after(net(), &s).unwrap_err();
-        assert_eq!((fatal.code.as_str(), fatal.retryable), (NETWORK_ERROR, true));
-        r.reset();
-        assert_eq!(r.after(net(), &s), Ok(Duration::from_millis(100)));
-    }
-
-    #[test]
-    fn conflicts_wait_10_20_30_then_give_up_for_good() {
-        let s = settings();
-        let mut r = Retries::default();
-        let conflict = || ApiError::Conflict("Conflict: terminated by other getUpdates request".into());
-        let waits: Vec<_> = (0..3).map(|_| r.after(conflict(), &s).unwrap()).collect();
-        assert_eq!(waits, [10, 20, 30].map(Duration::from_secs));
-        // Rate limits neither count nor reset.
-        assert_eq!(r.after(ApiError::RateLimited(Duration::from_secs(2)), &s), Ok(Duration::from_secs(2)));
-        let fatal = r.after(conflict(), &s).unwrap_err();
-        assert_eq!((fatal.code.as_str(), fatal.retryable), (POLLING_CONFLICT, false));
-    }
-
-    #[test]
-    fn unrecoverable_answers() {
-        let s = settings();
-        let fatal = Retries::default().after(ApiError::Unauthorized("Unauthorized".into()), &s).unwrap_err();
-        assert_eq!((fatal.code.as_str(), fatal.retryable), (UNAUTHORIZED, false));
-        let fatal = Retries::default().after(ApiError::Rejected(400, "Bad Request".into()), &s).unwrap_err();
-        assert_eq!((fatal.code.as_str(), fatal.retryable), (API_ERROR, true));
-        let fatal = Retries::default().after(ApiError::Config("bad uri".into()), &s).unwrap_err();
-        assert_eq!((fatal.code.as_str(), fatal.retryable), (BAD_CONFIG, false));
-    }
-
-    #[test]
     fn transport_errors_never_show_the_token() {
         let url = format!("https://api.telegram.org/bot{TOKEN}/getUpdates");
+        let api = BotApi::new(&settings()).api;
+        let transport_error = |e: &ureq::Error, _| api.transport_error(e);
         let bad_uri = transport_error(&ureq::Error::BadUri(url.clone()), TOKEN);
         assert!(matches!(&bad_uri, ApiError::Config(m) if !m.contains(TOKEN) && m.contains("bot***")), "{bad_uri:?}");
         let proxy = transport_error(&ureq::Error::ConnectProxyFailed(url), TOKEN);
         assert!(matches!(&proxy, ApiError::Network(m) if !m.contains(TOKEN)), "{proxy:?}");
         let lost = transport_error(&ureq::Error::Timeout(ureq::Timeout::RecvResponse), TOKEN);
         assert!(matches!(lost, ApiError::Unconfirmed(_)), "{lost:?}");
-        let fatal = Retries::default().after(bad_uri, &settings()).unwrap_err();
+        let fatal = Telegram::new(Arc::new(settings())).retries().after(bad_uri).unwrap_err();
+        assert_eq!((fatal.code.as_str(), fatal.retryable), ("telegram_bad_config", false));
         assert!(!fatal.to_string().contains(TOKEN));
-    }
-
-    #[test]
-    fn send_errors() {
-        assert_eq!(
-            send_error(ApiError::RateLimited(Duration::from_secs(3))),
-            SendError::RetryAfter(Duration::from_secs(3))
-        );
-        assert!(matches!(send_error(ApiError::Network("x".into())), SendError::Transient(_)));
-        assert!(matches!(send_error(ApiError::Unconfirmed("x".into())), SendError::Unknown(_)));
-        assert!(matches!(send_error(ApiError::Rejected(400, "chat not found".into())), SendError::Rejected(_)));
-        assert!(matches!(send_error(ApiError::Rejected(403, "blocked".into())), SendError::Rejected(_)));
     }
 
     #[test]
@@ -1078,7 +834,7 @@ mod tests {
         let api_base = format!("http://{}", listener.local_addr().unwrap());
         drop(listener);
         let timeout = Duration::from_secs(2);
-        let api = Api { agent: http::agent(timeout, timeout), api_base, token: Secret::new(TOKEN) };
+        let api = BotApi::new(&TelegramSettings { api_base, ..settings() });
         let outlet = TelegramOutlet { api, timeout };
         let msg = Outbound { chat_id: "1".into(), thread_id: None, reply_to: None, edit_of: None, text: "hi".into() };
         let got = outlet.send(&msg);
@@ -1137,25 +893,5 @@ mod tests {
         parse(&mut section);
         let keys: Vec<_> = section.finish().into_iter().filter_map(|e| e.key).collect();
         assert_eq!(keys, ["platforms.test.api_base", "platforms.test.poll_timeout"]);
-    }
-
-    #[test]
-    fn offsets_are_written_atomically_and_privately() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = cursor_path(dir.path(), "main/../bot");
-        assert_eq!(path, dir.path().join("cursors").join("telegram-main____bot.offset"));
-        assert_eq!(read_offset(&path).unwrap(), None);
-        fsutil::write_atomic(&path, b"41\n").unwrap();
-        fsutil::write_atomic(&path, b"42\n").unwrap();
-        assert_eq!(read_offset(&path).unwrap(), Some(42));
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names.len(), 1, "no temporary file left behind: {names:?}");
-        fs::write(&path, "garbage").unwrap();
-        assert_eq!(read_offset(&path).unwrap(), None);
-        fs::write(&path, b"4\xff2").unwrap();
-        assert_eq!(read_offset(&path).unwrap(), None, "bytes that are not text hold no offset");
-        assert_eq!(parse_offset(" 7\n"), Some(7));
     }
 }
