@@ -24,6 +24,7 @@ pub mod log;
 pub mod memory;
 pub mod message;
 pub mod net;
+pub mod platform;
 pub mod platforms;
 pub mod router;
 pub mod session;

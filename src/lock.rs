@@ -35,8 +35,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 
-use crate::adapter::Fatal;
 use crate::fsutil;
+use crate::platform::Fatal;
 
 /// The lock names this process holds. Checked and changed under its mutex together with
 /// the bind, so two generations of one platform never race for a name.

@@ -22,11 +22,11 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::adapter::Outlet;
 use crate::agent::{AgentErrorKind, Cancel, Turn};
 use crate::delivery;
 use crate::inbox::Accepted;
 use crate::message::{ChatMessage, Inbound, Outbound, Role};
+use crate::platform::Outlet;
 use crate::router::Services;
 use crate::text;
 use crate::typing::Chat;

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, TrySendError, bounded};
 use parking_lot::{Condvar, Mutex};
 
-use crate::adapter::Outlet;
 use crate::delivery::Outbox;
+use crate::platform::Outlet;
 use crate::supervise;
 
 /// Delay before the first indicator of a turn.
@@ -217,9 +217,9 @@ mod tests {
     use super::*;
     use crossbeam_channel::{Receiver, unbounded};
 
-    use crate::adapter::SendError;
     use crate::delivery::DeliveryConfig;
     use crate::message::Outbound;
+    use crate::platform::SendError;
     use crate::text::{Limit, Unit};
 
     /// An outlet whose typing calls report on a channel, after blocking until `release`

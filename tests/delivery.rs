@@ -20,12 +20,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::unbounded;
 use parking_lot::{Condvar, Mutex};
 
-use switchboard::adapter::{Context, Outlet, SendError};
+use switchboard::adapter::Context;
 use switchboard::config::{self, Config};
 use switchboard::delivery::{
     self, DeliveryConfig, Outbox, Pacing, Rate, SendLimits, Target, parse_target, send_command,
 };
 use switchboard::message::Outbound;
+use switchboard::platform::{Outlet, SendError};
 use switchboard::text::{Limit, Unit};
 
 use support::fake_telegram::{FakeTelegram, Fault, TOKEN, api_error, rate_limited};

@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use serde_json::Value;
 
-use switchboard::adapter::{Context, Fatal, Outlet, Platform, SendError, Wiring};
-use switchboard::config::{Config, Gateway, PlatformInstance, PlatformSpec, Reconnect, Secret};
+use switchboard::adapter::{Context, Wiring};
+use switchboard::config::{Config, Gateway, PlatformInstance, Reconnect, Secret};
 use switchboard::delivery::Outbox;
 use switchboard::directory::Directory;
 use switchboard::message::Outbound;
+use switchboard::platform::PlatformSpec;
+use switchboard::platform::{Fatal, Outlet, Platform, SendError};
 use switchboard::supervisor::SupervisorLoop;
 use switchboard::supervisor::state::ExitDecision;
 

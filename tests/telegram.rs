@@ -18,11 +18,13 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use serde_json::json;
-use switchboard::adapter::{Context, Fatal, Outlet, SendError, Stop};
-use switchboard::config::{PlatformSpec, Secret};
+use switchboard::adapter::{Context, Stop};
+use switchboard::config::Secret;
 use switchboard::delivery::Outbox;
 use switchboard::inbox::Accepted;
 use switchboard::message::{ChatType, Inbound, Outbound};
+use switchboard::platform::PlatformSpec;
+use switchboard::platform::{Fatal, Outlet, SendError};
 use switchboard::platforms::telegram::{TelegramSettings, TelegramSpec};
 
 use support::fake_telegram::{CONFLICT, FakeTelegram, Fault, TOKEN, api_error, rate_limited};

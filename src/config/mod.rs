@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use toml::de::DeTable;
 
-use crate::adapter::Platform;
-use crate::delivery::{Pacing, SendLimits};
+use crate::delivery::Pacing;
+use crate::platform::PlatformSpec;
 use crate::platforms::Kind;
 
 pub(crate) use duration::parse as parse_duration;
@@ -120,44 +120,6 @@ pub struct PlatformInstance {
     pub access: crate::auth::PlatformAccess,
     /// `home_channel`: the chat the delivery target `NAME` means.
     pub home_channel: Option<String>,
-}
-
-/// A platform kind's validated settings; builds a fresh adapter for each generation.
-pub trait PlatformSpec: Send + Sync {
-    fn build(&self) -> Box<dyn Platform>;
-
-    /// The bot token that must be used by one gateway at a time on this host.
-    fn lock_identity(&self) -> Option<&Secret> {
-        None
-    }
-
-    /// The server the token is used against (the API base URL): two pollers conflict
-    /// only on one server, so it is part of the lock's name.
-    fn lock_scope(&self) -> &str {
-        ""
-    }
-
-    /// Every credential this platform holds, so the logger can blank them out wherever
-    /// they appear. Defaults to the lock identity; a kind with more secrets (a webhook
-    /// signing key, a password) overrides it.
-    fn secrets(&self) -> Vec<&Secret> {
-        self.lock_identity().into_iter().collect()
-    }
-
-    /// One line for `switchboard check`. Never contains a secret.
-    fn describe(&self) -> String;
-
-    /// The longest text one message may hold, and how the platform counts it. Replies
-    /// are split to fit before they are queued.
-    fn message_limit(&self) -> crate::text::Limit {
-        crate::text::Limit { max: 4096, unit: crate::text::Unit::Chars }
-    }
-
-    /// What the platform lets a bot send (messages and edits), enforced by the outbox
-    /// before each request. Defaults to no limits.
-    fn send_limits(&self) -> SendLimits {
-        SendLimits::NONE
-    }
 }
 
 /// A credential. Its `Debug` and `Display` never show the value.

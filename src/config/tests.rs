@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::platform::Platform;
 
 const SECRET: &str = "123456:SECRET-token-value";
 

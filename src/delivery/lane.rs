@@ -10,7 +10,7 @@ chat does not starve the others.
 
 A wait concerns what caused it: a failed attempt or a 429 holds its chat only, and the
 chat's later deliveries wait behind it (order is kept); the others go on. Only a limit the
-platform says is global ([`crate::adapter::SendError::RetryAfterAll`]) holds the whole
+platform says is global ([`crate::platform::SendError::RetryAfterAll`]) holds the whole
 instance. Before each message leaves, the instance's [`Limiter`] must allow it; a chat
 that its own limit holds back is passed over, not waited for.
 
@@ -33,8 +33,8 @@ use parking_lot::Condvar;
 use super::Pacing;
 use super::limiter::{Limiter, Taken};
 use super::store::Store;
-use crate::adapter::Outlet;
 use crate::backoff;
+use crate::platform::Outlet;
 use crate::text::Limit;
 
 /// One platform instance.
@@ -315,9 +315,9 @@ impl Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapter::SendError;
     use crate::delivery::{Rate, SendLimits};
     use crate::message::Outbound;
+    use crate::platform::SendError;
     use crate::text::Unit;
 
     const S: Duration = Duration::from_secs(1);

@@ -3,7 +3,7 @@ The send limiter: one per platform instance, consulted before every message or e
 out, so that a burst runs at the platform's rate instead of into its 429s.
 
 A platform declares its limits ([`SendLimits`], from
-[`crate::config::PlatformSpec::send_limits`]): at most `count` messages in any window of
+[`crate::platform::PlatformSpec::send_limits`]): at most `count` messages in any window of
 `per`, overall, per chat, and per group chat. Telegram's are 30 a second overall, one a
 second per chat and 20 a minute per group (a negative chat id).
 

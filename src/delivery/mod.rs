@@ -39,7 +39,7 @@ marker and a warning ([`cap_message`]), never split into thousands. `retention` 
 
 Per instance, in its `[platforms.NAME]` table ([`parse_pacing`], kept in
 [`DeliveryConfig::pacing`]): `max_in_flight` (8), `send_limits` (`true`: the limits the
-platform declares, [`crate::config::PlatformSpec::send_limits`]; `false`: none), and
+platform declares, [`crate::platform::PlatformSpec::send_limits`]; `false`: none), and
 `send_rate`, `chat_send_rate`, `group_send_rate` to override one (`"30/1s"`, `"off"`).
 They live in the platform's table because they are the platform's: a bot with raised
 limits, a test fake with none.

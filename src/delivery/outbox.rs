@@ -61,9 +61,9 @@ use super::DeliveryConfig;
 use super::lane::{Lane, Pick, Settle};
 use super::limiter::Taken;
 use super::store::{self, Claim, Park, Record, Store, unix_now};
-use crate::adapter::{Outlet, SendError};
 use crate::backoff;
 use crate::message::Outbound;
+use crate::platform::{Outlet, SendError};
 use crate::supervise;
 use crate::text::{self, Limit};
 

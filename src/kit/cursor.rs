@@ -4,8 +4,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::adapter::{Context, Fatal};
+use crate::adapter::Context;
 use crate::fsutil;
+use crate::platform::Fatal;
 
 /// One instance's cursor: the text last stored, and where it is kept. Written with
 /// [`fsutil::write_atomic_lazy`]: always whole, and after a power cut at worst the

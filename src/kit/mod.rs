@@ -18,10 +18,11 @@ pub use cursor::Cursor;
 
 use std::fmt::Display;
 
-use crate::adapter::{Context, Fatal, Stopped};
+use crate::adapter::{Context, Stopped};
 use crate::message::Inbound;
 use crate::net::api::ApiError;
 use crate::net::retry::Retries;
+use crate::platform::Fatal;
 
 /// How a wait or a call sequence ended early.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,7 +44,7 @@ impl From<Fatal> for Halt {
 }
 
 impl Halt {
-    /// How [`crate::adapter::Platform::run`] reports it: a stop is a clean end.
+    /// How [`crate::platform::Platform::run`] reports it: a stop is a clean end.
     pub fn into_run_result(self) -> Result<(), Fatal> {
         match self {
             Halt::Stopped => Ok(()),

@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime};
 use ureq::http::HeaderMap;
 
 use super::http;
-use crate::adapter::SendError;
 use crate::config::Secret;
+use crate::platform::SendError;
 
 /// The wait after a 429 whose answer names none.
 pub const FALLBACK_RETRY_AFTER: Duration = Duration::from_secs(5);

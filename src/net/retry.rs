@@ -12,8 +12,8 @@ The codes of the [`Fatal`]s it ends with are `<prefix>_network_error`, `_conflic
 use std::time::Duration;
 
 use super::api::ApiError;
-use crate::adapter::Fatal;
 use crate::config::Section;
+use crate::platform::Fatal;
 
 /// The settings of the policy, read from the platform's table under these names.
 #[derive(Clone, Debug, PartialEq, Eq)]

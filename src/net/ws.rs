@@ -62,7 +62,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-use crate::adapter::Fatal;
+use crate::platform::Fatal;
 
 /// The default cap on one frame and one message: far above any chat event (Discord's
 /// largest, a READY of a big bot, is a few MiB), far below what would hurt a 256 MB box.

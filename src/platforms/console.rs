@@ -24,9 +24,11 @@ use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
-use crate::adapter::{Context, Fatal, Outlet, Platform, SendError};
-use crate::config::{PlatformSpec, Section};
+use crate::adapter::Context;
+use crate::config::Section;
 use crate::message::{ChatType, Inbound, Outbound, Source};
+use crate::platform::PlatformSpec;
+use crate::platform::{Fatal, Outlet, Platform, SendError};
 use crate::text::{Limit, Unit};
 
 /// The console has no settings of its own.

@@ -7,7 +7,8 @@ into a `PlatformSpec`) plus one row in [`KINDS`].
 
 use std::sync::Arc;
 
-use crate::config::{PlatformSpec, Section};
+use crate::config::Section;
+use crate::platform::PlatformSpec;
 
 pub mod console;
 pub mod telegram;

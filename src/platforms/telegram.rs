@@ -47,14 +47,15 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::{Value, json};
 
-use crate::adapter::{Context, Fatal, Outlet, Platform, SendError, Stopped, TYPING_TIMEOUT};
-use crate::config::{PlatformSpec, Secret, Section};
+use crate::adapter::{Context, Stopped};
+use crate::config::{Secret, Section};
 use crate::delivery::{Rate, SendLimits};
 use crate::kit::{self, Cursor, Halt};
 use crate::message::{ChatType, Inbound, Outbound, Source};
 use crate::net;
 use crate::net::api::{self, Api, ApiError, Method, Once};
 use crate::net::retry::{Retries, RetryPolicy, Service};
+use crate::platform::{Fatal, Outlet, Platform, PlatformSpec, SendError, TYPING_TIMEOUT};
 use crate::text::{Limit, Unit};
 
 /// Telegram's message text limit: 4096 characters "after entities parsing", which

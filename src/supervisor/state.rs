@@ -19,9 +19,10 @@ in `connect_deadlines`. The loop in `supervisor.rs` sleeps until the earliest of
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::adapter::{Event, Fatal};
+use crate::adapter::Event;
 use crate::backoff;
 use crate::config::Reconnect;
+use crate::platform::Fatal;
 
 /// A platform that drops within this long of reconnecting is still in the same outage:
 /// the drop counts as one more failed attempt, so a flapping link backs off instead of
