@@ -10,6 +10,8 @@ use std::sync::Arc;
 use crate::config::{PlatformSpec, Section};
 
 pub mod console;
+#[cfg(feature = "slack")]
+pub mod slack;
 pub mod telegram;
 
 /// A platform kind: its name in `kind = "..."` and how to read its config table.
