@@ -11,6 +11,8 @@ use crate::config::Section;
 use crate::platform::PlatformSpec;
 
 pub mod console;
+#[cfg(feature = "slack")]
+pub mod slack;
 pub mod telegram;
 
 /// A platform kind: its name in `kind = "..."` and how to read its config table.
