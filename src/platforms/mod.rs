@@ -10,6 +10,8 @@ use std::sync::Arc;
 use crate::config::{PlatformSpec, Section};
 
 pub mod console;
+#[cfg(feature = "discord")]
+pub mod discord;
 pub mod telegram;
 
 /// A platform kind: its name in `kind = "..."` and how to read its config table.
@@ -21,8 +23,12 @@ pub struct Kind {
 }
 
 /// Every platform kind switchboard knows.
-pub static KINDS: &[Kind] =
-    &[Kind { name: "console", parse: console::parse }, Kind { name: "telegram", parse: telegram::parse }];
+pub static KINDS: &[Kind] = &[
+    Kind { name: "console", parse: console::parse },
+    Kind { name: "telegram", parse: telegram::parse },
+    #[cfg(feature = "discord")]
+    Kind { name: "discord", parse: discord::parse },
+];
 
 /// The kind called `name`.
 pub fn kind(name: &str) -> Option<&'static Kind> {
