@@ -1086,3 +1086,213 @@ impl Platform for Discord {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "MTIz.secret-token";
+    const ME: &str = "111";
+
+    fn settings() -> DiscordSettings {
+        DiscordSettings::new(Secret::new(TOKEN.to_string()))
+    }
+
+    fn message(guild: Option<&str>, author: &str, bot: bool, content: &str) -> Value {
+        json!({
+            "id": "900", "channel_id": "42", "guild_id": guild, "content": content,
+            "author": { "id": author, "username": "ann", "global_name": "Ann", "bot": bot },
+            "mentions": [],
+        })
+    }
+
+    #[test]
+    fn payloads() {
+        let hello = parse_payload(r#"{"op":10,"d":{"heartbeat_interval":41250},"s":null,"t":null}"#);
+        assert_eq!(hello, Ok(Payload::Hello(Duration::from_millis(41250))));
+        let hostile = parse_payload(r#"{"op":10,"d":{"heartbeat_interval":0}}"#);
+        assert_eq!(hostile, Ok(Payload::Hello(MIN_HEARTBEAT)), "an interval of 0 would beat in a busy loop");
+        let huge = parse_payload(r#"{"op":10,"d":{"heartbeat_interval":18446744073709551615}}"#);
+        assert_eq!(huge, Ok(Payload::Hello(MAX_HEARTBEAT)));
+        assert_eq!(parse_payload(r#"{"op":11}"#), Ok(Payload::HeartbeatAck));
+        assert_eq!(parse_payload(r#"{"op":1,"d":null}"#), Ok(Payload::Heartbeat));
+        assert_eq!(parse_payload(r#"{"op":7,"d":null}"#), Ok(Payload::Reconnect));
+        assert_eq!(parse_payload(r#"{"op":9,"d":true}"#), Ok(Payload::InvalidSession(true)));
+        assert_eq!(parse_payload(r#"{"op":9,"d":false}"#), Ok(Payload::InvalidSession(false)));
+        let dispatch = parse_payload(r#"{"op":0,"s":5,"t":"RESUMED","d":{}}"#).unwrap();
+        assert_eq!(dispatch, Payload::Dispatch { seq: Some(5), kind: "RESUMED".into(), data: json!({}) });
+        assert!(parse_payload("nope").is_err());
+        assert!(parse_payload(r#"{"d":1}"#).is_err());
+        assert!(parse_payload(r#"{"op":0,"s":1,"d":{}}"#).is_err());
+        assert!(parse_payload(r#"{"op":10,"d":{}}"#).is_err());
+    }
+
+    #[test]
+    fn outgoing_payloads() {
+        assert_eq!(heartbeat(None), r#"{"d":null,"op":1}"#);
+        assert_eq!(heartbeat(Some(7)), r#"{"d":7,"op":1}"#);
+        let id: Value = serde_json::from_str(&identify(TOKEN, DEFAULT_INTENTS)).unwrap();
+        assert_eq!(
+            (id["op"].clone(), id["d"]["intents"].clone(), id["d"]["token"].clone()),
+            (json!(2), json!(37376), json!(TOKEN))
+        );
+        let r = ResumeState { session_id: "abc".into(), seq: 9, url: "wss://r.example".into() };
+        let res: Value = serde_json::from_str(&resume(TOKEN, &r)).unwrap();
+        assert_eq!(res, json!({"op": 6, "d": {"token": TOKEN, "session_id": "abc", "seq": 9}}));
+        assert_eq!(gateway_url("wss://gateway.discord.gg"), "wss://gateway.discord.gg/?v=10&encoding=json");
+        assert_eq!(gateway_url("wss://r.example/?v=9"), "wss://r.example/?v=10&encoding=json");
+    }
+
+    #[test]
+    fn close_codes() {
+        for code in [4004, 4010, 4011, 4012, 4013, 4014] {
+            let AfterClose::Fatal(fatal) = after_close(code) else { panic!("{code} must be fatal") };
+            assert!(!fatal.retryable, "{code}");
+        }
+        let AfterClose::Fatal(intents) = after_close(4014) else { unreachable!() };
+        assert!(intents.message.contains("Message Content intent") && intents.message.contains("developer portal"));
+        let AfterClose::Fatal(token) = after_close(4004) else { unreachable!() };
+        assert_eq!(token.code, UNAUTHORIZED);
+        for code in [4003, 4007, 4009] {
+            assert_eq!(after_close(code), AfterClose::Identify, "{code}");
+        }
+        for code in [1000, 1001, 1005, 1006, 4000, 4001, 4002, 4005, 4008] {
+            assert_eq!(after_close(code), AfterClose::Resume, "{code}");
+        }
+    }
+
+    #[test]
+    fn resume_state_round_trip_and_hostile_files() {
+        let r = ResumeState { session_id: "abc".into(), seq: 12, url: "wss://r.example".into() };
+        assert_eq!(ResumeState::from_text(&r.to_text()), Some(r));
+        assert_eq!(ResumeState::from_text(""), None);
+        assert_eq!(ResumeState::from_text("abc\nx\nwss://r\n"), None);
+        assert_eq!(ResumeState::from_text("abc\n1\nhttp://r\n"), None, "not a ws URL");
+        assert_eq!(ResumeState::from_text("\n1\nwss://r\n"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = cursor_path(dir.path(), "main/../bot");
+        assert_eq!(path, dir.path().join("cursors").join("discord-main____bot.session"));
+        assert_eq!(read_cursor(&path).unwrap(), None);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, b"a\xff\n1\nwss://r\n").unwrap();
+        assert_eq!(read_cursor(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn message_filter() {
+        let s = settings();
+        let f = Filter { platform: "dc", me: ME, settings: &s };
+        let dm = f.message(message(None, "5", false, "hello")).unwrap();
+        assert_eq!(dm.source.chat_type, ChatType::Dm);
+        assert_eq!(
+            (dm.source.chat_id.as_str(), dm.message_id.as_deref(), dm.text.as_str()),
+            ("42", Some("900"), "hello")
+        );
+        assert_eq!(dm.source.user_name.as_deref(), Some("Ann"));
+        assert_eq!(f.message(message(None, ME, false, "mine")), Err(Skip::Own));
+        assert_eq!(f.message(message(Some("7"), "5", false, "hello")), Err(Skip::NotMentioned));
+        let guild = f.message(message(Some("7"), "5", false, "<@111> hi <@!111>")).unwrap();
+        assert_eq!((guild.source.chat_type, guild.text.as_str()), (ChatType::Group, "hi"));
+        let mut listed = message(Some("7"), "5", false, "hi there");
+        listed["mentions"] = json!([{ "id": ME }]);
+        assert_eq!(f.message(listed).unwrap().text, "hi there");
+        assert_eq!(f.message(message(None, "5", false, "<@111>")), Err(Skip::NoText));
+        assert_eq!(f.message(message(None, "6", true, "<@111> hi")), Err(Skip::Bot));
+        assert!(matches!(f.message(json!({"id": 1})), Err(Skip::Malformed(_))));
+
+        let s = DiscordSettings {
+            allow_bots: AllowBots::Mentions,
+            free_response_channels: vec!["42".into()],
+            ..settings()
+        };
+        let f = Filter { platform: "dc", me: ME, settings: &s };
+        assert!(f.message(message(None, "6", true, "<@111> hi")).is_ok());
+        assert_eq!(f.message(message(None, "6", true, "hi")), Err(Skip::Bot));
+        assert!(f.message(message(Some("7"), "5", false, "free channel")).is_ok());
+        let s = DiscordSettings { allow_bots: AllowBots::All, require_mention: false, ..settings() };
+        let f = Filter { platform: "dc", me: ME, settings: &s };
+        assert!(f.message(message(Some("7"), "6", true, "hi")).is_ok());
+    }
+
+    #[test]
+    fn rate_limits_and_errors() {
+        let limited =
+            status_error(429, br#"{"message":"You are being rate limited.","retry_after":1.5,"global":true}"#, None);
+        assert_eq!(limited, ApiError::RateLimited { wait: Duration::from_millis(1500), global: true });
+        assert_eq!(send_error(limited), SendError::RetryAfterAll(Duration::from_millis(1500)));
+        let local = status_error(429, br#"{"retry_after":0.25,"global":false}"#, None);
+        assert_eq!(send_error(local), SendError::RetryAfter(Duration::from_millis(250)));
+        let hostile = status_error(429, br#"{"retry_after":1e300}"#, None);
+        assert_eq!(hostile, ApiError::RateLimited { wait: net::MAX_SERVER_WAIT, global: false });
+        let negative = status_error(429, br#"{"retry_after":-3}"#, Some(Duration::from_secs(2)));
+        assert_eq!(negative, ApiError::RateLimited { wait: Duration::from_secs(2), global: false });
+        assert_eq!(status_error(429, b"", None), ApiError::RateLimited { wait: FALLBACK_RETRY_AFTER, global: false });
+        assert!(matches!(status_error(401, br#"{"message":"401: Unauthorized"}"#, None), ApiError::Unauthorized(_)));
+        assert_eq!(
+            status_error(403, br#"{"message":"Missing Access"}"#, None),
+            ApiError::Rejected(403, "Missing Access".into())
+        );
+        assert!(matches!(status_error(502, b"<html>", None), ApiError::Network(_)));
+
+        assert_eq!(route_key("POST", "/channels/42/messages"), "POST /channels/42/messages");
+        assert_eq!(route_key("PATCH", "/channels/42/messages/77"), "PATCH /channels/42/messages/:id");
+        let mut headers = ureq::http::HeaderMap::new();
+        headers.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        headers.insert("x-ratelimit-reset-after", "2.5".parse().unwrap());
+        let now = Instant::now();
+        assert_eq!(
+            read_bucket(&headers, now),
+            Some(Bucket { remaining: 0, reset_at: now + Duration::from_millis(2500) })
+        );
+        headers.insert("x-ratelimit-reset-after", "nan".parse().unwrap());
+        assert_eq!(read_bucket(&headers, now), None);
+    }
+
+    #[test]
+    fn session_start_limit() {
+        assert_eq!(start_wait(&json!({"url": "wss://g"})), Duration::ZERO);
+        let left = json!({"session_start_limit": {"remaining": 3, "reset_after": 1000}});
+        assert_eq!(start_wait(&left), Duration::ZERO);
+        let none = json!({"session_start_limit": {"remaining": 0, "reset_after": 1500}});
+        assert_eq!(start_wait(&none), Duration::from_millis(1500));
+        let hostile = json!({"session_start_limit": {"remaining": 0, "reset_after": u64::MAX}});
+        assert_eq!(start_wait(&hostile), MAX_START_WAIT);
+    }
+
+    #[test]
+    fn reply_bodies() {
+        let msg = Outbound {
+            chat_id: "42".into(),
+            thread_id: None,
+            reply_to: Some("900".into()),
+            edit_of: None,
+            text: "hi".into(),
+        };
+        let body = create_message_body(&msg);
+        assert_eq!(body["content"], json!("hi"));
+        assert_eq!(body["message_reference"], json!({"message_id": "900", "fail_if_not_exists": false}));
+        assert!(create_message_body(&Outbound { reply_to: None, ..msg })["message_reference"].is_null());
+    }
+
+    #[test]
+    fn reads_and_checks_its_config_table() {
+        let toml = "token = \"${DC_TOKEN}\"\nallow_bots = \"mentions\"\nfree_response_channels = [\"123\"]\n";
+        let mut section = Section::new_for_test(toml, &[("DC_TOKEN", TOKEN)]);
+        let spec = parse(&mut section);
+        assert!(section.finish().is_empty());
+        assert_eq!(spec.describe(), "discord via https://discord.com/api/v10 (intents 37376)");
+        assert!(!spec.describe().contains(TOKEN));
+        assert_eq!(spec.message_limit(), MESSAGE_LIMIT);
+
+        let toml = "token = \"t\"\napi_base = \"discord.com\"\nintents = 1\nallow_bots = \"some\"\n\
+                    free_response_channels = [\"general\"]\nevent_silence = \"5s\"\n";
+        let mut section = Section::new_for_test(toml, &[]);
+        parse(&mut section);
+        let mut keys: Vec<_> = section.finish().into_iter().filter_map(|e| e.key).collect();
+        keys.sort();
+        let want = ["allow_bots", "api_base", "event_silence", "free_response_channels", "intents"];
+        assert_eq!(keys, want.map(|k| format!("platforms.test.{k}")));
+        let bits = DiscordSettings { intents: 1 << 30, ..settings() };
+        assert_eq!(validate(&bits)[0].0, "intents");
+    }
+}
