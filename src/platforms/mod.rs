@@ -11,6 +11,8 @@ use crate::config::Section;
 use crate::platform::PlatformSpec;
 
 pub mod console;
+#[cfg(feature = "discord")]
+pub mod discord;
 #[cfg(feature = "slack")]
 pub mod slack;
 pub mod telegram;
