@@ -27,6 +27,7 @@ pub mod net;
 pub mod platform;
 pub mod platforms;
 pub mod router;
+pub mod services;
 pub mod session;
 pub mod status;
 pub mod supervise;

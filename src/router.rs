@@ -33,60 +33,16 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, Select, Sender, unbounded};
 use parking_lot::{Condvar, Mutex};
 
-use crate::agent::{Agent, BusyMode, Cancel};
-use crate::auth::{Auth, Decision};
+use crate::agent::{BusyMode, Cancel};
+use crate::auth::Decision;
 use crate::commands::{self, Command};
-use crate::delivery::Outbox;
-use crate::directory::Directory;
-use crate::inbox::{Accepted, Inbox};
-use crate::message::{Inbound, Outbound};
-use crate::session::{self, SessionStore};
+use crate::inbox::Accepted;
+use crate::message::Inbound;
+use crate::services::Services;
+use crate::session;
 use crate::supervise;
-use crate::text::Limit;
 use crate::turn::{self, Work};
-use crate::typing::Typing;
 use crate::workqueue::{Pushed, WorkQueue};
-
-/// The router's settings, taken from the config once.
-#[derive(Clone, Debug)]
-pub struct RouterConfig {
-    /// At most this many turns run at once (at least 1).
-    pub max_concurrent_turns: usize,
-    pub busy: BusyMode,
-    pub stream: bool,
-    pub edit_interval: Duration,
-    pub group_sessions_per_user: bool,
-    /// The message limit of each platform instance.
-    pub limits: HashMap<String, Limit>,
-    /// Enabled platform instances, for `/status`.
-    pub platforms: Vec<String>,
-}
-
-/// Everything a turn may use. Shared by the router thread and the turn threads.
-pub struct Services {
-    pub agent: Box<dyn Agent>,
-    pub sessions: Arc<SessionStore>,
-    pub auth: Auth,
-    pub outbox: Outbox,
-    pub directory: Arc<Directory>,
-    pub inbox: Arc<Inbox>,
-    pub typing: Typing,
-    pub config: RouterConfig,
-}
-
-impl Services {
-    /// Queue `text` as a reply to `msg`. A reply that cannot be stored (a full disk) is
-    /// logged: the message stays in the inbox and is answered again after a restart.
-    pub fn reply(&self, msg: &Inbound, text: String) -> bool {
-        match self.outbox.enqueue(&msg.source.platform, Outbound::reply_to(msg, text)) {
-            Ok(()) => true,
-            Err(e) => {
-                log::error!("{}: cannot queue a reply to chat {}: {e}", msg.source.platform, msg.source.chat_id);
-                false
-            }
-        }
-    }
-}
 
 /// Counts accepted messages that are not finished yet, for [`Router::drain`].
 #[derive(Default)]

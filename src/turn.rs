@@ -27,7 +27,7 @@ use crate::delivery;
 use crate::inbox::Accepted;
 use crate::message::{ChatMessage, Inbound, Outbound, Role};
 use crate::platform::Outlet;
-use crate::router::Services;
+use crate::services::Services;
 use crate::text;
 use crate::typing::Chat;
 
