@@ -96,6 +96,22 @@ pub fn status_error(status: u16, description: String, wait: Option<Duration>) ->
     }
 }
 
+/// A failed transport, classified, its text free of every one of `secrets`: whether it
+/// may have reached the server decides between [`ApiError::Network`] and
+/// [`ApiError::Unconfirmed`]; one that cannot work as configured is [`ApiError::Config`].
+pub fn transport_error(err: &ureq::Error, secrets: &[Secret]) -> ApiError {
+    let failure = http::classify(err);
+    let text = format!("{}: {err}", failure.as_str());
+    let text = secrets.iter().fold(text, |text, secret| http::scrub(&text, secret.expose()));
+    if !failure.is_transient() {
+        ApiError::Config(text)
+    } else if http::may_have_arrived(err) {
+        ApiError::Unconfirmed(text)
+    } else {
+        ApiError::Network(text)
+    }
+}
+
 /// Whether a request may be repeated by the transport's caller without thought.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Once {
@@ -282,15 +298,7 @@ impl Api {
 
     /// A failed transport, described without the credentials.
     pub fn transport_error(&self, err: &ureq::Error) -> ApiError {
-        let failure = http::classify(err);
-        let text = self.scrub(&format!("{}: {err}", failure.as_str()));
-        if !failure.is_transient() {
-            ApiError::Config(text)
-        } else if http::may_have_arrived(err) {
-            ApiError::Unconfirmed(text)
-        } else {
-            ApiError::Network(text)
-        }
+        transport_error(err, &self.secrets)
     }
 }
 

@@ -28,7 +28,6 @@ headers) are apart from the I/O and tested on bytes.
 */
 
 use std::collections::HashMap;
-use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -45,6 +44,7 @@ use crate::config::{Secret, Section};
 use crate::delivery::{Rate, SendLimits};
 use crate::fsutil;
 use crate::message::{ChatType, Inbound, Outbound, Source};
+use crate::net::api::{self, ApiError};
 use crate::net::ws::{self, Frame, WsConn, WsErrorKind, WsOptions};
 use crate::net::{self, http};
 use crate::platform::{Fatal, Outlet, Platform, PlatformSpec, SendError, TYPING_TIMEOUT};
@@ -240,36 +240,6 @@ impl PlatformSpec for DiscordSpec {
 // ---------------------------------------------------------------------------------------
 // REST
 
-/// How one REST call failed, already free of the token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum ApiError {
-    /// The request never reached Discord, or Discord answered 5xx.
-    Network(String),
-    /// The request went out (or may have) but no usable answer came back.
-    Unconfirmed(String),
-    /// 429: wait this long; `global` when the limit is on the whole bot.
-    RateLimited { wait: Duration, global: bool },
-    /// 401: the token is wrong or revoked.
-    Unauthorized(String),
-    /// Any other refusal, with its status.
-    Rejected(u16, String),
-    /// The request cannot be made as configured.
-    Config(String),
-}
-
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ApiError::Network(m) => write!(f, "network error: {m}"),
-            ApiError::Unconfirmed(m) => write!(f, "no answer: {m}"),
-            ApiError::RateLimited { wait, global } => write!(f, "rate limited for {wait:?} (global: {global})"),
-            ApiError::Unauthorized(m) => write!(f, "unauthorized: {m}"),
-            ApiError::Rejected(code, m) => write!(f, "refused ({code}): {m}"),
-            ApiError::Config(m) => write!(f, "cannot make the request: {m}"),
-        }
-    }
-}
-
 /// A count of seconds as Discord sends it (a float in a 429 body, a float string in
 /// `X-RateLimit-Reset-After`). Negative or not a number: none. Clamped.
 fn float_seconds(value: f64, what: &str) -> Option<Duration> {
@@ -293,31 +263,6 @@ fn status_error(status: u16, body: &[u8], header_wait: Option<Duration>) -> ApiE
         401 => ApiError::Unauthorized(message),
         s if http::is_transient_status(s) => ApiError::Network(format!("HTTP {s}: {message}")),
         s => ApiError::Rejected(s, message),
-    }
-}
-
-/// What a failed send means for the message.
-fn send_error(err: ApiError) -> SendError {
-    match err {
-        ApiError::RateLimited { wait, global: true } => SendError::RetryAfterAll(wait),
-        ApiError::RateLimited { wait, global: false } => SendError::RetryAfter(wait),
-        ApiError::Network(why) => SendError::Transient(why),
-        ApiError::Unconfirmed(why) => SendError::Unknown(why),
-        ApiError::Unauthorized(why) => SendError::Rejected(format!("bot token refused: {why}")),
-        ApiError::Rejected(_, why) | ApiError::Config(why) => SendError::Rejected(why),
-    }
-}
-
-/// A failed transport, described without the token.
-fn transport_error(err: &ureq::Error, token: &str) -> ApiError {
-    let failure = http::classify(err);
-    let text = http::scrub(&format!("{}: {err}", failure.as_str()), token);
-    if !failure.is_transient() {
-        ApiError::Config(text)
-    } else if http::may_have_arrived(err) {
-        ApiError::Unconfirmed(text)
-    } else {
-        ApiError::Network(text)
     }
 }
 
@@ -404,7 +349,7 @@ impl Api {
                 request.header("Authorization", &auth).call()
             }
         };
-        let mut response = result.map_err(|e| transport_error(&e, self.token.expose()))?;
+        let mut response = result.map_err(|e| api::transport_error(&e, std::slice::from_ref(&self.token)))?;
         let status = response.status().as_u16();
         if let Some(bucket) = read_bucket(response.headers(), Instant::now()) {
             self.buckets.lock().insert(key, bucket);
@@ -453,7 +398,8 @@ struct DiscordOutlet {
 impl Outlet for DiscordOutlet {
     fn send(&self, msg: &Outbound) -> Result<Option<String>, SendError> {
         let path = format!("/channels/{}/messages", msg.chat_id);
-        let sent = self.api.call("POST", &path, Some(&create_message_body(msg)), Mode::Once).map_err(send_error)?;
+        let sent =
+            self.api.call("POST", &path, Some(&create_message_body(msg)), Mode::Once).map_err(ApiError::send_error)?;
         Ok(sent.get("id").and_then(Value::as_str).map(str::to_string))
     }
 
@@ -463,7 +409,10 @@ impl Outlet for DiscordOutlet {
 
     fn edit(&self, chat_id: &str, message_id: &str, text: &str) -> Result<(), SendError> {
         let path = format!("/channels/{chat_id}/messages/{message_id}");
-        self.api.call("PATCH", &path, Some(&json!({ "content": text })), Mode::Once).map(drop).map_err(send_error)
+        self.api
+            .call("PATCH", &path, Some(&json!({ "content": text })), Mode::Once)
+            .map(drop)
+            .map_err(ApiError::send_error)
     }
 
     /// Discord shows typing for about 10 s; the gateway's typing schedule repeats it.
@@ -795,6 +744,10 @@ impl Discord {
                 ApiError::Rejected(status, why) => {
                     let message = format!("Discord refused GET {path} ({status}): {why}");
                     return Err(Halt::Fatal(Fatal::retryable(API_ERROR, message)));
+                }
+                // Discord's answers never map to a conflict (its `status_error` has no 409).
+                ApiError::Conflict(why) => {
+                    return Err(Halt::Fatal(Fatal::retryable(API_ERROR, format!("Discord refused GET {path}: {why}"))));
                 }
                 ApiError::Config(why) => {
                     return Err(Halt::Fatal(Fatal::permanent(BAD_CONFIG, format!("check `api_base`: {why}"))));
@@ -1220,9 +1173,9 @@ mod tests {
         let limited =
             status_error(429, br#"{"message":"You are being rate limited.","retry_after":1.5,"global":true}"#, None);
         assert_eq!(limited, ApiError::RateLimited { wait: Duration::from_millis(1500), global: true });
-        assert_eq!(send_error(limited), SendError::RetryAfterAll(Duration::from_millis(1500)));
+        assert_eq!(limited.send_error(), SendError::RetryAfterAll(Duration::from_millis(1500)));
         let local = status_error(429, br#"{"retry_after":0.25,"global":false}"#, None);
-        assert_eq!(send_error(local), SendError::RetryAfter(Duration::from_millis(250)));
+        assert_eq!(local.send_error(), SendError::RetryAfter(Duration::from_millis(250)));
         let hostile = status_error(429, br#"{"retry_after":1e300}"#, None);
         assert_eq!(hostile, ApiError::RateLimited { wait: net::MAX_SERVER_WAIT, global: false });
         let negative = status_error(429, br#"{"retry_after":-3}"#, Some(Duration::from_secs(2)));
